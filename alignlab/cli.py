@@ -1,0 +1,140 @@
+"""alignlab's command line: a thin dispatcher (parse, build, run, save)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import Any
+
+from alignlab.config import ConfigError, resolve
+
+
+def _trainers() -> dict[str, tuple[type, Any]]:
+    from alignlab.train.dpo import DPOConfig, train_dpo
+
+    return {"dpo": (DPOConfig, train_dpo)}
+
+
+def parse_flags(tokens: list[str]) -> dict[str, Any]:
+    """`--key value`, `--key=value`, and bare `--flag` (true) into a dict; anything else errors."""
+    flags, i = {}, 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--") or token == "--":
+            raise ConfigError(f"unexpected argument {token!r} (settings are given as --key value)")
+        key = token[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+        elif i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
+            value, i = tokens[i + 1], i + 1
+        else:
+            value = "true"
+        flags[key.replace("-", "_")] = value
+        i += 1
+    return flags
+
+
+def _config_help(cls) -> str:
+    lines = [f"settings of {cls.__name__} (YAML keys or --flags):"]
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        lines.append(f"  --{f.name.replace('_', '-'):<24} {f.metadata.get('help', '')} [default: {default!r}]")
+    return "\n".join(lines)
+
+
+def cmd_train(args, rest: list[str]) -> int:
+    trainers = _trainers()
+    if args.algorithm not in trainers:
+        print(f"error: unknown algorithm '{args.algorithm}'; available: {', '.join(sorted(trainers))}", file=sys.stderr)
+        return 2
+    cls, run = trainers[args.algorithm]
+    if args.help_settings:
+        print(_config_help(cls))
+        return 0
+    cfg = resolve(cls, args.config, parse_flags(rest))
+    session = run(cfg, dry_run=args.dry_run)
+    if session.dry_run_text is not None:
+        print(session.dry_run_text)
+        return 0
+    final_eval = session.summary.get("final_eval", {})
+    print(f"alignlab: done in {session.summary['train_seconds']:.1f}s of training "
+          f"({session.summary['examples_per_second']:.2f} pairs/s); model saved to {session.final_dir}")
+    if final_eval:
+        print("  final eval: " + ", ".join(f"{k}={v:.4g}" for k, v in final_eval.items() if k != "step"))
+    return 0
+
+
+def cmd_data_inspect(args, rest: list[str]) -> int:
+    from alignlab.data.inspect import inspect_dataset, render_inspect
+    from alignlab.models.load import load_tokenizer
+
+    flags = parse_flags(rest)
+    columns = None
+    if "columns" in flags:
+        from alignlab.config import _parse_mapping
+
+        columns = _parse_mapping("columns", flags.pop("columns"), "command line")
+    if flags:
+        raise ConfigError(f"unknown option(s) for data inspect: {', '.join('--' + k for k in flags)}")
+    tokenizer = None if args.no_tokenizer else load_tokenizer(args.model)
+    result = inspect_dataset(args.file, tokenizer, max_length=args.max_length, format=args.format, columns=columns)
+    print(render_inspect(result))
+    return 0
+
+
+def cmd_demo(args, rest: list[str]) -> int:
+    from alignlab.demo import DemoConfig, run_demo
+
+    cfg = resolve(DemoConfig, args.config, parse_flags(rest))
+    if args.output:
+        cfg = dataclasses.replace(cfg, output=args.output)
+    run_demo(cfg)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="alignlab", description="Learning from human feedback.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a policy: alignlab train dpo --config my.yaml [--key value ...]")
+    train.add_argument("algorithm", help="algorithm: dpo")
+    train.add_argument("--config", help="YAML file of settings (flags override it)")
+    train.add_argument("--dry-run", action="store_true", help="explain the run (batches, memory, data) and exit")
+    train.add_argument("--help-settings", action="store_true", help="list every setting with its default")
+    train.set_defaults(func=cmd_train)
+
+    data = sub.add_parser("data", help="dataset tools")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    inspect = data_sub.add_parser("inspect", help="what a dataset holds: format, counts, lengths, problems")
+    inspect.add_argument("file")
+    inspect.add_argument("--model", default="embedded", help="tokenizer to count tokens with")
+    inspect.add_argument("--max-length", type=int, default=1024)
+    inspect.add_argument("--format", default="auto")
+    inspect.add_argument("--no-tokenizer", action="store_true", help="count characters instead of tokens")
+    inspect.set_defaults(func=cmd_data_inspect)
+
+    demo = sub.add_parser("demo", help="RLHF end to end on CPU: sample, label, DPO, evaluate")
+    demo.add_argument("--output", help="output folder (default runs/demo-<time>)")
+    demo.add_argument("--config", help="YAML of demo settings")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    try:
+        return args.func(args, rest)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # typed errors from the data layer and model loading read well as-is
+        if type(exc).__name__ in ("DataError", "ModelSourceError", "TrainingAborted", "EmbeddedModelMissing"):
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

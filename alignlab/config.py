@@ -1,0 +1,157 @@
+"""Config dataclasses: defaults, then YAML, then `--key value` flags. Unknown keys are errors.
+
+One dataclass per algorithm (see `alignlab.train.*`); each field is documented once, in a
+comment-free way: by the string in its `metadata["help"]`, which the CLI shows in `--help`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def field(default: Any, help: str, **kwargs) -> Any:
+    """A dataclass field with its one-line documentation."""
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)
+    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(name: str, value: Any, annotation: Any, source: str) -> Any:
+    """Convert a YAML or command-line value to the field's declared type, or fail clearly."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(name, value, arg, source)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{source}: '{name}' = {value!r} does not fit {annotation}")
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{source}: '{name}' expects true/false, got {value!r}")
+    if annotation in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{source}: '{name}' expects a number, got {value!r}")
+        try:
+            number = annotation(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{source}: '{name}' expects {annotation.__name__}, got {value!r}") from None
+        if annotation is int and isinstance(value, float) and value != int(value):
+            raise ConfigError(f"{source}: '{name}' expects an integer, got {value!r}")
+        return number
+    if annotation is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{source}: '{name}' expects a string, got {value!r}")
+        return str(value)
+    if origin is dict or annotation is dict:
+        if isinstance(value, str):
+            value = _parse_mapping(name, value, source)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{name}' expects a mapping, got {value!r}")
+        return dict(value)
+    if origin is list or annotation is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: '{name}' expects a list, got {value!r}")
+        return list(value)
+    return value
+
+
+def _parse_mapping(name: str, text: str, source: str) -> dict:
+    """`a=1,b=x` or a JSON/YAML mapping, for dict-valued flags such as `--loss-options`."""
+    text = text.strip()
+    if text.startswith("{"):
+        return yaml.safe_load(text)
+    out = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        if "=" not in item:
+            raise ConfigError(f"{source}: '{name}' expects key=value pairs, got {item!r}")
+        key, raw = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(raw)
+    return out
+
+
+def apply_overrides(config, overrides: dict[str, Any], source: str):
+    """Return a copy of `config` with `overrides` applied; unknown keys raise ConfigError."""
+    types_ = _field_types(type(config))
+    changes = {}
+    for raw_key, value in overrides.items():
+        key = raw_key.replace("-", "_")
+        if key not in types_:
+            close = [k for k in types_ if k.startswith(key[:4])][:5]
+            hint = f" (did you mean: {', '.join(close)}?)" if close else ""
+            raise ConfigError(f"{source}: unknown key '{raw_key}' for {type(config).__name__}{hint}")
+        changes[key] = _coerce(key, value, types_[key], source)
+    new = dataclasses.replace(config, **changes)
+    validate = getattr(new, "validate", None)
+    if validate is not None:
+        validate()
+    return new
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    return data
+
+
+def resolve(cls, yaml_path: str | Path | None = None, flags: dict[str, Any] | None = None):
+    """Layering: dataclass defaults <- YAML file <- flags."""
+    config = cls()
+    if yaml_path:
+        config = apply_overrides(config, load_yaml(yaml_path), str(yaml_path))
+    if flags:
+        config = apply_overrides(config, flags, "command line")
+    return config
+
+
+def to_dict(config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def differences(config) -> dict[str, tuple[Any, Any]]:
+    """Settings that differ from the dataclass defaults: {name: (default, value)}."""
+    default = type(config)()
+    return {
+        f.name: (getattr(default, f.name), getattr(config, f.name))
+        for f in dataclasses.fields(config)
+        if getattr(default, f.name) != getattr(config, f.name)
+    }
+
+
+def save(config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(json.loads(json.dumps(to_dict(config))), sort_keys=False))

@@ -1,0 +1,69 @@
+"""Settings every trainer shares. An algorithm's config subclasses `TrainConfig`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from alignlab.config import ConfigError, field
+
+SCHEDULES = ("cosine", "linear", "constant")
+PRECISIONS = ("fp32", "bf16", "fp16")
+TRUNCATION = ("error", "truncate", "drop")
+
+
+@dataclass
+class TrainConfig:
+    model: str = field("embedded", "policy: 'embedded' (SmolLM2-135M-Instruct), a local HF folder, or a hub id (online only)")
+    train_data: str = field("", "training data file (jsonl/json/parquet) or saved `datasets` folder")
+    eval_data: str = field("", "held-out data; if empty, `eval_fraction` of the training data is held out")
+    eval_fraction: float = field(0.0, "share of the training records held out for evaluation when no eval_data is given")
+    data_format: str = field("auto", "data format, or 'auto' to detect it (see docs/data.md)")
+    columns: dict = field({}, "map of alignlab field -> your column name, e.g. {prompt: question}")
+    pairing: str = field("best_vs_worst", "rule turning rated/ranked responses into pairs: best_vs_worst | best_vs_random")
+    skip_invalid: bool = field(False, "skip and count invalid rows (written to rejects.jsonl in the run folder) instead of failing")
+    max_length: int = field(1024, "max tokens of prompt + response")
+    max_prompt_length: int = field(0, "max prompt tokens when truncating (0: whatever leaves room for the response)")
+    truncation: str = field("error", "over-long examples: error | truncate (keep prompt end, response start) | drop")
+    output_dir: str = field("", "run folder (default runs/<algorithm>-<time>)")
+    seed: int = field(0, "seed for data order, initialization and sampling")
+    epochs: float = field(1.0, "passes over the training data")
+    max_steps: int = field(0, "stop after this many optimizer steps (0: run all epochs)")
+    batch_size: int = field(4, "examples per micro-batch per device")
+    grad_accum: int = field(1, "micro-batches per optimizer step")
+    learning_rate: float = field(1e-6, "peak learning rate (LoRA usually wants 10-100x more)")
+    weight_decay: float = field(0.0, "AdamW weight decay")
+    adam_betas: list = field([0.9, 0.999], "AdamW betas")
+    lr_schedule: str = field("cosine", "cosine | linear | constant (all after warmup)")
+    warmup_ratio: float = field(0.1, "share of steps spent warming the learning rate up from 0")
+    max_grad_norm: float = field(1.0, "gradient clipping norm (0: off)")
+    precision: str = field("fp32", "fp32 | bf16 | fp16 autocast")
+    gradient_checkpointing: bool = field(False, "trade compute for memory (off by default: ~20% slower, PERF_NOTES 7)")
+    lora: bool = field(False, "train a LoRA adapter instead of all weights")
+    lora_r: int = field(16, "LoRA rank")
+    lora_alpha: int = field(32, "LoRA alpha")
+    lora_dropout: float = field(0.0, "LoRA dropout")
+    lora_target_modules: list = field(["all-linear"], "modules LoRA adapts ('all-linear' or names like q_proj,v_proj)")
+    merge_lora: bool = field(False, "save the final model with the adapter merged into the weights")
+    eval_every: int = field(0, "evaluate every N optimizer steps (0: only at the end)")
+    save_every: int = field(0, "checkpoint every N optimizer steps (0: only at the end)")
+    keep_checkpoints: int = field(2, "how many recent checkpoints to keep")
+    log_every: int = field(1, "log metrics every N optimizer steps")
+    report_to: list = field([], "extra metric sinks: tensorboard, wandb")
+    resume: str = field("", "'latest' (newest checkpoint in output_dir) or a checkpoint folder")
+    max_bad_steps: int = field(3, "abort after this many optimizer steps in a row with non-finite gradients")
+    progress: bool = field(True, "show a progress bar")
+
+    def validate(self) -> None:
+        checks = [
+            (self.lr_schedule in SCHEDULES, f"lr_schedule must be one of {SCHEDULES}"),
+            (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}"),
+            (self.truncation in TRUNCATION, f"truncation must be one of {TRUNCATION}"),
+            (self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be >= 1"),
+            (0.0 <= self.eval_fraction < 1.0, "eval_fraction must be in [0, 1)"),
+            (0.0 <= self.warmup_ratio < 1.0, "warmup_ratio must be in [0, 1)"),
+            (self.epochs > 0 or self.max_steps > 0, "epochs or max_steps must be positive"),
+            (self.max_length > 0, "max_length must be positive"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)

@@ -1,0 +1,168 @@
+"""The DPO family: offline preference optimization on (prompt, chosen, rejected) pairs.
+
+One loss from `alignlab.losses.LOSSES` (dpo, ipo, cdpo, hinge, fdpo_*, simpo, cpl) plugged into
+the one loop. Per step, chosen and rejected go through the model in ONE forward with the prompt
+computed once (alignlab.models.packing). The reference policy costs one no-grad pass over the data
+before training (`reference: precompute`, the default; with LoRA that pass runs with the adapter
+disabled, so there is never a second model copy), or an adapter-disabled forward per step
+(`reference: adapter_disabled`), or nothing for reference-free losses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from alignlab.config import ConfigError, field
+from alignlab.losses import LOSSES
+from alignlab.models.load import is_peft, reference_context
+from alignlab.models.logprobs import SequenceScorer
+from alignlab.models.packing import PackedBatch, pack_pairs
+from alignlab.train.config import TrainConfig
+from alignlab.train.session import TrainingSession, finish_session, start_session
+
+REFERENCE_MODES = ("auto", "precompute", "adapter_disabled", "none")
+
+
+@dataclass
+class DPOConfig(TrainConfig):
+    loss: str = field("dpo", "pairwise loss: dpo | ipo | cdpo | hinge | fdpo_js | fdpo_fkl | fdpo_alpha | simpo | cpl")
+    beta: float = field(0.1, "the loss's beta (KL strength / inverse temperature)")
+    loss_options: dict = field({}, "extra options of the loss, e.g. {label_smoothing: 0.1} (cdpo), {alpha: 0.5} (fdpo_alpha), {gamma: 0.5} (simpo)")
+    reference: str = field("auto", "reference log-probs: auto (precompute) | precompute | adapter_disabled (LoRA only) | none")
+    share_prompt: bool = field(True, "compute the prompt once for chosen and rejected (prefix sharing)")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.loss not in LOSSES or LOSSES[self.loss].kind != "pairwise":
+            pairwise = sorted(n for n, s in LOSSES.items() if s.kind == "pairwise")
+            raise ConfigError(f"loss '{self.loss}' is not a pairwise loss; choose one of {pairwise}")
+        unknown = set(self.loss_options) - set(LOSSES[self.loss].options)
+        if unknown:
+            raise ConfigError(
+                f"loss '{self.loss}' has no option(s) {sorted(unknown)}; its options are {sorted(LOSSES[self.loss].options)}"
+            )
+        if self.reference not in REFERENCE_MODES:
+            raise ConfigError(f"reference must be one of {REFERENCE_MODES}")
+        if self.reference == "adapter_disabled" and not self.lora:
+            raise ConfigError("reference: adapter_disabled needs lora: true (without LoRA use precompute)")
+        if self.reference == "none" and LOSSES[self.loss].needs_reference:
+            raise ConfigError(f"loss '{self.loss}' needs a reference policy; reference: none is not possible")
+
+
+@dataclass
+class PairBatch:
+    indices: torch.Tensor  # (B,) positions in the pair list (keys of the reference cache)
+    packed: PackedBatch
+
+
+def make_batches(pairs, order: list[int], batch_size: int, pad_token_id: int, share_prompt: bool) -> list[PairBatch]:
+    out = []
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        packed = pack_pairs([pairs[i] for i in idx], pad_token_id=pad_token_id, share_prompt=share_prompt)
+        out.append(PairBatch(torch.tensor(idx), packed))
+    return out
+
+
+@torch.no_grad()
+def reference_logps(model, pairs, *, batch_size: int, pad_token_id: int, progress: bool = True) -> torch.Tensor:
+    """(N, 2) reference log-probs [chosen, rejected] of every pair, in one no-grad pass with the
+    LoRA adapter disabled (or the untouched initial weights for full fine-tuning)."""
+    from tqdm.auto import tqdm
+
+    scorer = SequenceScorer(model)
+    was_training = model.training
+    model.eval()
+    out = torch.zeros(len(pairs), 2)
+    batches = make_batches(pairs, list(range(len(pairs))), batch_size, pad_token_id, True)
+    device = next(model.parameters()).device
+    with reference_context(model):
+        for batch in tqdm(batches, desc="reference log-probs", disable=not progress, dynamic_ncols=True):
+            logps = scorer(batch.packed.to(device)).float().cpu()
+            B = len(batch.indices)
+            out[batch.indices, 0], out[batch.indices, 1] = logps[:B], logps[B:]
+    model.train(was_training)
+    return out
+
+
+class DPOAlgorithm:
+    progress_keys = ("rewards/accuracy", "rewards/margins")
+
+    def __init__(self, cfg: DPOConfig, model, train_pairs, eval_pairs, pad_token_id: int, reference=None):
+        self.cfg, self.model = cfg, model
+        self.spec = LOSSES[cfg.loss]
+        self.train_pairs, self.eval_pairs = train_pairs, eval_pairs
+        self.pad_token_id = pad_token_id
+        self.reference = reference or {}  # {"train": (N, 2), "eval": (M, 2)} when precomputed
+        self._epoch_cache: tuple[int, list] | None = None
+
+    def micro_batches(self, epoch: int) -> list[PairBatch]:
+        if self._epoch_cache is None or self._epoch_cache[0] != epoch:
+            g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+            order = torch.randperm(len(self.train_pairs), generator=g).tolist()
+            batches = make_batches(self.train_pairs, order, self.cfg.batch_size, self.pad_token_id, self.cfg.share_prompt)
+            self._epoch_cache = (epoch, batches)
+        return self._epoch_cache[1]
+
+    def examples_in(self, batch: PairBatch) -> int:
+        return len(batch.indices)
+
+    def _reference(self, split: str, batch: PairBatch, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if not self.spec.needs_reference and self.cfg.reference in ("auto", "none"):
+            return None, None
+        if split in self.reference:
+            ref = self.reference[split][batch.indices].to(device)
+            return ref[:, 0], ref[:, 1]
+        with torch.no_grad(), reference_context(self.model):  # adapter_disabled mode
+            logps = SequenceScorer(self.model)(batch.packed.to(device))
+        B = len(batch.indices)
+        return logps[:B], logps[B:]
+
+    def _losses(self, scorer, batch: PairBatch, split: str):
+        device = next(self.model.parameters()).device
+        packed = batch.packed.to(device)
+        logps = scorer(packed)  # (2B,)
+        B = len(batch.indices)
+        ref_c, ref_r = self._reference(split, batch, device)
+        kwargs = dict(self.cfg.loss_options)
+        if self.spec.needs_lengths:
+            kwargs.update(chosen_lengths=packed.lengths[:B], rejected_lengths=packed.lengths[B:])
+        return self.spec.fn(logps[:B], logps[B:], ref_c, ref_r, beta=self.cfg.beta, per_example=True, **kwargs)
+
+    def loss(self, scorer, batch: PairBatch):
+        return self._losses(scorer, batch, "train")
+
+    def evaluate(self, scorer) -> dict[str, float]:
+        if not self.eval_pairs:
+            return {}
+        totals, n = {}, 0
+        order = list(range(len(self.eval_pairs)))
+        for batch in make_batches(self.eval_pairs, order, self.cfg.batch_size, self.pad_token_id, self.cfg.share_prompt):
+            per_example, metrics = self._losses(scorer, batch, "eval")
+            b = len(batch.indices)
+            totals["loss"] = totals.get("loss", 0.0) + float(per_example.sum())
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + float(v) * b
+            n += b
+        return {k: v / n for k, v in totals.items()}
+
+
+def train_dpo(cfg: DPOConfig, *, train_records=None, eval_records=None, model=None, tokenizer=None,
+              dry_run: bool = False) -> TrainingSession:
+    """Python API: train per `cfg`; records/model may be given in memory instead of by path."""
+    session = start_session(cfg, "dpo", train_records=train_records, eval_records=eval_records, model=model,
+                            tokenizer=tokenizer, dry_run=dry_run)
+    if session.dry_run_text is not None:
+        return session
+    reference = {}
+    wants_reference = LOSSES[cfg.loss].needs_reference and cfg.reference in ("auto", "precompute")
+    if wants_reference:
+        reference = session.cached_reference(
+            lambda pairs: reference_logps(session.model, pairs, batch_size=cfg.batch_size * 2,
+                                          pad_token_id=session.pad_token_id, progress=cfg.progress)
+        )
+    algorithm = DPOAlgorithm(cfg, session.model, session.train_pairs, session.eval_pairs, session.pad_token_id, reference)
+    return finish_session(session, algorithm, SequenceScorer(session.model))

@@ -1,0 +1,215 @@
+"""The one training loop. An algorithm supplies micro-batches, a per-example loss and an
+evaluation; the loop owns everything else: accelerate, exact gradient accumulation, clipping, the
+schedule, NaN guards, checkpoint/resume, logging and the progress bar.
+
+Gradient accumulation is exact: the loss of each micro-batch is the SUM of its per-example losses
+divided by the number of examples in the whole accumulation window (counted before the first
+backward), so a window of micro-batches gives the gradient of one big batch — including a partial
+last window.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from tqdm.auto import tqdm
+
+from alignlab.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from alignlab.train.config import TrainConfig
+from alignlab.train.tracking import Tracker
+
+
+class TrainingAborted(RuntimeError):
+    """Raised for a non-finite loss or too many non-finite gradients; checkpoints are kept."""
+
+
+class Algorithm(Protocol):
+    progress_keys: tuple[str, ...]
+
+    def micro_batches(self, epoch: int) -> list[Any]: ...
+
+    def examples_in(self, batch: Any) -> int: ...
+
+    def loss(self, scorer: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Per-example losses (n,) and metrics (batch means of scalars)."""
+
+    def evaluate(self, scorer: torch.nn.Module) -> dict[str, float]: ...
+
+
+@dataclass
+class LoopState:
+    step: int = 0
+    epoch: int = 0
+    micro: int = 0
+    examples_seen: int = 0
+    bad_in_row: int = 0
+    skipped_steps: int = 0
+    train_seconds: float = 0.0
+    history: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "history"}
+
+
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    kwargs = dict(lr=cfg.learning_rate, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
+    try:  # fused AdamW: 0.16 s vs 0.40 s per step for the foreach one on CPU (PERF_NOTES 6)
+        return torch.optim.AdamW(params, fused=True, **kwargs)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(params, **kwargs)
+
+
+def build_scheduler(cfg: TrainConfig, optimizer, total_steps: int):
+    from transformers import (
+        get_constant_schedule_with_warmup,
+        get_cosine_schedule_with_warmup,
+        get_linear_schedule_with_warmup,
+    )
+
+    warmup = int(round(cfg.warmup_ratio * total_steps))
+    if cfg.lr_schedule == "constant":
+        return get_constant_schedule_with_warmup(optimizer, warmup)
+    make = get_cosine_schedule_with_warmup if cfg.lr_schedule == "cosine" else get_linear_schedule_with_warmup
+    return make(optimizer, warmup, total_steps)
+
+
+def count_steps(cfg: TrainConfig, micro_batches_per_epoch: int) -> int:
+    if micro_batches_per_epoch == 0:
+        raise ValueError("no training examples left after loading and filtering the data")
+    per_epoch = math.ceil(micro_batches_per_epoch / cfg.grad_accum)
+    return cfg.max_steps or max(1, math.ceil(per_epoch * cfg.epochs))
+
+
+def _resume_path(cfg: TrainConfig, run_dir: Path) -> Path | None:
+    if not cfg.resume:
+        return None
+    if cfg.resume == "latest":
+        found = list_checkpoints(run_dir / "checkpoints")
+        if not found:
+            raise FileNotFoundError(f"--resume latest: no checkpoint under {run_dir / 'checkpoints'}")
+        return found[-1]
+    path = Path(cfg.resume)
+    if not (path / "state.json").is_file():
+        raise FileNotFoundError(f"--resume {path}: not a checkpoint folder (no state.json)")
+    return path
+
+
+def _weighted_add(totals: dict, metrics: dict, weight: int) -> None:
+    for k, v in metrics.items():
+        totals[k] = totals.get(k, 0.0) + float(v) * weight
+
+
+def train_loop(cfg: TrainConfig, algorithm: Algorithm, model, scorer, accelerator, run_dir: Path) -> LoopState:
+    """Run optimizer steps until `max_steps` or the epochs are done. `model` owns the trainable
+    parameters; `scorer` is the module whose forward the algorithm calls (it wraps `model`)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    total_steps = count_steps(cfg, len(algorithm.micro_batches(0)))
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_scheduler(cfg, optimizer, total_steps)
+    scorer, optimizer = accelerator.prepare(scorer, optimizer)
+    params = [p for p in model.parameters() if p.requires_grad]
+    state = LoopState()
+    resume_from = _resume_path(cfg, run_dir)
+    if resume_from is not None:
+        saved = load_checkpoint(resume_from, model, optimizer, scheduler)
+        state = LoopState(**{k: v for k, v in saved.items() if k in LoopState.__dataclass_fields__})
+        accelerator.print(f"alignlab: resumed from {resume_from} at step {state.step}")
+    tracker = Tracker(run_dir, cfg.report_to, {}, resume_step=state.step if resume_from else None)
+    bar = tqdm(total=total_steps, initial=state.step, disable=not cfg.progress, desc="train", dynamic_ncols=True)
+    try:
+        while state.step < total_steps:
+            batches = algorithm.micro_batches(state.epoch)
+            if state.micro >= len(batches):
+                state.epoch, state.micro = state.epoch + 1, 0
+                continue
+            _one_step(cfg, algorithm, scorer, params, optimizer, scheduler, accelerator, batches, state, tracker, bar)
+            if cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < total_steps:
+                _evaluate(algorithm, scorer, state, tracker)
+            if cfg.save_every and state.step % cfg.save_every == 0 and state.step < total_steps:
+                _save(cfg, run_dir, model, optimizer, scheduler, state, accelerator)
+        _evaluate(algorithm, scorer, state, tracker)
+        _save(cfg, run_dir, model, optimizer, scheduler, state, accelerator)
+    finally:
+        bar.close()
+        tracker.close()
+    return state
+
+
+def _one_step(cfg, algorithm, scorer, params, optimizer, scheduler, accelerator, batches, state, tracker, bar):
+    start = time.perf_counter()
+    window = batches[state.micro : state.micro + cfg.grad_accum]
+    n_total = sum(algorithm.examples_in(b) for b in window)
+    totals: dict[str, float] = {}
+    loss_sum = 0.0
+    for i, batch in enumerate(window):
+        sync = i == len(window) - 1
+        with accelerator.no_sync(scorer) if not sync else _nullcontext(), accelerator.autocast():
+            per_example, metrics = algorithm.loss(scorer, batch)
+        if not torch.isfinite(per_example).all():
+            raise TrainingAborted(
+                f"non-finite loss at step {state.step + 1} (epoch {state.epoch}, micro-batch {state.micro + i});"
+                " stopping. The last good checkpoint is kept; lower the learning rate or check the data."
+            )
+        accelerator.backward(per_example.sum() / n_total)
+        loss_sum += float(per_example.detach().sum())
+        _weighted_add(totals, metrics, algorithm.examples_in(batch))
+    max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+    grad_norm = float(accelerator.clip_grad_norm_(params, max_norm))
+    if math.isfinite(grad_norm):
+        optimizer.step()
+        state.bad_in_row = 0
+    else:  # a loss can look finite while its gradients are not: skip the step, count it
+        state.bad_in_row += 1
+        state.skipped_steps += 1
+        if state.bad_in_row >= cfg.max_bad_steps:
+            raise TrainingAborted(
+                f"{state.bad_in_row} optimizer steps in a row had non-finite gradients (last at step"
+                f" {state.step + 1}); stopping. The last good checkpoint is kept."
+            )
+    scheduler.step()  # stays in step with the step counter even when a step is skipped
+    optimizer.zero_grad(set_to_none=True)
+    state.micro += len(window)
+    state.step += 1
+    state.examples_seen += n_total
+    state.train_seconds += time.perf_counter() - start
+    row = {"step": state.step, "loss": loss_sum / n_total, **{k: v / n_total for k, v in totals.items()}}
+    row.update(grad_norm=grad_norm, lr=scheduler.get_last_lr()[0], epoch=state.epoch, examples_seen=state.examples_seen)
+    row["examples_per_second"] = state.examples_seen / max(state.train_seconds, 1e-9)
+    state.history.append(row)
+    if state.step % cfg.log_every == 0:
+        tracker.log(state.step, {k: v for k, v in row.items() if k != "step"})
+    bar.update(1)
+    bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", *algorithm.progress_keys) if k in row})
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _evaluate(algorithm, scorer, state: LoopState, tracker: Tracker) -> None:
+    was_training = scorer.training
+    scorer.eval()
+    with torch.no_grad():
+        metrics = algorithm.evaluate(scorer)
+    scorer.train(was_training)
+    if metrics:
+        tracker.log(state.step, {f"eval/{k}": v for k, v in metrics.items()})
+        state.history.append({"step": state.step, **{f"eval/{k}": v for k, v in metrics.items()}})
+
+
+def _save(cfg, run_dir, model, optimizer, scheduler, state, accelerator) -> None:
+    if accelerator.is_main_process:
+        save_checkpoint(run_dir / "checkpoints", state.step, model, optimizer, scheduler, state.to_dict(), cfg.keep_checkpoints)
+    accelerator.wait_for_everyone()

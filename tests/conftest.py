@@ -1,0 +1,42 @@
+"""Shared fixtures: the real SmolLM2 tokenizer (cached once) and tiny random causal LMs built
+from a config, so unit tests take seconds."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer():
+    from alignlab.models.embedded import embedded_tokenizer
+
+    return embedded_tokenizer()
+
+
+def make_tiny_lm(vocab_size: int, seed: int = 0, layers: int = 2):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        tie_word_embeddings=True, pad_token_id=2, bos_token_id=1, eos_token_id=2,
+    )
+    model = LlamaForCausalLM(config)
+    model.config._attn_implementation = "sdpa"
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_policy_dir(tmp_path_factory, smol_tokenizer):
+    """A save_pretrained folder: tiny random Llama with SmolLM2's tokenizer and chat template."""
+    path = tmp_path_factory.mktemp("tiny-policy")
+    make_tiny_lm(len(smol_tokenizer)).save_pretrained(path)
+    smol_tokenizer.save_pretrained(path)
+    return path
