@@ -1,0 +1,89 @@
+"""Reward-model losses: pairwise Bradley-Terry (with margin, label smoothing and centering),
+pointwise rating regression, and binary (thumbs-up) classification. Pure functions of rewards."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Metrics = dict[str, Tensor]
+
+
+def bradley_terry(
+    chosen_rewards: Tensor,
+    rejected_rewards: Tensor,
+    *,
+    margin: Tensor | None = None,
+    label_smoothing: float = 0.0,
+    center_coef: float = 0.0,
+    weights: Tensor | None = None,
+    per_example: bool = False,
+) -> tuple[Tensor, Metrics]:
+    """Bradley-Terry reward-model loss (Ouyang et al. 2022; margin as in Llama 2, arXiv:2307.09288;
+    label smoothing for noisy labels as in Secrets of RLHF II, arXiv:2401.06080; centering as in
+    Eisenstein et al. 2023, arXiv:2312.09244).
+
+        d     = r(x, y_c) - r(x, y_r) - m              m: per-pair margin (0 when None)
+        loss  = -(1 - eps) log sigmoid(d) - eps log sigmoid(-d) + eta (r(x, y_c) + r(x, y_r))^2
+
+    chosen_rewards/rejected_rewards: (B,) scalar rewards r. margin: (B,) m >= 0, larger for
+    clearer preferences (Llama 2 uses a Likert-derived step). label_smoothing: eps in [0, 0.5),
+    the assumed share of flipped labels. center_coef: eta, pulls the mean reward of each pair to 0
+    so that rewards from different prompts are comparable. weights: (B,) per-pair weights
+    (preference-strength weighting); the mean is weighted, sum(w * l) / sum(w).
+
+    Returns the batch mean (or (B,) losses with per_example=True) and detached metrics:
+    accuracy (share with r_c > r_r), margin_mean (mean r_c - r_r), reward_mean.
+    """
+    if not 0.0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    diff = chosen_rewards - rejected_rewards  # (B,)
+    d = diff - margin if margin is not None else diff
+    losses = -(1.0 - label_smoothing) * F.logsigmoid(d) - label_smoothing * F.logsigmoid(-d)
+    if center_coef:
+        losses = losses + center_coef * (chosen_rewards + rejected_rewards) ** 2
+    metrics = {
+        "accuracy": (diff > 0).float().mean().detach(),
+        "margin_mean": diff.mean().detach(),
+        "reward_mean": torch.cat([chosen_rewards, rejected_rewards]).mean().detach(),
+    }
+    if per_example:
+        return losses, metrics
+    if weights is not None:
+        return (weights * losses).sum() / weights.sum().clamp(min=1e-12), metrics
+    return losses.mean(), metrics
+
+
+def rating_regression(predictions: Tensor, targets: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Metrics]:
+    """Pointwise regression of named rating attributes (HelpSteer / UltraFeedback style).
+
+        loss = sum_{i,a} mask_ia (f_a(x_i, y_i) - s_ia)^2 / sum_{i,a} mask_ia
+
+    predictions/targets: (B, A) for A attributes; mask: (B, A) bool, False where a response has
+    no rating for that attribute (missing ratings are never read as 0).
+    Metrics: mse, and mae per the same mask.
+    """
+    if predictions.shape != targets.shape:
+        raise ValueError(f"predictions {tuple(predictions.shape)} and targets {tuple(targets.shape)} differ")
+    mask = torch.ones_like(targets, dtype=torch.bool) if mask is None else mask
+    w = mask.to(predictions.dtype)
+    n = w.sum().clamp(min=1.0)
+    err = (predictions - targets) * w
+    loss = (err**2).sum() / n
+    return loss, {"mse": loss.detach(), "mae": err.abs().sum().detach() / n}
+
+
+def binary_feedback(logits: Tensor, labels: Tensor, *, pos_weight: float = 1.0) -> tuple[Tensor, Metrics]:
+    """Thumbs-up classifier from unpaired binary feedback (RLUF's P[Love], arXiv:2505.14946).
+
+        loss = -mean( w+ y log sigmoid(z) + (1 - y) log sigmoid(-z) )
+
+    logits: (B,) z; labels: (B,) bool, True = desirable; pos_weight: w+ for rare positives.
+    Metrics: accuracy (sigmoid(z) > 0.5 agrees with the label), positive_rate (mean sigmoid(z)).
+    """
+    y = labels.to(logits.dtype)
+    losses = -(pos_weight * y * F.logsigmoid(logits) + (1 - y) * F.logsigmoid(-logits))
+    metrics = {"accuracy": ((logits > 0) == labels.bool()).float().mean().detach(),
+               "positive_rate": torch.sigmoid(logits).mean().detach()}
+    return losses.mean(), metrics

@@ -1,0 +1,82 @@
+"""Reward-model losses and ensemble aggregation against hand-worked values."""
+
+import math
+
+import pytest
+import torch
+
+from alignlab.losses.reward import binary_feedback, bradley_terry, rating_regression
+from alignlab.rewards.aggregate import aggregate
+
+
+def _log_sigmoid(x):
+    return -math.log1p(math.exp(-x))
+
+
+def test_bradley_terry_margin_smoothing_centering_by_hand():
+    rc, rr = torch.tensor([1.0, 0.5]), torch.tensor([0.2, 1.5])
+    margin = torch.tensor([0.3, 0.0])
+    loss, m = bradley_terry(rc, rr, margin=margin, label_smoothing=0.1, center_coef=0.01)
+    # pair 1: d = 1.0-0.2-0.3 = 0.5; pair 2: d = -1.0
+    l1 = -0.9 * _log_sigmoid(0.5) - 0.1 * _log_sigmoid(-0.5) + 0.01 * 1.2**2
+    l2 = -0.9 * _log_sigmoid(-1.0) - 0.1 * _log_sigmoid(1.0) + 0.01 * 2.0**2
+    assert loss.item() == pytest.approx((l1 + l2) / 2, abs=1e-6)
+    assert m["accuracy"].item() == 0.5 and m["margin_mean"].item() == pytest.approx((0.8 - 1.0) / 2)
+
+
+def test_bradley_terry_plain_is_log_sigmoid_and_weights_average():
+    rc, rr = torch.tensor([2.0, 0.0]), torch.tensor([0.0, 1.0])
+    loss, _ = bradley_terry(rc, rr, weights=torch.tensor([3.0, 1.0]))
+    expected = (3 * -_log_sigmoid(2.0) + 1 * -_log_sigmoid(-1.0)) / 4
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(ValueError, match="label_smoothing"):
+        bradley_terry(rc, rr, label_smoothing=0.5)
+
+
+def test_bradley_terry_prefers_larger_chosen_reward_and_gradient_sign():
+    rc = torch.tensor([0.3], requires_grad=True)
+    loss, _ = bradley_terry(rc, torch.tensor([0.0]))
+    loss.backward()
+    assert rc.grad.item() < 0  # raising the chosen reward lowers the loss
+
+
+def test_rating_regression_ignores_missing_ratings():
+    pred = torch.tensor([[1.0, 2.0], [3.0, 0.0]])
+    target = torch.tensor([[2.0, 2.0], [1.0, 99.0]])
+    mask = torch.tensor([[True, True], [True, False]])
+    loss, m = rating_regression(pred, target, mask)
+    assert loss.item() == pytest.approx((1 + 0 + 4) / 3)
+    assert m["mae"].item() == pytest.approx((1 + 0 + 2) / 3)
+
+
+def test_binary_feedback_by_hand():
+    logits, labels = torch.tensor([1.0, -2.0]), torch.tensor([True, True])
+    loss, m = binary_feedback(logits, labels, pos_weight=2.0)
+    assert loss.item() == pytest.approx(-(2 * _log_sigmoid(1.0) + 2 * _log_sigmoid(-2.0)) / 2, abs=1e-6)
+    assert m["accuracy"].item() == 0.5
+
+
+def test_ensemble_aggregations_by_hand():
+    rewards = torch.tensor([[1.0, 0.0], [3.0, 0.0], [2.0, 3.0]])  # K=3 members, N=2 responses
+    assert aggregate(rewards, "mean").tolist() == pytest.approx([2.0, 1.0])
+    assert aggregate(rewards, "wco").tolist() == [1.0, 0.0]
+    # population variance: [2/3, 2]; UWO with lambda 0.5
+    assert aggregate(rewards, "uwo", uwo_coef=0.5).tolist() == pytest.approx([2.0 - 1 / 3, 1.0 - 1.0])
+    with pytest.raises(ValueError, match="unknown aggregation"):
+        aggregate(rewards, "max")
+
+
+def test_reward_sources_function_and_ensemble():
+    from alignlab.rewards.base import EnsembleReward, FunctionReward, RewardSource
+
+    length = FunctionReward(lambda rs: [len(r) for r in rs], "length", responses_only=True)
+    negative = FunctionReward(lambda ps, rs: [-len(r) / 2 for r in rs], "half")
+    assert isinstance(length, RewardSource)
+    assert length.score(["p", "q"], ["ab", "abcd"]).tolist() == [2.0, 4.0]
+    ens = EnsembleReward([length, negative], how="wco")
+    assert ens.score(["p", "q"], ["ab", "abcd"]).tolist() == [-1.0, -2.0]
+    assert ens.member_scores(["p"], ["ab"]).shape == (2, 1)
+    with pytest.raises(ValueError, match="one prompt per response"):
+        length.score(["p"], ["a", "b"])
+    with pytest.raises(ValueError, match="unknown aggregation"):
+        EnsembleReward([length], how="median")
