@@ -1,0 +1,164 @@
+"""Reward models: a backbone read at one position per sequence, then K members x A attribute heads,
+optionally mixed into one score by a prompt-conditioned gate (ArmoRM) or a user direction (DPA).
+
+    rewards, attributes = model(batch)          # (S, K), (S, K, A)
+
+- kind "causal": a decoder LM (e.g. the embedded SmolLM2-135M); the reward is read from the hidden
+  state of the LAST response token (the end-of-turn token), never from a pad or prompt token.
+  Batches are packed without padding (`pack_reward_pairs`), chosen and rejected sharing the prompt.
+- kind "encoder": a BERT-style encoder (the embedded MiniLM-L6); (prompt, response) is encoded as
+  a text pair and mean-pooled over its real tokens (how MiniLM was trained to embed sentences).
+
+An ensemble is K heads on ONE backbone forward; with `freeze_backbone` the backbone runs without
+grad, so K members cost little more than one (Coste et al. 2023 train full copies; this is the
+cheap variant the issue asks for, diversity coming from head initialization and data order).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from alignlab.models.packing import pack_sequences
+
+
+@dataclass
+class RewardBatch:
+    input_ids: torch.Tensor  # (R, L)
+    attention_mask: torch.Tensor  # (R, L) 0/1, or (R, 1, L, L) additive for packed rows
+    read_index: torch.Tensor  # (S,) flat index into R*L of each sequence's reward position
+    prompt_index: torch.Tensor  # (S,) flat index of each sequence's last prompt token (gate input)
+    num_sequences: int
+    position_ids: torch.Tensor | None = None
+    token_type_ids: torch.Tensor | None = None
+    lengths: torch.Tensor | None = None  # (S,) response tokens, for the length-bias check
+
+    def to(self, device) -> "RewardBatch":
+        return RewardBatch(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in self.__dict__.items()})
+
+
+def pack_reward_sequences(blocks, num_sequences: int, *, pad_token_id: int) -> RewardBatch:
+    """Causal-LM batches without padding: `blocks` as in `pack_sequences`
+    ((prompt_ids, [(response_ids, seq_id), ...])). Each sequence's reward is read at its last
+    response token: one past the last position that predicts one of its tokens."""
+    packed = pack_sequences(blocks, num_sequences, pad_token_id=pad_token_id)
+    last = torch.full((num_sequences,), -1, dtype=torch.long)
+    last = last.scatter_reduce(0, packed.score_sequence, packed.score_positions, reduce="amax")
+    first = torch.full((num_sequences,), 1 << 62, dtype=torch.long)
+    first = first.scatter_reduce(0, packed.score_sequence, packed.score_positions, reduce="amin")
+    if (last < 0).any():
+        raise ValueError("every sequence needs a prompt and at least one response token")
+    return RewardBatch(
+        input_ids=packed.input_ids, attention_mask=packed.attention_mask, read_index=last + 1,
+        prompt_index=first, num_sequences=num_sequences, position_ids=packed.position_ids,
+        lengths=packed.lengths + 1,
+    )
+
+
+def pack_reward_pairs(pairs, *, pad_token_id: int) -> RewardBatch:
+    """EncodedPairs -> one packed batch; sequences 0..B-1 chosen, B..2B-1 rejected."""
+    B = len(pairs)
+    blocks = [(p.prompt_ids, [(p.chosen_ids, i), (p.rejected_ids, B + i)]) for i, p in enumerate(pairs)]
+    return pack_reward_sequences(blocks, 2 * B, pad_token_id=pad_token_id)
+
+
+def pad_encoder_sequences(sequences, *, pad_token_id: int) -> RewardBatch:
+    """Encoder batches: `sequences` are (prompt_ids, response_ids) where prompt_ids carry the
+    leading [CLS] ... [SEP] and response_ids the trailing [SEP]; right-padded rows, one per
+    sequence, token types 0 for the prompt and 1 for the response (BERT's sentence pairs)."""
+    S = len(sequences)
+    L = max(len(p) + len(r) for p, r in sequences)
+    input_ids = torch.full((S, L), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((S, L), dtype=torch.long)
+    types = torch.zeros((S, L), dtype=torch.long)
+    prompt_index, lengths = [], []
+    for s, (prompt, response) in enumerate(sequences):
+        n = len(prompt) + len(response)
+        input_ids[s, :n] = torch.tensor(list(prompt) + list(response))
+        mask[s, :n] = 1
+        types[s, len(prompt) : n] = 1
+        prompt_index.append(s * L + len(prompt) - 1)
+        lengths.append(len(response))
+    return RewardBatch(
+        input_ids=input_ids, attention_mask=mask, read_index=torch.arange(S) * L, prompt_index=torch.tensor(prompt_index),
+        num_sequences=S, token_type_ids=types, lengths=torch.tensor(lengths),
+    )
+
+
+class RewardModel(nn.Module):
+    """Backbone + heads. `members` K, `attributes` A names; `gating` adds ArmoRM's prompt-conditioned
+    softmax gate over attributes; `direction` (A,) replaces it by a fixed unit vector (DPA)."""
+
+    def __init__(self, backbone: nn.Module, *, kind: str, hidden_size: int, members: int = 1,
+                 attributes: tuple[str, ...] = ("reward",), gating: bool = False, freeze_backbone: bool = False,
+                 seed: int = 0):
+        super().__init__()
+        if kind not in ("causal", "encoder"):
+            raise ValueError(f"reward model kind must be causal or encoder, got {kind!r}")
+        self.backbone, self.kind = backbone, kind
+        self.members, self.attributes = members, tuple(attributes)
+        self.freeze_backbone = freeze_backbone
+        A = len(self.attributes)
+        g = torch.Generator().manual_seed(seed)
+        # (K, H, A): every member its own head; causal heads have no bias so that a K=A=1 model
+        # exports exactly as transformers' *ForSequenceClassification (whose score has none).
+        self.head_weight = nn.Parameter(torch.randn(members, hidden_size, A, generator=g) / hidden_size**0.5)
+        self.head_bias = nn.Parameter(torch.zeros(members, A)) if kind == "encoder" else None
+        self.gate = nn.Linear(hidden_size, A) if gating and A > 1 else None
+        self.register_buffer("direction", torch.empty(0), persistent=False)
+        if freeze_backbone:
+            self.backbone.requires_grad_(False)
+
+    def set_direction(self, direction) -> None:
+        """Score by a fixed preference direction over attributes (DPA) instead of the gate; the
+        vector is normalized to unit length. `None` restores the gate / plain heads."""
+        if direction is None:
+            self.direction = torch.empty(0)
+            return
+        v = torch.as_tensor(direction, dtype=torch.float32).flatten()
+        if v.numel() != len(self.attributes) or not torch.isfinite(v).all() or v.norm() == 0:
+            raise ValueError(f"direction must be {len(self.attributes)} finite numbers, not all 0 (attributes {self.attributes})")
+        self.direction = (v / v.norm()).to(self.head_weight.device)
+
+    def hidden_states(self, batch: RewardBatch) -> torch.Tensor:
+        kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        if batch.position_ids is not None:
+            kwargs["position_ids"] = batch.position_ids
+        if batch.token_type_ids is not None:
+            kwargs["token_type_ids"] = batch.token_type_ids
+        backbone = self.backbone.get_decoder() if hasattr(self.backbone, "get_decoder") and self.kind == "causal" else self.backbone
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_backbone):
+            if self.kind == "causal":
+                kwargs["use_cache"] = False
+            return backbone(**kwargs).last_hidden_state  # (R, L, H)
+
+    def features(self, batch: RewardBatch, hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(S, H) reward features and (S, H) prompt features."""
+        hidden = self.hidden_states(batch) if hidden is None else hidden
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        if self.kind == "encoder":  # mean over the real tokens of each row (one row per sequence)
+            mask = batch.attention_mask.to(hidden.dtype)[..., None]  # (S, L, 1)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        else:
+            pooled = flat[batch.read_index]
+        return pooled, flat[batch.prompt_index]
+
+    def forward(self, batch: RewardBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled, prompt = self.features(batch)
+        attrs = torch.einsum("sh,kha->ska", pooled.float(), self.head_weight)  # (S, K, A)
+        if self.head_bias is not None:
+            attrs = attrs + self.head_bias
+        return self.combine(attrs, prompt.float()), attrs
+
+    def combine(self, attrs: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+        """(S, K, A) attribute rewards -> (S, K) one score per member."""
+        if self.direction.numel():
+            return attrs @ self.direction
+        if self.gate is not None:
+            weights = torch.softmax(self.gate(prompt), dim=-1)  # (S, A)
+            return (attrs * weights[:, None, :]).sum(-1)
+        if attrs.shape[-1] == 1:
+            return attrs[..., 0]
+        return attrs.mean(-1)

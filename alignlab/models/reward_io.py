@@ -1,0 +1,151 @@
+"""Building, saving and loading reward models.
+
+Saved layout (`save_reward_model`):
+- causal kind: the folder IS a transformers `*ForSequenceClassification` checkpoint (LoRA merged;
+  `num_labels = K*A`, label k*A + a = member k, attribute a; `pad_token_id` set to a token that is
+  never the end of a response, so transformers reads the same last token alignlab does), plus
+  `alignlab_reward.json` (kind, members, attributes, objective) and `reward_gate.safetensors` when
+  there is a gate.
+- encoder kind: the encoder's own `save_pretrained` folder plus `reward_heads.safetensors` and
+  `alignlab_reward.json`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+
+from alignlab.models.reward import RewardModel
+
+ENCODER_TYPES = ("bert", "roberta", "distilbert", "deberta", "deberta-v2", "electra", "xlm-roberta", "mpnet", "albert")
+ENCODER_NAMES = ("embedded-encoder", "minilm", "all-minilm-l6-v2")
+META = "alignlab_reward.json"
+
+
+def resolve_backbone_path(name: str) -> str:
+    """'embedded-encoder' -> the MiniLM folder from its wheel; else as for policies."""
+    if name in ENCODER_NAMES:
+        from alignlab.models.embedded import encoder_dir
+
+        return str(encoder_dir())
+    from alignlab.models.load import resolve_model_path
+
+    return resolve_model_path(name)
+
+
+def backbone_kind(path: str) -> str:
+    from transformers import AutoConfig
+
+    return "encoder" if AutoConfig.from_pretrained(path).model_type in ENCODER_TYPES else "causal"
+
+
+def load_backbone(path: str, kind: str):
+    """The base transformer (no LM head): LlamaModel-like for causal, BertModel-like for encoders."""
+    from transformers import AutoModel
+
+    kwargs = {"attn_implementation": "sdpa"} if kind == "causal" else {}
+    model = AutoModel.from_pretrained(path, dtype=torch.float32, **kwargs)
+    if kind == "causal" and hasattr(model, "get_decoder") and model.get_decoder() is not model:
+        model = model.get_decoder()
+    return model
+
+
+def reward_pad_token_id(tokenizer) -> int:
+    """A pad id that never ends a real response: the tokenizer's pad unless it doubles as the
+    end-of-turn token (SmolLM2: pad = eos = <|im_end|>), then unk, then any other special token."""
+    eos = tokenizer.eos_token_id
+    for candidate in (tokenizer.pad_token_id, tokenizer.unk_token_id, *tokenizer.all_special_ids):
+        if candidate is not None and candidate != eos:
+            return int(candidate)
+    raise ValueError("the tokenizer has no special token other than eos to pad with; add a pad token")
+
+
+def build_reward_model(name: str, *, members: int = 1, attributes=("reward",), gating: bool = False,
+                       freeze_backbone: bool = False, lora: dict | None = None, seed: int = 0) -> RewardModel:
+    path = resolve_backbone_path(name)
+    kind = backbone_kind(path)
+    backbone = load_backbone(path, kind)
+    if lora and not freeze_backbone:
+        from peft import LoraConfig, get_peft_model
+
+        backbone = get_peft_model(backbone, LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                                                       target_modules=lora["target_modules"]))
+    hidden = backbone.config.hidden_size
+    return RewardModel(backbone, kind=kind, hidden_size=hidden, members=members, attributes=tuple(attributes),
+                       gating=gating, freeze_backbone=freeze_backbone, seed=seed)
+
+
+def _plain_backbone(model: RewardModel):
+    backbone = model.backbone
+    if hasattr(backbone, "merge_and_unload"):  # PEFT: merge a copy, keep training state intact
+        backbone = copy.deepcopy(backbone).merge_and_unload()
+    return backbone
+
+
+def save_reward_model(model: RewardModel, tokenizer, path, *, objective: str = "pairwise") -> Path:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    backbone = _plain_backbone(model)
+    K, A = model.members, len(model.attributes)
+    if model.kind == "causal":
+        from transformers import AutoModelForSequenceClassification
+
+        config = copy.deepcopy(backbone.config)
+        config.num_labels = K * A
+        config.pad_token_id = reward_pad_token_id(tokenizer)
+        config.architectures = None
+        classifier = AutoModelForSequenceClassification.from_config(config)
+        getattr(classifier, classifier.base_model_prefix).load_state_dict(backbone.state_dict())
+        with torch.no_grad():  # (K, H, A) -> (K*A, H), label k*A + a
+            classifier.score.weight.copy_(model.head_weight.detach().permute(0, 2, 1).reshape(K * A, -1))
+        classifier.save_pretrained(path)
+        saved_tokenizer = copy.deepcopy(tokenizer)
+        saved_tokenizer.pad_token = saved_tokenizer.convert_ids_to_tokens(config.pad_token_id)
+        saved_tokenizer.save_pretrained(path)
+    else:
+        backbone.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        heads = {"head_weight": model.head_weight.detach().contiguous()}
+        if model.head_bias is not None:
+            heads["head_bias"] = model.head_bias.detach().contiguous()
+        save_file(heads, str(path / "reward_heads.safetensors"))
+    if model.gate is not None:
+        save_file({k: v.detach().contiguous() for k, v in model.gate.state_dict().items()}, str(path / "reward_gate.safetensors"))
+    meta = {"kind": model.kind, "members": K, "attributes": list(model.attributes), "gating": model.gate is not None,
+            "objective": objective}
+    (path / META).write_text(json.dumps(meta, indent=1))
+    return path
+
+
+def load_reward_model(path) -> tuple[RewardModel, object, dict]:
+    """(model in eval mode, tokenizer, metadata) from a folder written by save_reward_model."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = Path(path)
+    meta_path = path / META
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{path} is not an alignlab reward model (no {META})")
+    meta = json.loads(meta_path.read_text())
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    K, A = meta["members"], len(meta["attributes"])
+    if meta["kind"] == "causal":
+        classifier = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
+        backbone = getattr(classifier, classifier.base_model_prefix)
+        model = RewardModel(backbone, kind="causal", hidden_size=backbone.config.hidden_size, members=K,
+                            attributes=tuple(meta["attributes"]), gating=meta["gating"])
+        with torch.no_grad():
+            model.head_weight.copy_(classifier.score.weight.reshape(K, A, -1).permute(0, 2, 1))
+    else:
+        backbone = load_backbone(str(path), "encoder")
+        model = RewardModel(backbone, kind="encoder", hidden_size=backbone.config.hidden_size, members=K,
+                            attributes=tuple(meta["attributes"]), gating=meta["gating"])
+        model.load_state_dict(load_file(str(path / "reward_heads.safetensors")), strict=False)
+    if model.gate is not None:
+        model.gate.load_state_dict(load_file(str(path / "reward_gate.safetensors")))
+    return model.eval(), tokenizer, meta
