@@ -12,8 +12,9 @@ from alignlab.config import ConfigError, resolve
 
 def _trainers() -> dict[str, tuple[type, Any]]:
     from alignlab.train.dpo import DPOConfig, train_dpo
+    from alignlab.train.reward import RMConfig, train_reward_model
 
-    return {"dpo": (DPOConfig, train_dpo)}
+    return {"dpo": (DPOConfig, train_dpo), "rm": (RMConfig, train_reward_model)}
 
 
 def parse_flags(tokens: list[str]) -> dict[str, Any]:
@@ -59,7 +60,7 @@ def cmd_train(args, rest: list[str]) -> int:
         return 0
     final_eval = session.summary.get("final_eval", {})
     print(f"alignlab: done in {session.summary['train_seconds']:.1f}s of training "
-          f"({session.summary['examples_per_second']:.2f} pairs/s); model saved to {session.final_dir}")
+          f"({session.summary['examples_per_second']:.2f} examples/s); model saved to {session.final_dir}")
     if final_eval:
         print("  final eval: " + ", ".join(f"{k}={v:.4g}" for k, v in final_eval.items() if k != "step"))
     return 0
@@ -83,6 +84,29 @@ def cmd_data_inspect(args, rest: list[str]) -> int:
     return 0
 
 
+def cmd_eval_rm(args, rest: list[str]) -> int:
+    import json
+
+    from alignlab.data import load_records
+    from alignlab.data.records import PairwiseRecord
+    from alignlab.eval.reward_eval import evaluate_pairs
+    from alignlab.rewards.model import RewardModelSource
+
+    if rest:
+        raise ConfigError(f"unknown option(s) for eval rm: {' '.join(rest)}")
+    records = [r for r in load_records(args.data, format=args.format).records if isinstance(r, PairwiseRecord)]
+    if not records:
+        raise ValueError(f"{args.data}: no pairwise records to evaluate on")
+    source = RewardModelSource(args.model, how=args.how, batch_size=args.batch_size, max_length=args.max_length,
+                               progress=True)
+    result = evaluate_pairs(source, records, output_dir=args.output)
+    shown = {k: v for k, v in result.items() if k != "reliability"}
+    print(json.dumps(shown, indent=1))
+    if args.output:
+        print(f"written: {args.output}/rm_eval.json, {args.output}/reliability.png")
+    return 0
+
+
 def cmd_demo(args, rest: list[str]) -> int:
     from alignlab.demo import DemoConfig, run_demo
 
@@ -98,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a policy: alignlab train dpo --config my.yaml [--key value ...]")
-    train.add_argument("algorithm", help="algorithm: dpo")
+    train.add_argument("algorithm", help="algorithm: dpo | rm (reward model)")
     train.add_argument("--config", help="YAML file of settings (flags override it)")
     train.add_argument("--dry-run", action="store_true", help="explain the run (batches, memory, data) and exit")
     train.add_argument("--help-settings", action="store_true", help="list every setting with its default")
@@ -113,6 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--format", default="auto")
     inspect.add_argument("--no-tokenizer", action="store_true", help="count characters instead of tokens")
     inspect.set_defaults(func=cmd_data_inspect)
+
+    evaluate = sub.add_parser("eval", help="evaluate models")
+    eval_sub = evaluate.add_subparsers(dest="eval_command", required=True)
+    eval_rm = eval_sub.add_parser("rm", help="reward model: accuracy (per subset), calibration, length bias, ensemble disagreement")
+    eval_rm.add_argument("--model", required=True, help="folder written by `alignlab train rm` (its final/)")
+    eval_rm.add_argument("--data", required=True, help="held-out preference data (any supported format)")
+    eval_rm.add_argument("--format", default="auto")
+    eval_rm.add_argument("--how", default="mean", help="ensemble aggregation: mean | wco | uwo")
+    eval_rm.add_argument("--batch-size", type=int, default=16)
+    eval_rm.add_argument("--max-length", type=int, default=512)
+    eval_rm.add_argument("--output", help="folder for rm_eval.json and reliability.png")
+    eval_rm.set_defaults(func=cmd_eval_rm)
 
     demo = sub.add_parser("demo", help="RLHF end to end on CPU: sample, label, DPO, evaluate")
     demo.add_argument("--output", help="output folder (default runs/demo-<time>)")

@@ -33,12 +33,12 @@ def expected_calibration_error(probs: Tensor, outcomes: Tensor, bins: int = 10) 
 
 
 def plot_reliability(table: list[dict], path, title: str = "reward model calibration") -> None:
-    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig = Figure(figsize=(4.5, 4.5))  # no pyplot: the global backend is left alone
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     used = [b for b in table if b["count"]]
     ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfect calibration")
     ax.bar([b["confidence"] for b in used], [b["frequency"] for b in used], width=0.08, alpha=0.7, label="observed")
@@ -50,4 +50,3 @@ def plot_reliability(table: list[dict], path, title: str = "reward model calibra
     ax.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

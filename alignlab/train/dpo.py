@@ -91,13 +91,15 @@ def reference_logps(model, pairs, *, batch_size: int, pad_token_id: int, progres
 class DPOAlgorithm:
     progress_keys = ("rewards/accuracy", "rewards/margins")
 
-    def __init__(self, cfg: DPOConfig, model, train_pairs, eval_pairs, pad_token_id: int, reference=None):
+    def __init__(self, cfg: DPOConfig, model, train_pairs, eval_pairs, pad_token_id: int, reference=None,
+                 extra_eval=None):
         self.cfg, self.model = cfg, model
         self.spec = LOSSES[cfg.loss]
         self.train_pairs, self.eval_pairs = train_pairs, eval_pairs
         self.pad_token_id = pad_token_id
         self.reference = reference or {}  # {"train": (N, 2), "eval": (M, 2)} when precomputed
         self._epoch_cache: tuple[int, list] | None = None
+        self.extra_eval = extra_eval  # callable(model) -> metrics, e.g. the demo's gold-reward probe
 
     def micro_batches(self, epoch: int) -> list[PairBatch]:
         if self._epoch_cache is None or self._epoch_cache[0] != epoch:
@@ -111,7 +113,7 @@ class DPOAlgorithm:
         return len(batch.indices)
 
     def _reference(self, split: str, batch: PairBatch, device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        if not self.spec.needs_reference and self.cfg.reference in ("auto", "none"):
+        if not self.spec.needs_reference:  # reference-free losses (simpo, cpl) never pay for one
             return None, None
         if split in self.reference:
             ref = self.reference[split][batch.indices].to(device)
@@ -136,8 +138,9 @@ class DPOAlgorithm:
         return self._losses(scorer, batch, "train")
 
     def evaluate(self, scorer) -> dict[str, float]:
+        extra = self.extra_eval(self.model) if self.extra_eval is not None else {}
         if not self.eval_pairs:
-            return {}
+            return extra
         totals, n = {}, 0
         order = list(range(len(self.eval_pairs)))
         for batch in make_batches(self.eval_pairs, order, self.cfg.batch_size, self.pad_token_id, self.cfg.share_prompt):
@@ -147,11 +150,11 @@ class DPOAlgorithm:
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + float(v) * b
             n += b
-        return {k: v / n for k, v in totals.items()}
+        return {**{k: v / n for k, v in totals.items()}, **extra}
 
 
 def train_dpo(cfg: DPOConfig, *, train_records=None, eval_records=None, model=None, tokenizer=None,
-              dry_run: bool = False) -> TrainingSession:
+              dry_run: bool = False, extra_eval=None) -> TrainingSession:
     """Python API: train per `cfg`; records/model may be given in memory instead of by path."""
     session = start_session(cfg, "dpo", train_records=train_records, eval_records=eval_records, model=model,
                             tokenizer=tokenizer, dry_run=dry_run)
@@ -164,5 +167,6 @@ def train_dpo(cfg: DPOConfig, *, train_records=None, eval_records=None, model=No
             lambda pairs: reference_logps(session.model, pairs, batch_size=cfg.batch_size * 2,
                                           pad_token_id=session.pad_token_id, progress=cfg.progress)
         )
-    algorithm = DPOAlgorithm(cfg, session.model, session.train_pairs, session.eval_pairs, session.pad_token_id, reference)
+    algorithm = DPOAlgorithm(cfg, session.model, session.train_pairs, session.eval_pairs, session.pad_token_id, reference,
+                             extra_eval)
     return finish_session(session, algorithm, SequenceScorer(session.model))

@@ -89,7 +89,7 @@ def _load_split(cfg, path: str, records, run_dir: Path, name: str, report: DataR
     return list(records)
 
 
-def _split_eval(cfg, train_records: list, eval_records: list, report: DataReport) -> tuple[list, list]:
+def split_eval(cfg, train_records: list, eval_records: list, report: DataReport) -> tuple[list, list]:
     if eval_records or cfg.eval_fraction <= 0:
         return train_records, eval_records
     g = torch.Generator().manual_seed(cfg.seed)
@@ -126,7 +126,7 @@ def start_session(cfg, algorithm_name: str, *, train_records=None, eval_records=
     report = DataReport()
     train_list = _load_split(cfg, cfg.train_data, train_records, run_dir, "train", report)
     eval_list = _load_split(cfg, cfg.eval_data, eval_records, run_dir, "eval", report)
-    train_list, eval_list = _split_eval(cfg, train_list, eval_list, report)
+    train_list, eval_list = split_eval(cfg, train_list, eval_list, report)
     session = TrainingSession(cfg, algorithm_name, run_dir, tokenizer=tokenizer, report=report)
     session.train_pairs = _encode(cfg, tokenizer, train_list, cfg.train_data or "train records", report)
     session.eval_pairs = _encode(cfg, tokenizer, eval_list, cfg.eval_data or "eval records", report) if eval_list else []

@@ -1,0 +1,83 @@
+"""A trained reward model (or ensemble, or multi-objective model) as a reward source."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from alignlab.models.reward import pack_reward_sequences, pad_encoder_sequences
+from alignlab.rewards.aggregate import aggregate
+
+
+class RewardModelSource:
+    """`score(prompts, responses)` with a model saved by `alignlab train rm`.
+
+    how: mean | wco | uwo — how an ensemble's K members are combined (Coste et al.);
+    direction: optional weights over the attributes of a multi-objective model (DPA), replacing
+    its gate. Responses longer than `max_length` tokens (with their prompt) keep the end of the
+    prompt and the start of the response; the count is in `self.truncated`."""
+
+    def __init__(self, path, *, how: str = "mean", uwo_coef: float = 0.5, direction=None, batch_size: int = 16,
+                 max_length: int = 512, progress: bool = False, device: str | None = None):
+        from alignlab.models.reward_io import load_reward_model, reward_pad_token_id
+
+        self.model, self.tokenizer, self.meta = load_reward_model(path)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device)
+        if direction is not None:
+            self.model.set_direction(direction)
+        aggregate(torch.zeros(1, 1), how)
+        self.how, self.uwo_coef, self.batch_size, self.max_length = how, uwo_coef, batch_size, max_length
+        self.progress = progress
+        self.pad_token_id = reward_pad_token_id(self.tokenizer)
+        self.name = f"rm:{path}"
+        self.truncated = 0
+
+    def _encode(self, prompts, responses) -> list[tuple[list, list]]:
+        from alignlab.data import encode_prompt_response
+
+        out = []
+        for prompt, response in zip(prompts, responses):
+            p, r = encode_prompt_response(self.tokenizer, prompt, response)
+            if len(p) + len(r) > self.max_length:
+                self.truncated += 1
+                keep_p = min(len(p), self.max_length // 2)
+                p, r = p[len(p) - keep_p :], r[: self.max_length - keep_p]
+            out.append((p, r))
+        return out
+
+    @torch.no_grad()
+    def outputs(self, prompts: Sequence, responses: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """(N, K) member rewards and (N, K, A) attribute rewards."""
+        from tqdm.auto import tqdm
+
+        if len(prompts) != len(responses):
+            raise ValueError(f"score() needs one prompt per response, got {len(prompts)} and {len(responses)}")
+        seqs = self._encode(prompts, responses)
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]) + len(seqs[i][1]))  # little padding
+        K, A = self.model.members, len(self.model.attributes)
+        rewards, attrs = torch.zeros(len(seqs), K), torch.zeros(len(seqs), K, A)
+        starts = range(0, len(order), self.batch_size)
+        for start in tqdm(starts, desc="scoring", disable=not self.progress, dynamic_ncols=True):
+            idx = order[start : start + self.batch_size]
+            if self.model.kind == "causal":
+                batch = pack_reward_sequences([(seqs[i][0], [(seqs[i][1], j)]) for j, i in enumerate(idx)], len(idx),
+                                              pad_token_id=self.pad_token_id)
+            else:
+                batch = pad_encoder_sequences([seqs[i] for i in idx], pad_token_id=self.pad_token_id)
+            r, a = self.model(batch.to(self.device))
+            rewards[idx], attrs[idx] = r.float().cpu(), a.float().cpu()
+        return rewards, attrs
+
+    def member_scores(self, prompts, responses) -> Tensor:
+        """(K, N)."""
+        return self.outputs(prompts, responses)[0].T
+
+    def score_attributes(self, prompts, responses) -> Tensor:
+        """(N, A) attribute rewards, averaged over members."""
+        return self.outputs(prompts, responses)[1].mean(1)
+
+    def score(self, prompts, responses) -> Tensor:
+        return aggregate(self.member_scores(prompts, responses), self.how, uwo_coef=self.uwo_coef)

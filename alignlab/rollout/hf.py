@@ -1,0 +1,224 @@
+"""The default rollout backend: HF `generate` with a KV cache on left-padded batches.
+
+Sampling is done by our own logits processor (`_Sampler`), not by `generate`'s warpers:
+it draws the token from `softmax(logits / T)` (optionally top-k/top-p truncated) with a private
+`torch.Generator`, records that token's log-prob from the logsumexp it already computed, and
+hands `generate` a one-hot score so `generate`'s greedy step picks exactly that token. Versus
+`output_scores`/`output_logits` this keeps O(B) floats per step instead of a (B, V) tensor per
+step (80 rows x 32 steps x 49k vocab = 0.5 GB for SmolLM2), needs no second log-softmax pass,
+leaves the global RNG alone, and sampling stays cheap (PERF_NOTES 5): the untruncated path is one
+logsumexp, one exp and a multinomial draw per step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria
+from transformers import StoppingCriteriaList, StopStringCriteria
+
+from alignlab.rollout.base import Completions, SamplingParams
+
+
+class _Sampler(LogitsProcessor):
+    """Samples the next token itself and records log softmax(logits / T)[token] per step."""
+
+    def __init__(self, params: SamplingParams, generator: torch.Generator):
+        self.params, self.generator = params, generator
+        self.step_logps: list[torch.Tensor] = []  # one (B,) tensor per decoding step
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        p = self.params
+        logits = scores.float()  # (B, V)
+        if p.temperature != 1.0:
+            logits = logits / p.temperature
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (B, 1)
+        truncated = _truncate(logits, p.top_k, p.top_p)
+        probs = torch.exp(logits - lse) if truncated is logits else torch.softmax(truncated, dim=-1)
+        token = torch.multinomial(probs, 1, generator=self.generator)  # (B, 1)
+        self.step_logps.append((logits.gather(1, token) - lse).squeeze(1))
+        return torch.full_like(scores, float("-inf")).scatter_(1, token, 0.0)
+
+
+def _truncate(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Logits with tokens outside the top-k / nucleus set at -inf; `logits` itself when neither is on."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
+        cum = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+        # drop a token when the mass *before* it already reaches top_p (the top token always stays)
+        drop_sorted = (cum - torch.softmax(sorted_logits, dim=-1)) >= top_p
+        logits = logits.masked_fill(drop_sorted.scatter(1, order, drop_sorted), float("-inf"))
+    return logits
+
+
+# Everything that could change the logits `_Sampler` sees is set to its neutral value explicitly:
+# `generate` fills every field left unset from the model's generation_config.json (Qwen2.5-Instruct
+# ships repetition_penalty=1.05), and a processor running before `_Sampler` would make the
+# sampled distribution and the recorded log-probs differ from the model's. The sampling-only
+# fields get transformers' global defaults, so a model's do_sample settings raise no warnings.
+_NEUTRAL_GENERATION = dict(
+    do_sample=False, num_beams=1, repetition_penalty=1.0, encoder_repetition_penalty=1.0, no_repeat_ngram_size=0,
+    encoder_no_repeat_ngram_size=0, min_length=0, guidance_scale=1.0, renormalize_logits=False,
+    remove_invalid_values=False, temperature=1.0, top_k=50, top_p=1.0, typical_p=1.0, epsilon_cutoff=0.0,
+    eta_cutoff=0.0,
+)
+# Logits-changing fields whose only "off" value is None, which `generate` would overwrite; and
+# min_new_tokens, whose 0 next to min_length=0 makes transformers warn on every call.
+_UNSUPPORTED_GENERATION = ("bad_words_ids", "sequence_bias", "forced_bos_token_id", "forced_eos_token_id",
+                           "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens",
+                           "watermarking_config")
+
+
+def _check_generation_config(model: nn.Module) -> None:
+    """Refuse a model whose generation_config would alter the logits in a way we cannot switch off."""
+    config = getattr(model, "generation_config", None)
+    found = [name for name in _UNSUPPORTED_GENERATION if getattr(config, name, None) is not None]
+    if getattr(config, "min_new_tokens", None):  # 0 is off too
+        found.insert(0, "min_new_tokens")
+    if found:
+        raise ValueError(f"HFGenerator: the model's generation_config sets {', '.join(found)}, which would change "
+                         "the sampled distribution; set them to None on model.generation_config first")
+
+
+class _StopRecorder(StoppingCriteria):
+    """Wraps stop-string criteria and remembers the sequence length at which each row first stopped,
+    so rows that stopped on a stop string are not confused with pad tokens when pad == eos."""
+
+    def __init__(self, inner: StoppingCriteria, batch_size: int):
+        self.inner = inner
+        self.stopped_at = torch.full((batch_size,), -1, dtype=torch.long)  # total length incl. prompt
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        hit = self.inner(input_ids, scores, **kwargs)  # (B,)
+        new = hit.cpu() & (self.stopped_at < 0)
+        self.stopped_at[new] = input_ids.shape[1]
+        return hit
+
+
+class HFGenerator:
+    """`RolloutBackend` over a transformers causal LM (PEFT-wrapped models work too).
+
+    All prompts x n samples go through `generate` in chunks of `batch_size` rows (sorted by prompt
+    length so each chunk pads little), left-padded, with the KV cache on. `tokenizer` may be None
+    (tests with tiny models): pass `eos_token_id` then; texts come back as None.
+    Results are reproducible for the same seed, prompts, params and batch_size.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer=None, *, batch_size: int = 64,
+                 eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None,
+                 progress: str | None = None):
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.progress = progress  # a description shows a progress bar over the chunks
+        self.eos_token_ids = _eos_ids(model, tokenizer, eos_token_id)
+        if pad_token_id is None and tokenizer is not None:
+            pad_token_id = tokenizer.pad_token_id
+        self.pad_token_id = self.eos_token_ids[0] if pad_token_id is None else pad_token_id
+
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> Completions:
+        if any(len(p) == 0 for p in prompt_ids):
+            raise ValueError("HFGenerator.generate: every prompt needs at least one token")
+        if params.stop_strings and self.tokenizer is None:
+            raise ValueError("SamplingParams.stop_strings needs a tokenizer")
+        _check_generation_config(self.model)
+        rows = [i for i in range(len(prompt_ids)) for _ in range(params.n)]  # prompt-major
+        order = sorted(range(len(rows)), key=lambda r: len(prompt_ids[rows[r]]))
+        generator = torch.Generator(next(self.model.parameters()).device)
+        generator.manual_seed(params.seed) if params.seed is not None else generator.seed()
+        completion_ids: list[list[int]] = [[] for _ in rows]
+        logprobs: list[torch.Tensor] = [torch.zeros(0) for _ in rows]
+        finished = [False] * len(rows)
+        was_training = self.model.training
+        self.model.eval()  # LoRA/attention dropout off while sampling
+        from tqdm.auto import tqdm
+
+        starts = range(0, len(rows), self.batch_size)
+        try:
+            for start in tqdm(starts, desc=self.progress, disable=self.progress is None, dynamic_ncols=True,
+                              unit="batch"):
+                chunk = order[start : start + self.batch_size]
+                ids, lps, fin = self._generate_chunk([prompt_ids[rows[r]] for r in chunk], params, generator)
+                for r, c, lp, f in zip(chunk, ids, lps, fin):
+                    completion_ids[r], logprobs[r], finished[r] = c, lp, f
+        finally:
+            self.model.train(was_training)
+        texts = None
+        if self.tokenizer is not None:
+            texts = self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+        return Completions(prompt_index=rows, prompt_ids=[prompt_ids[i] for i in rows],
+                           completion_ids=completion_ids, texts=texts,
+                           logprobs=None if params.greedy else logprobs, finished=finished, n=params.n)
+
+    # no_grad, not inference_mode: the returned log-probs must be ordinary tensors, since trainers
+    # use them in autograd graphs and in-place ops, which inference tensors refuse.
+    @torch.no_grad()
+    def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams, generator: torch.Generator):
+        device = next(self.model.parameters()).device
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)  # (B, P)
+        attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):  # LEFT padding: every row's last prompt token sits at column P-1
+            input_ids[i, width - len(p) :] = torch.tensor(p)
+            attention_mask[i, width - len(p) :] = 1
+        sampler = _Sampler(params, generator)
+        stops = StoppingCriteriaList()
+        if params.stop_strings:
+            stops.append(_StopRecorder(StopStringCriteria(self.tokenizer, list(params.stop_strings)), len(prompts)))
+        config = GenerationConfig(**_NEUTRAL_GENERATION, max_new_tokens=params.max_new_tokens,
+                                  eos_token_id=self.eos_token_ids, pad_token_id=self.pad_token_id, use_cache=True)
+        sequences = self.model.generate(
+            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config,
+            logits_processor=LogitsProcessorList([] if params.greedy else [sampler]), stopping_criteria=stops,
+        )
+        new_tokens = sequences[:, width:].cpu()  # (B, T) with pad after each row's end
+        step_logps = torch.stack(sampler.step_logps, 1).cpu() if sampler.step_logps else None  # (B, T')
+        stopped_at = stops[0].stopped_at - width if params.stop_strings else None
+        out_ids, out_lps, out_fin = [], [], []
+        for i in range(len(prompts)):
+            length, done = _completion_length(new_tokens[i], self.eos_token_ids,
+                                               None if stopped_at is None else int(stopped_at[i]))
+            out_ids.append(new_tokens[i, :length].tolist())
+            out_lps.append(step_logps[i, :length].clone() if step_logps is not None else None)
+            out_fin.append(done)
+        return out_ids, out_lps, out_fin
+
+
+def _completion_length(tokens: torch.Tensor, eos_ids: list[int], stopped_at: int | None) -> tuple[int, bool]:
+    """(length, finished) of one row: up to and including its first EOS, or its stop-string end."""
+    is_eos = torch.isin(tokens, torch.tensor(eos_ids))
+    length, done = tokens.shape[0], False
+    if is_eos.any():
+        length, done = int(is_eos.nonzero()[0, 0]) + 1, True
+    if stopped_at is not None and 0 < stopped_at <= length:  # stopped_at <= 0: never stopped
+        length, done = stopped_at, True
+    return length, done
+
+
+def _eos_ids(model: nn.Module, tokenizer, eos_token_id) -> list[int]:
+    """Every id that ends a completion: the explicit argument, else the tokenizer's EOS plus the
+    model's generation-config EOS ids (chat models often end turns on a token other than EOS)."""
+    ids: list[int] = []
+    candidates = [eos_token_id] if eos_token_id is not None else [
+        getattr(tokenizer, "eos_token_id", None), getattr(getattr(model, "generation_config", None), "eos_token_id", None)]
+    for c in candidates:
+        for i in (c if isinstance(c, (list, tuple)) else [c]):
+            if i is not None and int(i) not in ids:
+                ids.append(int(i))
+    if not ids:
+        raise ValueError("HFGenerator: no EOS id found; pass eos_token_id=")
+    return ids
+
+
+def encode_chat_prompt(tokenizer, messages: list[dict]) -> list[int]:
+    """Prompt tokens of a chat with the assistant's generation prompt appended.
+    Stand-in until alignlab.data provides the canonical `encode_prompt`."""
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+
+
+def generate_texts(model: nn.Module, tokenizer, prompts: list[list[dict]], params: SamplingParams, *,
+                   batch_size: int = 64) -> Completions:
+    """Sample completions for chat prompts (lists of {"role", "content"} messages)."""
+    prompt_ids = [encode_chat_prompt(tokenizer, messages) for messages in prompts]
+    return HFGenerator(model, tokenizer, batch_size=batch_size).generate(prompt_ids, params)

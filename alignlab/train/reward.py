@@ -1,0 +1,184 @@
+"""Reward-model training on the one loop: pairwise Bradley-Terry (margin, label smoothing,
+centering, strength weights), pointwise ratings regression, binary thumbs-up classification;
+ensembles of K heads on one backbone, each member trained on its own bootstrap weights.
+
+Batches hold *sequences* (prompt_ids, response_ids): a pairwise micro-batch of B pairs is 2B
+sequences (chosen 0..B-1, rejected B..2B-1), packed without padding for causal backbones (the
+prompt computed once for both responses) and padded per row for encoders.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import torch
+
+from alignlab.config import ConfigError, field
+from alignlab.losses.reward import binary_feedback, bradley_terry, rating_regression
+from alignlab.models.reward import RewardBatch, pack_reward_sequences, pad_encoder_sequences
+from alignlab.train.config import TrainConfig
+
+OBJECTIVES = ("pairwise", "ratings", "binary")
+
+
+@dataclass
+class RMConfig(TrainConfig):
+    model: str = field("embedded-encoder", "backbone: embedded-encoder (MiniLM-L6, fast on CPU), embedded (SmolLM2-135M), a local folder or hub id")
+    objective: str = field("pairwise", "pairwise (Bradley-Terry) | ratings (regress rating attributes) | binary (thumbs-up classifier)")
+    learning_rate: float = field(5e-5, "peak learning rate")
+    ensemble: int = field(1, "K members: K heads on one shared backbone (frozen when K > 1), each on its own bootstrap weights")
+    freeze_backbone: bool = field(False, "train only the heads (implied by ensemble > 1)")
+    attributes: list = field([], "ratings objective: attribute names to regress (empty: every attribute found in the data)")
+    gating: bool = field(False, "ratings objective: ArmoRM's prompt-conditioned gate mixing the attributes into one score")
+    use_margin: bool = field(False, "Llama-2 margin: subtract each pair's `margin` inside the sigmoid")
+    label_smoothing: float = field(0.0, "assumed share of flipped labels (BT with label smoothing)")
+    center_coef: float = field(0.0, "reward-centering regularizer: coef * (r_chosen + r_rejected)^2")
+    strength_weighting: str = field("none", "use a `strength` in each pair's meta: none | weight (down-weight weak pairs) | flip (flip pairs with strength < 0)")
+    max_length: int = field(512, "max tokens of prompt + response (encoders: at most their position limit)")
+    truncation: str = field("truncate", "over-long examples: error | truncate (keep prompt end, response start) | drop")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective must be one of {OBJECTIVES}")
+        if self.ensemble < 1:
+            raise ConfigError("ensemble must be >= 1")
+        if self.strength_weighting not in ("none", "weight", "flip"):
+            raise ConfigError("strength_weighting must be none | weight | flip")
+        if self.gating and self.objective != "ratings":
+            raise ConfigError("gating mixes rating attributes: it needs objective: ratings")
+
+    @property
+    def frozen(self) -> bool:
+        return self.freeze_backbone or self.ensemble > 1
+
+
+@dataclass
+class Item:
+    """One training example, tokenized: pairwise (chosen+rejected), rating or binary."""
+    prompt_ids: list
+    responses: list  # [chosen_ids, rejected_ids] | [response_ids]
+    target: torch.Tensor  # pairwise: (1,) margin; ratings: (A,); binary: (1,) label
+    mask: torch.Tensor | None = None  # ratings: (A,) which attributes are present
+    weight: float = 1.0
+    meta: dict | None = None
+
+
+@dataclass
+class RMBatch:
+    indices: torch.Tensor  # (B,)
+    rewards_input: RewardBatch
+    targets: torch.Tensor  # (B, ...)
+    masks: torch.Tensor | None
+    weights: torch.Tensor  # (B,)
+
+
+def make_batch(items: list[Item], indices: list[int], kind: str, pad_token_id: int) -> RMBatch:
+    chosen = [items[i] for i in indices]
+    B, per = len(chosen), len(chosen[0].responses)
+    if kind == "causal":
+        blocks = [(it.prompt_ids, [(r, j * B + b) for j, r in enumerate(it.responses)]) for b, it in enumerate(chosen)]
+        batch = pack_reward_sequences(blocks, per * B, pad_token_id=pad_token_id)
+    else:
+        batch = pad_encoder_sequences([(it.prompt_ids, it.responses[j]) for j in range(per) for it in chosen],
+                                      pad_token_id=pad_token_id)
+    masks = torch.stack([it.mask for it in chosen]) if chosen[0].mask is not None else None
+    return RMBatch(torch.tensor(indices), batch, torch.stack([it.target for it in chosen]), masks,
+                   torch.tensor([it.weight for it in chosen]))
+
+
+class RewardAlgorithm:
+    progress_keys = ("accuracy",)
+
+    def __init__(self, cfg: RMConfig, model, train_items: list[Item], eval_items: list[Item], pad_token_id: int):
+        self.cfg, self.model = cfg, model
+        self.train_items, self.eval_items = train_items, eval_items
+        self.pad_token_id = pad_token_id
+        g = torch.Generator().manual_seed(cfg.seed + 17)
+        K = cfg.ensemble
+        # online bootstrap: every member sees each example Poisson(1) times (all 1 for K = 1)
+        self.bootstrap = torch.poisson(torch.ones(len(train_items), K), generator=g) if K > 1 else torch.ones(len(train_items), 1)
+        self._epoch_cache = None
+
+    def micro_batches(self, epoch: int) -> list[RMBatch]:
+        if self._epoch_cache is None or self._epoch_cache[0] != epoch:
+            g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+            order = torch.randperm(len(self.train_items), generator=g).tolist()
+            bs = self.cfg.batch_size
+            batches = [make_batch(self.train_items, order[i : i + bs], self.model.kind, self.pad_token_id)
+                       for i in range(0, len(order), bs)]
+            self._epoch_cache = (epoch, batches)
+        return self._epoch_cache[1]
+
+    def examples_in(self, batch: RMBatch) -> int:
+        return len(batch.indices)
+
+    def _member_losses(self, model, batch: RMBatch):
+        device = self.model.head_weight.device
+        rewards, attrs = model(batch.rewards_input.to(device))  # (S, K), (S, K, A)
+        B, K = len(batch.indices), rewards.shape[1]
+        targets = batch.targets.to(device)
+        per_member, metrics = [], {}
+        for k in range(K):
+            if self.cfg.objective == "pairwise":
+                margin = targets[:, 0] if self.cfg.use_margin else None
+                loss, m = bradley_terry(rewards[:B, k], rewards[B:, k], margin=margin,
+                                        label_smoothing=self.cfg.label_smoothing, center_coef=self.cfg.center_coef,
+                                        per_example=True)
+            elif self.cfg.objective == "ratings":
+                mask = batch.masks.to(device)
+                err = (attrs[:, k, :] - targets) ** 2 * mask  # (B, A)
+                loss = err.sum(-1) / mask.sum(-1).clamp(min=1)
+                _, m = rating_regression(attrs[:, k, :].detach(), targets, mask)
+            else:
+                labels = targets[:, 0] > 0.5
+                logits = rewards[:, k]
+                loss = -(labels * torch.nn.functional.logsigmoid(logits) + (~labels) * torch.nn.functional.logsigmoid(-logits))
+                _, m = binary_feedback(logits.detach(), labels)
+            per_member.append(loss)
+            for name, v in m.items():
+                metrics[name] = metrics.get(name, 0.0) + v / K
+        return torch.stack(per_member, dim=1), rewards, metrics  # (B, K)
+
+    def loss(self, scorer, batch: RMBatch):
+        losses, _, metrics = self._member_losses(scorer, batch)
+        w = self.bootstrap[batch.indices].to(losses.device) * batch.weights[:, None].to(losses.device)
+        return (losses * w).mean(dim=1), metrics
+
+    def evaluate(self, scorer) -> dict[str, float]:
+        if not self.eval_items:
+            return {}
+        totals, n = {}, 0
+        for start in range(0, len(self.eval_items), self.cfg.batch_size):
+            idx = list(range(start, min(start + self.cfg.batch_size, len(self.eval_items))))
+            batch = make_batch(self.eval_items, idx, self.model.kind, self.pad_token_id)
+            losses, _, metrics = self._member_losses(scorer, batch)
+            totals["loss"] = totals.get("loss", 0.0) + float(losses.mean(1).sum())
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + float(v) * len(idx)
+            n += len(idx)
+        return {k: v / n for k, v in totals.items()}
+
+
+def train_reward_model(cfg: RMConfig, *, train_records=None, eval_records=None, dry_run: bool = False):
+    """Python API: train a reward model per `cfg`; returns the session (session.final_dir holds it)."""
+    from alignlab.train.reward_data import prepare_reward_session
+
+    session, items = prepare_reward_session(cfg, train_records=train_records, eval_records=eval_records, dry_run=dry_run)
+    if session.dry_run_text is not None:
+        return session
+    from alignlab.models.reward_io import save_reward_model
+    from alignlab.train.loop import train_loop
+
+    algorithm = RewardAlgorithm(cfg, session.model, items["train"], items["eval"], session.pad_token_id)
+    session.state = train_loop(cfg, algorithm, session.model, session.model, session.accelerator, session.run_dir)
+    if session.accelerator.is_main_process:
+        session.final_dir = save_reward_model(session.model, session.tokenizer, session.run_dir / "final",
+                                              objective=cfg.objective)
+    evals = [r for r in session.state.history if any(k.startswith("eval/") for k in r)]
+    session.summary.update(steps=session.state.step, train_seconds=session.state.train_seconds,
+                           examples_per_second=session.state.examples_seen / max(session.state.train_seconds, 1e-9),
+                           final_eval=evals[-1] if evals else {}, data_report=session.report.to_dict())
+    (session.run_dir / "summary.json").write_text(json.dumps(session.summary, indent=1, default=float))
+    return session

@@ -1,0 +1,107 @@
+"""Reward-model training end to end on tiny random backbones (an encoder with MiniLM's tokenizer,
+a decoder with SmolLM2's), through the same loop, saving and scoring as a reward source."""
+
+import json
+
+import pytest
+import torch
+
+from alignlab.data.records import BinaryRecord, PairwiseRecord, RatingRecord
+from alignlab.train.reward import RMConfig, train_reward_model
+
+WORDS = ["cats", "rain", "tea", "maps", "trains", "bread", "snow", "music", "paint", "boats", "lamps", "owls",
+         "clouds", "shoes", "rivers", "kites"]
+
+
+def pairs(topics):
+    return [PairwiseRecord(prompt=f"Tell me about {t}.", chosen=f"I love {t}, wonderful and great.",
+                           rejected=f"I hate {t}, awful and bad.") for t in topics]
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder_dir(tmp_path_factory):
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from alignlab.models.embedded import encoder_dir
+
+    path = tmp_path_factory.mktemp("tiny-encoder")
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64, max_position_embeddings=128), add_pooling_layer=False).save_pretrained(path)
+    AutoTokenizer.from_pretrained(encoder_dir()).save_pretrained(path)
+    return path
+
+
+def cfg(tmp_path, model, **kw):
+    base = dict(model=str(model), output_dir=str(tmp_path / "rm"), batch_size=4, epochs=6.0, learning_rate=3e-3,
+                warmup_ratio=0.0, progress=False, max_length=64)
+    base.update(kw)
+    return RMConfig(**base)
+
+
+@pytest.mark.parametrize("which", ["encoder", "causal"])
+def test_pairwise_rm_learns_held_out_preferences(tmp_path, which, tiny_encoder_dir, tiny_policy_dir):
+    model = tiny_encoder_dir if which == "encoder" else tiny_policy_dir
+    session = train_reward_model(cfg(tmp_path, model), train_records=pairs(WORDS[:12]), eval_records=pairs(WORDS[12:]))
+    evals = [r for r in session.state.history if "eval/accuracy" in r]
+    assert evals[-1]["eval/accuracy"] == 1.0
+    losses = [r["loss"] for r in session.state.history if "loss" in r]
+    assert sum(losses[-3:]) / 3 < losses[0] - 0.2
+
+    from alignlab.rewards.model import RewardModelSource
+
+    source = RewardModelSource(session.final_dir)
+    held = pairs(WORDS[12:])
+    chosen = source.score([p.prompt for p in held], [p.chosen for p in held])
+    rejected = source.score([p.prompt for p in held], [p.rejected for p in held])
+    assert (chosen > rejected).all()
+
+
+def test_ensemble_members_share_a_frozen_backbone_and_disagree(tmp_path, tiny_encoder_dir):
+    session = train_reward_model(cfg(tmp_path, tiny_encoder_dir, ensemble=3, learning_rate=3e-2),
+                                 train_records=pairs(WORDS[:12]), eval_records=pairs(WORDS[12:]))
+    model = session.model
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    assert model.head_weight.shape[0] == 3
+    from alignlab.eval.reward_eval import evaluate_pairs
+    from alignlab.rewards.model import RewardModelSource
+
+    source = RewardModelSource(session.final_dir, how="wco")
+    result = evaluate_pairs(source, pairs(WORDS[12:]), output_dir=tmp_path / "eval")
+    assert result["ensemble"]["members"] == 3 and result["ensemble"]["mean_reward_std"] > 0
+    assert (tmp_path / "eval" / "reliability.png").is_file()
+    assert 0.0 <= result["ece"] <= 1.0
+
+
+def test_ratings_objective_regresses_each_attribute(tmp_path, tiny_encoder_dir):
+    records = [RatingRecord(prompt=f"Tell me about {t}.", responses=[f"I love {t}.", f"I hate {t}."],
+                            ratings=[{"helpful": 4.0, "safe": 1.0}, {"helpful": 1.0, "safe": 3.0}]) for t in WORDS]
+    session = train_reward_model(cfg(tmp_path, tiny_encoder_dir, objective="ratings", epochs=15.0),
+                                 train_records=records[:12], eval_records=records[12:])
+    evals = [r for r in session.state.history if "eval/mse" in r]
+    assert session.model.attributes == ("helpful", "safe")
+    assert evals[-1]["eval/mse"] < 0.5  # from ~6 at init (targets 1..4)
+
+
+def test_binary_objective_learns_thumbs_up(tmp_path, tiny_encoder_dir):
+    records = [BinaryRecord(prompt=f"About {t}.", response=f"I love {t}." if i % 2 else f"I hate {t}.", desirable=bool(i % 2))
+               for i, t in enumerate(WORDS * 2)]
+    session = train_reward_model(cfg(tmp_path, tiny_encoder_dir, objective="binary", eval_fraction=0.25),
+                                 train_records=records)
+    evals = [r for r in session.state.history if "eval/accuracy" in r]
+    assert evals[-1]["eval/accuracy"] >= 0.875
+
+
+def test_train_and_eval_rm_from_the_command_line(tmp_path, tiny_encoder_dir, capsys):
+    from alignlab.cli import main
+
+    data = tmp_path / "prefs.jsonl"
+    rows = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "subset": "a" if i % 2 else "b"}
+            for i, p in enumerate(pairs(WORDS))]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["train", "rm", "--model", str(tiny_encoder_dir), "--train-data", str(data), "--output-dir",
+                 str(tmp_path / "run"), "--max-steps", "3", "--progress", "false"]) == 0
+    assert main(["eval", "rm", "--model", str(tmp_path / "run" / "final"), "--data", str(data), "--output",
+                 str(tmp_path / "ev")]) == 0
+    out = json.loads((tmp_path / "ev" / "rm_eval.json").read_text())
+    assert set(out["accuracy_by_subset"]) == {"a", "b"} and out["pairs"] == len(WORDS)
