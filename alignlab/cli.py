@@ -107,6 +107,22 @@ def cmd_eval_rm(args, rest: list[str]) -> int:
     return 0
 
 
+def cmd_lab(args, rest: list[str]) -> int:
+    from alignlab.lab.bon_overopt import BoNOveroptConfig, run_bon_overoptimization
+
+    experiments = {"bon-overoptimization": (BoNOveroptConfig, run_bon_overoptimization)}
+    if args.experiment not in experiments:
+        print(f"error: unknown experiment '{args.experiment}'; available: {', '.join(experiments)}", file=sys.stderr)
+        return 2
+    cls, run = experiments[args.experiment]
+    flags = parse_flags(rest)
+    if flags.pop("help_settings", None):
+        print(_config_help(cls))
+        return 0
+    run(resolve(cls, args.config, flags))
+    return 0
+
+
 def cmd_demo(args, rest: list[str]) -> int:
     from alignlab.demo import DemoConfig, run_demo
 
@@ -149,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     eval_rm.add_argument("--max-length", type=int, default=512)
     eval_rm.add_argument("--output", help="folder for rm_eval.json and reliability.png")
     eval_rm.set_defaults(func=cmd_eval_rm)
+
+    lab = sub.add_parser("lab", help="measurement experiments with simulated feedback and a known gold reward")
+    lab.add_argument("experiment", help="bon-overoptimization")
+    lab.add_argument("--config", help="YAML of experiment settings (flags override it; --help-settings lists them)")
+    lab.set_defaults(func=cmd_lab)
 
     demo = sub.add_parser("demo", help="RLHF end to end on CPU: sample, label, DPO, evaluate")
     demo.add_argument("--output", help="output folder (default runs/demo-<time>)")
