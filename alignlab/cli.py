@@ -107,6 +107,21 @@ def cmd_eval_rm(args, rest: list[str]) -> int:
     return 0
 
 
+def cmd_bon(args, rest: list[str]) -> int:
+    import json
+
+    from alignlab.rewards.bon import read_prompts, run_best_of_n
+    from alignlab.rewards.model import RewardModelSource
+
+    if rest:
+        raise ConfigError(f"unknown option(s) for bon: {' '.join(rest)}")
+    source = RewardModelSource(args.rm, how=args.how, progress=True)
+    summary = run_best_of_n(args.policy, source, read_prompts(args.prompts), n=args.n, output=args.output,
+                            max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
 def cmd_lab(args, rest: list[str]) -> int:
     from alignlab.lab.bon_overopt import BoNOveroptConfig, run_bon_overoptimization
 
@@ -165,6 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
     eval_rm.add_argument("--max-length", type=int, default=512)
     eval_rm.add_argument("--output", help="folder for rm_eval.json and reliability.png")
     eval_rm.set_defaults(func=cmd_eval_rm)
+
+    bon = sub.add_parser("bon", help="Best-of-N: sample N responses per prompt, keep the best by a reward model")
+    bon.add_argument("--policy", default="embedded", help="policy to sample from")
+    bon.add_argument("--rm", required=True, help="reward model folder (from `alignlab train rm`)")
+    bon.add_argument("--prompts", required=True, help=".jsonl with a `prompt` field per line, or .txt, one per line")
+    bon.add_argument("--n", type=int, default=8)
+    bon.add_argument("--how", default="mean", help="ensemble aggregation: mean | wco | uwo")
+    bon.add_argument("--max-new-tokens", type=int, default=128)
+    bon.add_argument("--temperature", type=float, default=1.0)
+    bon.add_argument("--seed", type=int, default=0)
+    bon.add_argument("--output", default="bon.jsonl", help="where the selections go (jsonl: prompt, completion, reward)")
+    bon.set_defaults(func=cmd_bon)
 
     lab = sub.add_parser("lab", help="measurement experiments with simulated feedback and a known gold reward")
     lab.add_argument("experiment", help="bon-overoptimization")

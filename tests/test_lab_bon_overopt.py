@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from alignlab.cli import main
 
 
@@ -23,3 +25,26 @@ def test_bon_overoptimization_writes_curves_for_every_selector(tmp_path, tiny_po
         assert proxy == sorted(proxy)
     assert (out / "bon_overoptimization.png").is_file()
     assert "Best-of-N" in capsys.readouterr().out
+
+
+def test_bon_command_keeps_the_best_of_n_by_the_reward_model(tmp_path, tiny_policy_dir, capsys):
+    from alignlab.data.records import PairwiseRecord
+    from alignlab.rewards.model import RewardModelSource
+    from alignlab.train.reward import RMConfig, train_reward_model
+
+    records = [PairwiseRecord(prompt=f"About {t}.", chosen=f"{t} good", rejected=f"{t} bad") for t in "abcdefgh"]
+    rm = train_reward_model(RMConfig(output_dir=str(tmp_path / "rm"), max_steps=1, progress=False), train_records=records)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "Write one sentence about tea."}\n{"prompt": "Write one sentence about snow."}\n')
+    out = tmp_path / "bon.jsonl"
+    assert main(["bon", "--policy", str(tiny_policy_dir), "--rm", str(rm.final_dir), "--prompts", str(prompts),
+                 "--n", "4", "--max-new-tokens", "5", "--output", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 2 and all(r["n"] == 4 for r in rows)
+    source = RewardModelSource(rm.final_dir)
+    for r in rows:  # the kept completion scores what was recorded, and at least the mean of the n
+        assert source.score([r["prompt"]], [r["completion"]]).item() == pytest.approx(r["reward"], abs=1e-4)
+        assert r["reward"] >= r["mean_reward_of_n"] - 1e-6
+    prompts.write_text('{"prompt": "ok"}\n{"prompt": 7}\n')
+    assert main(["bon", "--policy", str(tiny_policy_dir), "--rm", str(rm.final_dir), "--prompts", str(prompts)]) == 2
+    assert "line 2, field 'prompt'" in capsys.readouterr().err

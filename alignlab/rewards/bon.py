@@ -36,3 +36,60 @@ def expected_best_of_n(selector: Tensor, values: Tensor, n: int) -> Tensor:
     log_w = log_w - (torch.lgamma(torch.tensor(m + 1.0)) - torch.lgamma(torch.tensor(n + 1.0)) - torch.lgamma(torch.tensor(m - n + 1.0)))
     w = torch.where(i >= n - 1, log_w.exp(), torch.zeros_like(i))
     return (sorted_values * w).sum(-1)
+
+
+def read_prompts(path) -> list:
+    """Prompts from a .jsonl file with a `prompt` field (text or chat messages) per line, or a
+    plain .txt file with one prompt per line."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompts file {path} does not exist")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if path.suffix == ".txt":
+        return [line for line in lines if line.strip()]
+    prompts = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
+        prompt = row.get("prompt") if isinstance(row, dict) else None
+        if not (isinstance(prompt, str) and prompt.strip()) and not isinstance(prompt, list):
+            raise ValueError(f"{path}, line {number}, field 'prompt': expected non-empty text or a message list")
+        prompts.append(prompt)
+    return prompts
+
+
+def run_best_of_n(policy: str, reward_source, prompts: list, *, n: int, output, max_new_tokens: int = 128,
+                  temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 64) -> dict:
+    """Sample n responses per prompt, keep the best by `reward_source`, write them as jsonl
+    (`prompt`, `completion`, `reward`, plus the mean reward of all n) for SFT / rejection sampling."""
+    import json
+    from pathlib import Path
+
+    from alignlab.data import encode_prompt
+    from alignlab.models.load import load_policy, load_tokenizer
+    from alignlab.rollout.base import SamplingParams
+    from alignlab.rollout.hf import HFGenerator
+
+    tokenizer, model = load_tokenizer(policy), load_policy(policy)
+    ids = [encode_prompt(tokenizer, p) for p in prompts]
+    params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+    out = HFGenerator(model, tokenizer, batch_size=batch_size, progress="sampling").generate(ids, params)
+    scores = reward_source.score([prompts[i] for i in out.prompt_index], out.texts).view(len(prompts), n)
+    best = select_best(scores)
+    path = Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for i, prompt in enumerate(prompts):
+            j = i * n + int(best[i])
+            row = {"prompt": prompt, "completion": out.texts[j], "reward": float(scores[i, best[i]]),
+                   "mean_reward_of_n": float(scores[i].mean()), "n": n, "finished": bool(out.finished[j])}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return {"prompts": len(prompts), "n": n, "mean_best_reward": float(scores.max(-1).values.mean()),
+            "mean_reward": float(scores.mean()), "kl_bound": best_of_n_kl(n), "output": str(path)}
