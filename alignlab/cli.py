@@ -84,6 +84,20 @@ def cmd_data_inspect(args, rest: list[str]) -> int:
     return 0
 
 
+def cmd_data_strength(args, rest: list[str]) -> int:
+    import json
+
+    from alignlab.data.strength import write_strength
+    from alignlab.rewards.model import RewardModelSource
+
+    if rest:
+        raise ConfigError(f"unknown option(s) for data strength: {' '.join(rest)}")
+    output = args.output or str(args.file).rsplit(".", 1)[0] + ".strength.jsonl"
+    summary = write_strength(args.file, output, RewardModelSource(args.rm, progress=True), show=args.show)
+    print(json.dumps(summary, indent=1, ensure_ascii=False))
+    return 0
+
+
 def cmd_eval_rm(args, rest: list[str]) -> int:
     import json
 
@@ -168,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--format", default="auto")
     inspect.add_argument("--no-tokenizer", action="store_true", help="count characters instead of tokens")
     inspect.set_defaults(func=cmd_data_inspect)
+
+    strength = data_sub.add_parser("strength", help="score each pair's preference strength with an RM ensemble")
+    strength.add_argument("file")
+    strength.add_argument("--rm", required=True, help="reward model (ensemble) folder from `alignlab train rm --ensemble K`")
+    strength.add_argument("--output", help="output jsonl (default FILE.strength.jsonl)")
+    strength.add_argument("--show", type=int, default=10, help="how many likely-mislabeled pairs to list")
+    strength.set_defaults(func=cmd_data_strength)
 
     evaluate = sub.add_parser("eval", help="evaluate models")
     eval_sub = evaluate.add_subparsers(dest="eval_command", required=True)

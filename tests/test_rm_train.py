@@ -105,3 +105,37 @@ def test_train_and_eval_rm_from_the_command_line(tmp_path, tiny_encoder_dir, cap
                  str(tmp_path / "ev")]) == 0
     out = json.loads((tmp_path / "ev" / "rm_eval.json").read_text())
     assert set(out["accuracy_by_subset"]) == {"a", "b"} and out["pairs"] == len(WORDS)
+
+
+def test_data_strength_flags_the_mislabeled_pair_and_training_can_flip_it(tmp_path, tiny_encoder_dir, capsys):
+    from alignlab.cli import main
+
+    session = train_reward_model(cfg(tmp_path, tiny_encoder_dir, ensemble=3, learning_rate=3e-2),
+                                 train_records=pairs(WORDS[:12]))
+    data = tmp_path / "d.jsonl"
+    rows = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs(WORDS[12:])]
+    rows[1]["chosen"], rows[1]["rejected"] = rows[1]["rejected"], rows[1]["chosen"]  # a flipped label
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "s.jsonl"
+    capsys.readouterr()
+    assert main(["data", "strength", str(data), "--rm", str(session.final_dir), "--output", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert [s["where"].endswith("line 2") for s in summary["likely_mislabeled"]] == [True]
+    scored = [json.loads(line) for line in out.read_text().splitlines()]
+    assert scored[1]["strength"] < 0 < min(s["strength"] for i, s in enumerate(scored) if i != 1)
+
+    from alignlab.data import load_records
+    from alignlab.train.reward_data import encode_items
+
+    records = load_records(out).records
+    assert records[1].meta["strength"] < 0
+    flipped = cfg(tmp_path, tiny_encoder_dir, strength_weighting="flip")
+    from transformers import AutoTokenizer
+
+    from alignlab.data import DataReport
+
+    report = DataReport()
+    items = encode_items(flipped, AutoTokenizer.from_pretrained(tiny_encoder_dir), records, ["reward"], "s", report)
+    assert report["flipped: negative preference strength"] == 1
+    assert items[1].responses[0] == encode_items(flipped, AutoTokenizer.from_pretrained(tiny_encoder_dir),
+                                                 [records[1]], ["reward"], "s", DataReport())[0].responses[0]

@@ -44,9 +44,11 @@ def backbone_kind(path: str) -> str:
 
 def load_backbone(path: str, kind: str):
     """The base transformer (no LM head): LlamaModel-like for causal, BertModel-like for encoders."""
-    from transformers import AutoModel
+    from transformers import AutoConfig, AutoModel
 
     kwargs = {"attn_implementation": "sdpa"} if kind == "causal" else {}
+    if AutoConfig.from_pretrained(path).model_type == "bert":
+        kwargs["add_pooling_layer"] = False  # the reward heads pool for themselves
     model = AutoModel.from_pretrained(path, dtype=torch.float32, **kwargs)
     if kind == "causal" and hasattr(model, "get_decoder") and model.get_decoder() is not model:
         model = model.get_decoder()
