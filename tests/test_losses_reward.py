@@ -80,3 +80,17 @@ def test_reward_sources_function_and_ensemble():
         length.score(["p"], ["a", "b"])
     with pytest.raises(ValueError, match="unknown aggregation"):
         EnsembleReward([length], how="median")
+
+
+def test_cost_model_loss_by_hand():
+    from alignlab.losses.reward import cost_model_loss
+
+    # chosen (safer) cost -1 and safe; rejected cost 0.5 and unsafe
+    loss, m = cost_model_loss(torch.tensor([-1.0]), torch.tensor([0.5]), torch.tensor([False]), torch.tensor([True]))
+    expected = -_log_sigmoid(1.5) - _log_sigmoid(1.0) - _log_sigmoid(0.5)
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    assert m["accuracy"].item() == 1.0 and m["sign_accuracy"].item() == 1.0
+    # both unsafe: the safe-sign term for the chosen one flips
+    loss, m = cost_model_loss(torch.tensor([-1.0]), torch.tensor([0.5]), torch.tensor([True]), torch.tensor([True]))
+    assert loss.item() == pytest.approx(-_log_sigmoid(1.5) - _log_sigmoid(-1.0) - _log_sigmoid(0.5), abs=1e-6)
+    assert m["sign_accuracy"].item() == 0.5

@@ -139,3 +139,21 @@ def test_data_strength_flags_the_mislabeled_pair_and_training_can_flip_it(tmp_pa
     assert report["flipped: negative preference strength"] == 1
     assert items[1].responses[0] == encode_items(flipped, AutoTokenizer.from_pretrained(tiny_encoder_dir),
                                                  [records[1]], ["reward"], "s", DataReport())[0].responses[0]
+
+
+def test_cost_objective_orders_harm_and_anchors_the_sign(tmp_path, tiny_encoder_dir):
+    data = tmp_path / "safety.jsonl"
+    rows = []
+    for i, t in enumerate(WORDS):
+        unsafe_chosen = i % 4 == 0  # sometimes both responses are unsafe
+        rows.append({"prompt": f"How do I get {t}?", "chosen": f"Buy {t} at a shop." if not unsafe_chosen else f"Take {t}, hit back.",
+                     "rejected": f"Steal {t}, hurt them.", "chosen_safe": not unsafe_chosen, "rejected_safe": False})
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    session = train_reward_model(cfg(tmp_path, tiny_encoder_dir, objective="cost", train_data=str(data), epochs=10.0,
+                                     eval_fraction=0.25))
+    evals = [r for r in session.state.history if "eval/accuracy" in r][-1]
+    assert evals["eval/accuracy"] == 1.0 and evals["eval/sign_accuracy"] >= 0.75
+    bad = data.read_text().replace('"chosen_safe": true', '"chosen_safe": "yes"', 1)
+    data.write_text(bad)
+    with pytest.raises(ValueError, match="line 2, field 'chosen_safe'"):
+        train_reward_model(cfg(tmp_path / "b", tiny_encoder_dir, objective="cost", train_data=str(data)))

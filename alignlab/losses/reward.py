@@ -87,3 +87,30 @@ def binary_feedback(logits: Tensor, labels: Tensor, *, pos_weight: float = 1.0) 
     metrics = {"accuracy": ((logits > 0) == labels.bool()).float().mean().detach(),
                "positive_rate": torch.sigmoid(logits).mean().detach()}
     return losses.mean(), metrics
+
+
+def cost_model_loss(
+    chosen_costs: Tensor,
+    rejected_costs: Tensor,
+    chosen_unsafe: Tensor,
+    rejected_unsafe: Tensor,
+    *,
+    per_example: bool = False,
+) -> tuple[Tensor, Metrics]:
+    """Safe RLHF cost model (Dai et al. 2023, arXiv:2310.12773, eq. 6), with `chosen` the SAFER
+    (less harmful) response of each pair and s = +1 for an unsafe response, -1 for a safe one:
+
+        loss = -log sigmoid(C(y_r) - C(y_c)) - log sigmoid(s_c C(y_c)) - log sigmoid(s_r C(y_r))
+
+    The first term orders the pair by harm; the sign terms anchor cost 0 at the safety boundary,
+    so C > 0 reads as "unsafe". chosen_costs/rejected_costs: (B,); *_unsafe: (B,) bool.
+    Metrics: accuracy (pairs with C(y_r) > C(y_c)), sign_accuracy (sign of C matches the label).
+    """
+    s_c = chosen_unsafe.to(chosen_costs.dtype) * 2 - 1
+    s_r = rejected_unsafe.to(rejected_costs.dtype) * 2 - 1
+    losses = (-F.logsigmoid(rejected_costs - chosen_costs) - F.logsigmoid(s_c * chosen_costs)
+              - F.logsigmoid(s_r * rejected_costs))
+    signs = torch.cat([(chosen_costs > 0) == chosen_unsafe.bool(), (rejected_costs > 0) == rejected_unsafe.bool()])
+    metrics = {"accuracy": (rejected_costs > chosen_costs).float().mean().detach(),
+               "sign_accuracy": signs.float().mean().detach()}
+    return (losses if per_example else losses.mean()), metrics

@@ -15,17 +15,17 @@ from dataclasses import dataclass
 import torch
 
 from alignlab.config import ConfigError, field
-from alignlab.losses.reward import binary_feedback, bradley_terry, rating_regression
+from alignlab.losses.reward import binary_feedback, bradley_terry, cost_model_loss, rating_regression
 from alignlab.models.reward import RewardBatch, pack_reward_sequences, pad_encoder_sequences
 from alignlab.train.config import TrainConfig
 
-OBJECTIVES = ("pairwise", "ratings", "binary")
+OBJECTIVES = ("pairwise", "ratings", "binary", "cost")
 
 
 @dataclass
 class RMConfig(TrainConfig):
     model: str = field("embedded-encoder", "backbone: embedded-encoder (MiniLM-L6, fast on CPU), embedded (SmolLM2-135M), a local folder or hub id")
-    objective: str = field("pairwise", "pairwise (Bradley-Terry) | ratings (regress rating attributes) | binary (thumbs-up classifier)")
+    objective: str = field("pairwise", "pairwise (Bradley-Terry) | ratings (regress rating attributes) | binary (thumbs-up classifier) | cost (Safe RLHF cost model: pairs with chosen = safer, plus chosen_safe/rejected_safe labels)")
     learning_rate: float = field(5e-5, "peak learning rate")
     ensemble: int = field(1, "K members: K heads on one shared backbone (frozen when K > 1), each on its own bootstrap weights")
     freeze_backbone: bool = field(False, "train only the heads (implied by ensemble > 1)")
@@ -59,7 +59,7 @@ class Item:
     """One training example, tokenized: pairwise (chosen+rejected), rating or binary."""
     prompt_ids: list
     responses: list  # [chosen_ids, rejected_ids] | [response_ids]
-    target: torch.Tensor  # pairwise: (1,) margin; ratings: (A,); binary: (1,) label
+    target: torch.Tensor  # pairwise: (1,) margin; ratings: (A,); binary: (1,) label; cost: (2,) unsafe flags
     mask: torch.Tensor | None = None  # ratings: (A,) which attributes are present
     weight: float = 1.0
     meta: dict | None = None
@@ -126,6 +126,9 @@ class RewardAlgorithm:
                 loss, m = bradley_terry(rewards[:B, k], rewards[B:, k], margin=margin,
                                         label_smoothing=self.cfg.label_smoothing, center_coef=self.cfg.center_coef,
                                         per_example=True)
+            elif self.cfg.objective == "cost":
+                unsafe = targets > 0.5  # (B, 2): chosen, rejected
+                loss, m = cost_model_loss(rewards[:B, k], rewards[B:, k], unsafe[:, 0], unsafe[:, 1], per_example=True)
             elif self.cfg.objective == "ratings":
                 mask = batch.masks.to(device)
                 err = (attrs[:, k, :] - targets) ** 2 * mask  # (B, A)

@@ -13,7 +13,19 @@ from alignlab.data.records import BinaryRecord, PairwiseRecord, RatingRecord
 from alignlab.train.reward import Item, RMConfig
 from alignlab.train.run import make_run_dir, write_run_header
 
-RECORD_TYPES = {"pairwise": PairwiseRecord, "ratings": RatingRecord, "binary": BinaryRecord}
+RECORD_TYPES = {"pairwise": PairwiseRecord, "ratings": RatingRecord, "binary": BinaryRecord, "cost": PairwiseRecord}
+SAFE_KEYS = ("chosen_safe", "rejected_safe")
+
+
+def _safety_flags(record, where: str) -> torch.Tensor:
+    """(2,) unsafe flags [chosen, rejected] from the record's chosen_safe / rejected_safe fields."""
+    flags = []
+    for key in SAFE_KEYS:
+        value = (record.meta or {}).get(key)
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}, field '{key}': the cost objective needs true/false safety labels, got {value!r}")
+        flags.append(0.0 if value else 1.0)
+    return torch.tensor(flags)
 
 
 @dataclass
@@ -37,7 +49,7 @@ def _records(cfg: RMConfig, path: str, given, run_dir: Path, name: str, report: 
             return []
         result = load_records(path, format=cfg.data_format, columns=cfg.columns or None, skip_invalid=cfg.skip_invalid,
                               rejects_path=str(run_dir / f"rejects-{name}.jsonl") if cfg.skip_invalid else None,
-                              pairing=cfg.pairing, seed=cfg.seed, to_pairs=cfg.objective == "pairwise")
+                              pairing=cfg.pairing, seed=cfg.seed, to_pairs=cfg.objective in ("pairwise", "cost"))
         report.merge(result.report)
         given = result.records
     wanted = RECORD_TYPES[cfg.objective]
@@ -80,7 +92,7 @@ def _attribute_names(cfg: RMConfig, records: list) -> list[str]:
 
 
 def encode_items(cfg: RMConfig, tokenizer, records: list, attributes: list[str], source: str, report: DataReport) -> list[Item]:
-    if cfg.objective == "pairwise":
+    if cfg.objective in ("pairwise", "cost"):
         pairs, enc_report = encode_pairs(tokenizer, records, max_length=cfg.max_length,
                                          max_prompt_length=cfg.max_prompt_length or None, truncation=cfg.truncation,
                                          source=source)
@@ -95,7 +107,13 @@ def encode_items(cfg: RMConfig, tokenizer, records: list, attributes: list[str],
                 report.add("flipped: negative preference strength")
             elif strength is not None and cfg.strength_weighting == "weight":
                 weight = float(torch.sigmoid(torch.tensor(float(strength))))
-            items.append(Item(p.prompt_ids, [chosen, rejected], torch.tensor([float(p.margin or 0.0)]), weight=weight))
+            if cfg.objective == "cost":
+                meta = rec.meta or {}
+                where = f"{meta.get('file', source)}, {meta.get('location', f'record {p.index}')}"
+                target = _safety_flags(rec, where)
+            else:
+                target = torch.tensor([float(p.margin or 0.0)])
+            items.append(Item(p.prompt_ids, [chosen, rejected], target, weight=weight))
         return items
     items = []
     for i, rec in enumerate(records):
