@@ -183,6 +183,8 @@ def compare(results: dict[str, dict]) -> dict:
     return {
         "speedup": a["pairs_per_s"] / t["pairs_per_s"],
         "loss_rel_diff": abs(a["final_mean_loss"] - t["final_mean_loss"]) / abs(t["final_mean_loss"]),
+        # Step by step only meaningful when both drew the same data order (they do for seed 0).
+        "step_losses_max_abs_diff": max(abs(x - y) for x, y in zip(a["step_losses"], t["step_losses"])),
         "tokens_alignlab": tokens["alignlab"],
         "tokens_trl": tokens["trl"],
         "tokens_per_pair_diff": (tokens["trl"] - tokens["alignlab"]) / max(len(t["_ids"]), 1),
