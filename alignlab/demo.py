@@ -30,19 +30,19 @@ class DemoConfig:
     seed: int = field(0, "seed for prompts, sampling, labels and training")
     train_prompts: int = field(160, "prompts whose sampled pairs are labelled and trained on")
     eval_prompts: int = field(64, "held-out prompts for the final evaluation")
-    probe_prompts: int = field(24, "held-out prompts sampled during training to track reward and KL")
+    probe_prompts: int = field(16, "held-out prompts sampled during training to track reward and KL")
     eval_samples: int = field(2, "samples per held-out prompt from each of base and trained policy")
-    max_new_tokens: int = field(40, "max tokens per sampled response")
+    max_new_tokens: int = field(32, "max tokens per sampled response")
     temperature: float = field(1.0, "sampling temperature (1.0: samples from the policy itself, so KL estimates are unbiased)")
     annotator_temperature: float = field(0.15, "Bradley-Terry temperature of the simulated annotator on VADER scores")
     label_flip: float = field(0.05, "extra label noise: probability that the annotator's choice is flipped")
     loss: str = field("dpo", "DPO-family loss")
     beta: float = field(0.1, "DPO beta")
-    epochs: float = field(3.0, "passes over the labelled pairs")
+    epochs: float = field(2.0, "passes over the labelled pairs")
     batch_size: int = field(8, "pairs per step")
-    learning_rate: float = field(5e-4, "LoRA learning rate")
+    learning_rate: float = field(8e-4, "LoRA learning rate")
     lora_r: int = field(16, "LoRA rank")
-    probe_every: int = field(15, "steps between probes of gold reward and KL during training")
+    probe_every: int = field(12, "steps between probes of gold reward and KL during training")
     generation_batch: int = field(64, "rows per generate call")
 
 
@@ -106,7 +106,7 @@ def _label_pairs(cfg, tokenizer, model, task, prompts):
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    from alignlab.eval.metrics import win_rate
+    from alignlab.eval.metrics import win_rate, win_rate_ci
     from alignlab.eval.plots import plot_training_curves
     from alignlab.lab.sentiment import SentimentTask
     from alignlab.models.load import load_policy, load_tokenizer
@@ -155,6 +155,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         "gold_reward_before": float(gold_base.mean()),
         "gold_reward_after": float(gold_trained.mean()),
         "win_rate_vs_reference": float(wr),
+        "win_rate_ci95": list(win_rate_ci(gold_trained, gold_base)),
         "kl_to_reference": float(kl.mean()),
         "train_seconds": timings["train_seconds"],
         "total_seconds": time.perf_counter() - t0,
@@ -186,6 +187,7 @@ def _print_table(report: dict, out_dir: Path) -> None:
         ("gold reward (VADER) before", f"{report['gold_reward_before']:+.3f}"),
         ("gold reward (VADER) after", f"{report['gold_reward_after']:+.3f}"),
         ("win-rate vs base (gold judge)", f"{100 * report['win_rate_vs_reference']:.1f}%"),
+        ("  95% bootstrap interval", "{:.0f}-{:.0f}%".format(*(100 * x for x in report["win_rate_ci95"]))),
         ("KL(policy || reference), nats", f"{report['kl_to_reference']:.3f}"),
         ("labelled pairs", str(report["labelling"]["pairs"])),
         ("train seconds", f"{report['train_seconds']:.0f}"),

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from alignlab.rollout.base import Completions, RolloutBackend, SamplingParams
-from alignlab.rollout.hf import HFGenerator, encode_chat_prompt, generate_texts
+from alignlab.data.tokenize import encode_prompt as encode_chat_prompt
+from alignlab.rollout.hf import HFGenerator, generate_texts
 from tests.conftest import make_tiny_lm
 
 VOCAB, EOS = 64, 2

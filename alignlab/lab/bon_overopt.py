@@ -47,13 +47,11 @@ class BoNOveroptConfig:
 
 
 def _sample(model, tokenizer, prompts, n: int, cfg: BoNOveroptConfig, seed: int, desc: str):
-    from alignlab.data import encode_prompt
     from alignlab.rollout.base import SamplingParams
-    from alignlab.rollout.hf import HFGenerator
+    from alignlab.rollout.hf import generate_texts
 
-    ids = [encode_prompt(tokenizer, p) for p in prompts]
     params = SamplingParams(n=n, temperature=1.0, max_new_tokens=cfg.max_new_tokens, seed=seed)
-    return HFGenerator(model, tokenizer, batch_size=cfg.generation_batch, progress=desc).generate(ids, params)
+    return generate_texts(model, tokenizer, prompts, params, batch_size=cfg.generation_batch, progress=desc)
 
 
 def _curves(gold: torch.Tensor, members: torch.Tensor, cfg: BoNOveroptConfig) -> list[dict]:

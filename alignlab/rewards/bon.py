@@ -72,15 +72,13 @@ def run_best_of_n(policy: str, reward_source, prompts: list, *, n: int, output, 
     import json
     from pathlib import Path
 
-    from alignlab.data import encode_prompt
     from alignlab.models.load import load_policy, load_tokenizer
     from alignlab.rollout.base import SamplingParams
-    from alignlab.rollout.hf import HFGenerator
+    from alignlab.rollout.hf import generate_texts
 
     tokenizer, model = load_tokenizer(policy), load_policy(policy)
-    ids = [encode_prompt(tokenizer, p) for p in prompts]
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
-    out = HFGenerator(model, tokenizer, batch_size=batch_size, progress="sampling").generate(ids, params)
+    out = generate_texts(model, tokenizer, prompts, params, batch_size=batch_size, progress="sampling")
     scores = reward_source.score([prompts[i] for i in out.prompt_index], out.texts).view(len(prompts), n)
     best = select_best(scores)
     path = Path(output)

@@ -211,14 +211,11 @@ def _eos_ids(model: nn.Module, tokenizer, eos_token_id) -> list[int]:
     return ids
 
 
-def encode_chat_prompt(tokenizer, messages: list[dict]) -> list[int]:
-    """Prompt tokens of a chat with the assistant's generation prompt appended.
-    Stand-in until alignlab.data provides the canonical `encode_prompt`."""
-    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+def generate_texts(model: nn.Module, tokenizer, prompts: list, params: SamplingParams, *,
+                   batch_size: int = 64, progress: str | None = None) -> Completions:
+    """Sample completions for prompts (text or chat message lists), tokenized exactly as the
+    trainers tokenize them (`alignlab.data.encode_prompt`: chat template + generation prompt)."""
+    from alignlab.data.tokenize import encode_prompt
 
-
-def generate_texts(model: nn.Module, tokenizer, prompts: list[list[dict]], params: SamplingParams, *,
-                   batch_size: int = 64) -> Completions:
-    """Sample completions for chat prompts (lists of {"role", "content"} messages)."""
-    prompt_ids = [encode_chat_prompt(tokenizer, messages) for messages in prompts]
-    return HFGenerator(model, tokenizer, batch_size=batch_size).generate(prompt_ids, params)
+    prompt_ids = [encode_prompt(tokenizer, prompt) for prompt in prompts]
+    return HFGenerator(model, tokenizer, batch_size=batch_size, progress=progress).generate(prompt_ids, params)
