@@ -74,7 +74,7 @@ def test_offline_hub_id_says_how_to_use_a_local_folder(pairs_file, tmp_path, cap
 
 def test_bad_data_line_is_named(config_file, pairs_file, capsys):
     pairs_file.write_text(pairs_file.read_text() + '{"prompt": "x", "chosen": 3, "rejected": "y"}\n')
-    assert main(["train", "dpo", "--config", str(config_file)]) == 2
+    assert main(["train", "dpo", "--config", str(config_file)]) == 1
     err = capsys.readouterr().err
     assert "prefs.jsonl" in err and "line 9" in err and "chosen" in err
 
