@@ -100,6 +100,7 @@ def cmd_data_strength(args, rest: list[str]) -> int:
 
 def cmd_eval_rm(args, rest: list[str]) -> int:
     import json
+    from pathlib import Path
 
     from alignlab.data import load_records
     from alignlab.data.records import PairwiseRecord
@@ -114,6 +115,12 @@ def cmd_eval_rm(args, rest: list[str]) -> int:
     source = RewardModelSource(args.model, how=args.how, batch_size=args.batch_size, max_length=args.max_length,
                                progress=True)
     result = evaluate_pairs(source, records, output_dir=args.output)
+    if args.consistency:
+        from alignlab.eval.consistency import build_contrast_pairs, reward_consistency
+
+        result["consistency"] = reward_consistency(source, build_contrast_pairs(records, min_similarity=args.min_similarity))
+        if args.output:
+            (Path(args.output) / "rm_eval.json").write_text(json.dumps(result, indent=1))
     shown = {k: v for k, v in result.items() if k != "reliability"}
     print(json.dumps(shown, indent=1))
     if args.output:
@@ -200,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     eval_rm.add_argument("--batch-size", type=int, default=16)
     eval_rm.add_argument("--max-length", type=int, default=512)
     eval_rm.add_argument("--output", help="folder for rm_eval.json and reliability.png")
+    eval_rm.add_argument("--consistency", action="store_true",
+                         help="also score reward consistency on contrast pairs of similar prompts built from the data")
+    eval_rm.add_argument("--min-similarity", type=float, default=0.5, help="Jaccard word similarity for contrast pairs")
     eval_rm.set_defaults(func=cmd_eval_rm)
 
     bon = sub.add_parser("bon", help="Best-of-N: sample N responses per prompt, keep the best by a reward model")

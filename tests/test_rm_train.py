@@ -102,9 +102,10 @@ def test_train_and_eval_rm_from_the_command_line(tmp_path, tiny_encoder_dir, cap
     assert main(["train", "rm", "--model", str(tiny_encoder_dir), "--train-data", str(data), "--output-dir",
                  str(tmp_path / "run"), "--max-steps", "3", "--progress", "false"]) == 0
     assert main(["eval", "rm", "--model", str(tmp_path / "run" / "final"), "--data", str(data), "--output",
-                 str(tmp_path / "ev")]) == 0
+                 str(tmp_path / "ev"), "--consistency"]) == 0
     out = json.loads((tmp_path / "ev" / "rm_eval.json").read_text())
     assert set(out["accuracy_by_subset"]) == {"a", "b"} and out["pairs"] == len(WORDS)
+    assert out["consistency"]["contrast_pairs"] >= len(WORDS) // 2  # "Tell me about X." prompts pair up
 
 
 def test_data_strength_flags_the_mislabeled_pair_and_training_can_flip_it(tmp_path, tiny_encoder_dir, capsys):
