@@ -93,8 +93,12 @@ def run_bon_overoptimization(cfg: BoNOveroptConfig, *, policy=None, tokenizer=No
     annotator = BradleyTerryAnnotator(task.gold_reward, temperature=cfg.annotator_temperature,
                                       flip_prob=cfg.label_flip, seed=cfg.seed)
     records = make_preference_pairs(pair_prompts, a, b, annotator)
-    gold_agrees = float(((task.gold_reward([r.chosen for r in records]) > task.gold_reward([r.rejected for r in records]))
-                         .float()).mean())
+    gold_chosen, gold_rejected = task.gold_reward([r.chosen for r in records]), task.gold_reward([r.rejected for r in records])
+    gold_agrees = float((gold_chosen > gold_rejected).float().mean())
+    with (out / "pairs.jsonl").open("w", encoding="utf-8") as f:  # the labelled data, for other RMs to train on
+        for r, gc, gr in zip(records, gold_chosen.tolist(), gold_rejected.tolist()):
+            f.write(json.dumps({"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected, "gold_chosen": gc,
+                                "gold_rejected": gr}) + "\n")
     rm_cfg = RMConfig(model=cfg.rm_model, output_dir=str(out / "rm"), ensemble=cfg.ensemble, epochs=cfg.rm_epochs,
                       learning_rate=cfg.rm_learning_rate, batch_size=cfg.rm_batch_size, eval_fraction=0.2,
                       seed=cfg.seed, warmup_ratio=0.05, max_length=256)
