@@ -138,3 +138,32 @@ def write_json(path: str | Path, payload: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=1) + "\n")
+
+
+def chat_text_rows(tokenizer, pairs: list[SyntheticPair]) -> list[dict[str, str]]:
+    """Plain-text rows {prompt, chosen, rejected} for TRL that tokenize to alignlab's ids: the prompt
+    rendered by the tokenizer's chat template with the generation prompt, each response followed
+    by the tokenizer's EOS (SmolLM2: <|im_end|>, which alignlab appends to every response). TRL
+    would add that EOS itself; it is written here so that the text says what is trained on."""
+    rows = []
+    for p in pairs:
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": p.prompt}], tokenize=False,
+                                               add_generation_prompt=True)
+        rows.append({"prompt": prompt, "chosen": p.chosen + tokenizer.eos_token,
+                     "rejected": p.rejected + tokenizer.eos_token})
+    return rows
+
+
+def worker_setup(tokenizer, pairs: list[SyntheticPair]) -> dict:
+    """Facts a worker records about its process and data (the parent imports nothing heavy).
+    Versions come from package metadata: importing trl would add to alignlab's peak memory."""
+    from importlib.metadata import version
+
+    import torch
+
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "prompt_tokens": length_stats(tokenizer, [p.prompt for p in pairs]),
+        "response_tokens": length_stats(tokenizer, [p.chosen for p in pairs] + [p.rejected for p in pairs]),
+        "versions": {name: version(name) for name in ("torch", "transformers", "trl")},
+    }

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import length_stats, peak_rss_mb, run_side, synthetic_pairs, write_json
+from common import chat_text_rows, peak_rss_mb, run_side, synthetic_pairs, worker_setup, write_json
 
 SIDES = ("alignlab", "trl")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "dpo_vs_trl.json"
@@ -96,14 +96,7 @@ def trl_rows(tokenizer, pairs, fmt: str) -> list[dict]:
         return [{"prompt": [{"role": "user", "content": p.prompt}],
                  "chosen": [{"role": "assistant", "content": p.chosen}],
                  "rejected": [{"role": "assistant", "content": p.rejected}]} for p in pairs]
-    rows = []
-    for p in pairs:
-        prompt = tokenizer.apply_chat_template([{"role": "user", "content": p.prompt}], tokenize=False,
-                                               add_generation_prompt=True)
-        # TRL would append the EOS itself; it is added here so the text says what is trained on.
-        rows.append({"prompt": prompt, "chosen": p.chosen + tokenizer.eos_token,
-                     "rejected": p.rejected + tokenizer.eos_token})
-    return rows
+    return chat_text_rows(tokenizer, pairs)
 
 
 def run_trl(args) -> dict:
@@ -201,21 +194,6 @@ def setup_info(args, side_setup: dict) -> dict:
         "precision": "fp32", "device": "cpu", "trl_format": args.trl_format,
         "trl_gradient_checkpointing": not args.trl_no_gradient_checkpointing,
         **side_setup,
-    }
-
-
-def worker_setup(tokenizer, pairs) -> dict:
-    """Facts a worker records about its process and data (the parent imports nothing heavy).
-    Versions come from package metadata: importing trl would add to alignlab's peak memory."""
-    from importlib.metadata import version
-
-    import torch
-
-    return {
-        "torch_threads": torch.get_num_threads(),
-        "prompt_tokens": length_stats(tokenizer, [p.prompt for p in pairs]),
-        "response_tokens": length_stats(tokenizer, [p.chosen for p in pairs] + [p.rejected for p in pairs]),
-        "versions": {name: version(name) for name in ("torch", "transformers", "trl")},
     }
 
 

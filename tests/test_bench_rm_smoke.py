@@ -1,0 +1,62 @@
+"""The reward-model benchmark (bench/rm_vs_trl.py) end to end on a tiny random model, in seconds:
+all four runs train; alignlab and TRL tokenize identically, start from the same head and agree
+on the loss; the ensemble cost ratio is reported."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+RUNS = ("alignlab", "trl", "alignlab_ensemble4_frozen", "alignlab_single_frozen")
+
+
+def test_rm_vs_trl_runs_every_side_and_alignlab_agrees_with_trl(tiny_policy_dir, tmp_path):
+    pytest.importorskip("trl", reason="the benchmark's peer; installed by the test extra")
+    out = tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "rm_vs_trl.py"), "--model", str(tiny_policy_dir), "--pairs", "8",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, proc.stdout  # one JSON line on stdout, everything else on stderr
+    report = json.loads(lines[0])
+    assert json.loads(out.read_text()) == report
+    for side in RUNS:
+        r = report[side]
+        assert r["pairs_per_s"] > 0 and r["seconds"] > 0 and r["peak_rss_mb"] > 0
+        assert r["steps"] == 2  # 8 pairs, batch 4, one epoch
+        assert r["pairs_per_s"] == pytest.approx(8 / r["seconds"])
+    assert report["alignlab_ensemble4_frozen"]["members"] == 4
+    assert report["alignlab_single_frozen"]["frozen_backbone"] and not report["alignlab"]["frozen_backbone"]
+    assert report["speedup"] == pytest.approx(report["alignlab"]["pairs_per_s"] / report["trl"]["pairs_per_s"])
+    four, one = (report[side]["seconds"] for side in ("alignlab_ensemble4_frozen", "alignlab_single_frozen"))
+    assert report["ensemble4_cost_vs_single"] == pytest.approx(four / one)
+    assert report["ensemble4_frozen_vs_full"] == pytest.approx(four / report["alignlab"]["seconds"])
+    # Same ids, same backbone, same head: the first step's loss (before any update) is the same
+    # number on both sides, and with the same data order (seed 0) every step's is.
+    assert report["token_ids_identical"] and report["pairs_with_different_ids"] == 0
+    assert report["sequence_tokens_alignlab"] == report["sequence_tokens_trl"] > 8 * 2 * 20
+    assert report["initial_head_max_abs_diff"] == 0.0
+    assert report["alignlab"]["step_losses"][0] == pytest.approx(report["trl"]["step_losses"][0], abs=1e-5)
+    assert report["loss_rel_diff"] < 0.02
+    assert report["trl"]["pad_token"] == "<|endoftext|>"  # not <|im_end|>, which ends every response
+
+
+def test_only_ensemble_runs_the_two_frozen_runs(tiny_policy_dir, tmp_path):
+    out = tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "rm_vs_trl.py"), "--model", str(tiny_policy_dir), "--pairs", "4",
+         "--only", "ensemble", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(out.read_text())
+    assert set(RUNS) & set(report) == {"alignlab_ensemble4_frozen", "alignlab_single_frozen"}
+    assert report["ensemble4_cost_vs_single"] > 0 and "speedup" not in report and "ensemble4_frozen_vs_full" not in report
