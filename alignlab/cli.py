@@ -45,9 +45,14 @@ def _config_help(cls) -> str:
 
 
 def cmd_train(args, rest: list[str]) -> int:
+    from alignlab.train.online_config import ONLINE_METHODS
+
+    if args.algorithm in ONLINE_METHODS:
+        return cmd_train_online(args, rest)
     trainers = _trainers()
     if args.algorithm not in trainers:
-        print(f"error: unknown algorithm '{args.algorithm}'; available: {', '.join(sorted(trainers))}", file=sys.stderr)
+        available = ", ".join(sorted(trainers) + sorted(ONLINE_METHODS))
+        print(f"error: unknown algorithm '{args.algorithm}'; available: {available}", file=sys.stderr)
         return 2
     cls, run = trainers[args.algorithm]
     if args.help_settings:
@@ -63,6 +68,35 @@ def cmd_train(args, rest: list[str]) -> int:
           f"({session.summary['examples_per_second']:.2f} examples/s); model saved to {session.final_dir}")
     if final_eval:
         print("  final eval: " + ", ".join(f"{k}={v:.4g}" for k, v in final_eval.items() if k != "step"))
+    return 0
+
+
+def cmd_train_online(args, rest: list[str]) -> int:
+    from alignlab.config import to_dict
+    from alignlab.train.online import resolve_online, train_online
+    from alignlab.train.online_config import OnlineConfig
+
+    if args.help_settings:
+        print(_config_help(OnlineConfig))
+        return 0
+    cfg = resolve_online(args.algorithm, args.config, parse_flags(rest))
+    if args.dry_run:
+        steps = cfg.iterations * cfg.ppo_epochs * -(-cfg.prompts_per_step * cfg.samples_per_prompt // (cfg.batch_size * cfg.grad_accum))
+        print(f"alignlab dry run: {cfg.method} on {cfg.model}; {cfg.iterations} iterations x {cfg.prompts_per_step} prompts"
+              f" x {cfg.samples_per_prompt} samples (up to {cfg.max_new_tokens} new tokens), about {steps} optimizer steps;"
+              f" rewards {cfg.reward}; KL {cfg.kl_coef} as {cfg.kl_mode} ({cfg.kl_estimator})")
+        print("settings: " + ", ".join(f"{k}={v!r}" for k, v in to_dict(cfg).items()))
+        return 0
+    summary = train_online(cfg)
+    before, after = summary.get("eval_before", {}), summary.get("final_eval", {})
+    print(f"alignlab: {cfg.method} done: {summary['steps']} steps over {summary['iterations']} iterations, "
+          f"{summary['completions_per_second']:.2f} completions/s; model saved to {summary['final_dir']}")
+    for key in sorted(set(before) & set(after)):
+        print(f"  eval {key}: {before[key]:.4g} -> {after[key]:.4g}")
+    if "safety_test" in summary:
+        t = summary["safety_test"]
+        print(f"  safety test: {t['verdict']} (cost upper bound {t['cost_upper_bound']:.4g} vs threshold {t['threshold']:.4g}"
+              f" at {t['confidence']:.0%} confidence, n={t['n']})")
     return 0
 
 
@@ -174,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a policy: alignlab train dpo --config my.yaml [--key value ...]")
-    train.add_argument("algorithm", help="algorithm: dpo | rm (reward model)")
+    train.add_argument("algorithm", help="algorithm: dpo | rm (reward model) | ppo | grpo | rloo | reinforce_pp | remax | p3o | ppo_lagrangian")
     train.add_argument("--config", help="YAML file of settings (flags override it)")
     train.add_argument("--dry-run", action="store_true", help="explain the run (batches, memory, data) and exit")
     train.add_argument("--help-settings", action="store_true", help="list every setting with its default")

@@ -100,8 +100,9 @@ def _parse_mapping(name: str, text: str, source: str) -> dict:
     return out
 
 
-def apply_overrides(config, overrides: dict[str, Any], source: str):
-    """Return a copy of `config` with `overrides` applied; unknown keys raise ConfigError."""
+def apply_overrides(config, overrides: dict[str, Any], source: str, *, validate: bool = True):
+    """Return a copy of `config` with `overrides` applied; unknown keys raise ConfigError. With
+    validate=False the caller validates once after its last layer."""
     types_ = _field_types(type(config))
     changes = {}
     for raw_key, value in overrides.items():
@@ -112,9 +113,9 @@ def apply_overrides(config, overrides: dict[str, Any], source: str):
             raise ConfigError(f"{source}: unknown key '{raw_key}' for {type(config).__name__}{hint}")
         changes[key] = _coerce(key, value, types_[key], source)
     new = dataclasses.replace(config, **changes)
-    validate = getattr(new, "validate", None)
-    if validate is not None:
-        validate()
+    check = getattr(new, "validate", None)
+    if validate and check is not None:
+        check()
     return new
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
-RUNS = ("alignlab", "trl", "alignlab_ensemble4_frozen", "alignlab_single_frozen")
+RUNS = ("alignlab", "alignlab_checkpointing", "trl", "alignlab_ensemble4_frozen", "alignlab_single_frozen")
 
 
 def test_rm_vs_trl_runs_every_side_and_alignlab_agrees_with_trl(tiny_policy_dir, tmp_path):
@@ -36,6 +36,12 @@ def test_rm_vs_trl_runs_every_side_and_alignlab_agrees_with_trl(tiny_policy_dir,
     assert report["alignlab_ensemble4_frozen"]["members"] == 4
     assert report["alignlab_single_frozen"]["frozen_backbone"] and not report["alignlab"]["frozen_backbone"]
     assert report["speedup"] == pytest.approx(report["alignlab"]["pairs_per_s"] / report["trl"]["pairs_per_s"])
+    assert report["speedup_checkpointing"] == pytest.approx(
+        report["alignlab_checkpointing"]["pairs_per_s"] / report["trl"]["pairs_per_s"])
+    assert report["memory_ratio"] == pytest.approx(report["alignlab"]["peak_rss_mb"] / report["trl"]["peak_rss_mb"])
+    assert report["alignlab_checkpointing"]["gradient_checkpointing"] and not report["alignlab"]["gradient_checkpointing"]
+    # checkpointing changes memory, not the math: same per-step losses
+    assert report["alignlab_checkpointing"]["step_losses"] == pytest.approx(report["alignlab"]["step_losses"], abs=1e-5)
     four, one = (report[side]["seconds"] for side in ("alignlab_ensemble4_frozen", "alignlab_single_frozen"))
     assert report["ensemble4_cost_vs_single"] == pytest.approx(four / one)
     assert report["ensemble4_frozen_vs_full"] == pytest.approx(four / report["alignlab"]["seconds"])

@@ -158,3 +158,15 @@ def test_cost_objective_orders_harm_and_anchors_the_sign(tmp_path, tiny_encoder_
     data.write_text(bad)
     with pytest.raises(ValueError, match="line 2, field 'chosen_safe'"):
         train_reward_model(cfg(tmp_path / "b", tiny_encoder_dir, objective="cost", train_data=str(data)))
+
+
+def test_gradient_checkpointing_trains_the_same_reward_model(tmp_path, tiny_policy_dir):
+    # the setting was once silently ignored by reward-model training: same losses, checkpointing on
+    runs = {}
+    for on in (False, True):
+        session = train_reward_model(cfg(tmp_path / str(on), tiny_policy_dir, epochs=1.0, gradient_checkpointing=on),
+                                     train_records=pairs(WORDS[:8]))
+        runs[on] = [r["loss"] for r in session.state.history if "loss" in r]
+        backbone = session.model.backbone
+        assert getattr(backbone, "is_gradient_checkpointing", False) == on
+    assert runs[True] == pytest.approx(runs[False], abs=1e-5)

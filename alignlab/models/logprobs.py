@@ -8,6 +8,8 @@ and padding positions never reach the head.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -36,30 +38,63 @@ def _head_is_plain(lm: nn.Module) -> bool:
 
 
 def token_logps_from_hidden(
-    hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor, chunk_size: int = 1024
+    hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor, chunk_size: int = 1024, *,
+    temperature: float = 1.0, entropy: list | None = None,
 ) -> torch.Tensor:
-    """log softmax(head(hidden))[target] for (N, H) hidden states -> (N,), chunked over N so no
-    more than chunk_size x V logits exist at once."""
+    """log softmax(head(hidden) / temperature)[target] for (N, H) hidden states -> (N,), chunked
+    over N so no more than chunk_size x V logits exist at once. When `entropy` is a list, the
+    (no-grad) entropy of each position's distribution is appended to it chunk by chunk."""
     out = []
     for start in range(0, hidden.shape[0], chunk_size):
         logits = head(hidden[start : start + chunk_size]).float()  # (n, V)
-        picked = logits.gather(-1, targets[start : start + chunk_size, None]).squeeze(-1)
-        out.append(picked - torch.logsumexp(logits, dim=-1))
+        out.append(_pick(logits, targets[start : start + chunk_size], temperature, entropy))
     return torch.cat(out) if out else hidden.new_zeros(0)
+
+
+def _pick(logits: torch.Tensor, targets: torch.Tensor, temperature: float, entropy: list | None) -> torch.Tensor:
+    if temperature != 1.0:
+        logits = logits / temperature
+    logz = torch.logsumexp(logits, dim=-1)  # (n,)
+    if entropy is not None:
+        with torch.no_grad():
+            entropy.append(logz - (torch.softmax(logits, -1) * logits).sum(-1))
+    return logits.gather(-1, targets[:, None]).squeeze(-1) - logz
+
+
+@dataclass
+class TokenOutputs:
+    logps: torch.Tensor
+    """(N,) log-probs of the scored tokens, in `batch.score_positions` order."""
+    hidden: torch.Tensor | None = None
+    """(N, H) the hidden states that predict them (for value heads), when asked for."""
+    entropy: torch.Tensor | None = None
+    """(N,) entropy of each scored position's next-token distribution (no grad), when asked for."""
+
+
+def token_outputs(model: nn.Module, batch: PackedBatch, *, temperature: float = 1.0, keep_hidden: bool = False,
+                  entropy: bool = False, chunk_size: int = 1024) -> TokenOutputs:
+    """Per-token log-probs of the response tokens (at a sampling temperature), optionally with
+    the hidden states that predict them and the entropies, from one forward."""
+    lm = unwrap_causal_lm(model)
+    kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
+    entropies: list | None = [] if entropy else None
+    if _head_is_plain(lm):
+        hidden = lm.get_decoder()(**kwargs, use_cache=False).last_hidden_state  # (R, L, H)
+        hidden = hidden.reshape(-1, hidden.shape[-1])[batch.score_positions]  # (N, H)
+        logps = token_logps_from_hidden(hidden, lm.get_output_embeddings(), batch.score_targets, chunk_size,
+                                        temperature=temperature, entropy=entropies)
+    else:
+        out = model(**kwargs, use_cache=False, output_hidden_states=keep_hidden)
+        logits = out.logits.float()
+        logits = logits.reshape(-1, logits.shape[-1])[batch.score_positions]  # (N, V)
+        logps = _pick(logits, batch.score_targets, temperature, entropies)
+        hidden = out.hidden_states[-1].reshape(-1, out.hidden_states[-1].shape[-1])[batch.score_positions] if keep_hidden else None
+    return TokenOutputs(logps, hidden if keep_hidden else None, torch.cat(entropies) if entropies else None)
 
 
 def sequence_logps(model: nn.Module, batch: PackedBatch, *, chunk_size: int = 1024) -> torch.Tensor:
     """Summed response-token log-probs per sequence: (num_sequences,)."""
-    lm = unwrap_causal_lm(model)
-    kwargs = dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
-    if _head_is_plain(lm):
-        hidden = lm.get_decoder()(**kwargs, use_cache=False).last_hidden_state  # (R, L, H)
-        hidden = hidden.reshape(-1, hidden.shape[-1])[batch.score_positions]  # (N, H)
-        token_logps = token_logps_from_hidden(hidden, lm.get_output_embeddings(), batch.score_targets, chunk_size)
-    else:
-        logits = model(**kwargs, use_cache=False).logits.float()  # (R, L, V)
-        logits = logits.reshape(-1, logits.shape[-1])[batch.score_positions]
-        token_logps = logits.gather(-1, batch.score_targets[:, None]).squeeze(-1) - torch.logsumexp(logits, -1)
+    token_logps = token_outputs(model, batch, chunk_size=chunk_size).logps
     out = token_logps.new_zeros(batch.num_sequences)
     return out.index_add(0, batch.score_sequence, token_logps)
 

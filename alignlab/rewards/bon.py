@@ -40,29 +40,14 @@ def expected_best_of_n(selector: Tensor, values: Tensor, n: int) -> Tensor:
 
 def read_prompts(path) -> list:
     """Prompts from a .jsonl file with a `prompt` field (text or chat messages) per line, or a
-    plain .txt file with one prompt per line."""
-    import json
-    from pathlib import Path
+    plain .txt file with one prompt per line (`alignlab.data.prompts.read_prompt_rows`)."""
+    from alignlab.data.errors import DataError
+    from alignlab.data.prompts import read_prompt_rows
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompts file {path} does not exist")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    if path.suffix == ".txt":
-        return [line for line in lines if line.strip()]
-    prompts = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
-        prompt = row.get("prompt") if isinstance(row, dict) else None
-        if not (isinstance(prompt, str) and prompt.strip()) and not isinstance(prompt, list):
-            raise ValueError(f"{path}, line {number}, field 'prompt': expected non-empty text or a message list")
-        prompts.append(prompt)
-    return prompts
+    try:
+        return [row["prompt"] for row in read_prompt_rows(path)]
+    except DataError as exc:  # `alignlab bon` has always reported bad prompts as usage errors (exit 2)
+        raise ValueError(str(exc)) from None
 
 
 def run_best_of_n(policy: str, reward_source, prompts: list, *, n: int, output, max_new_tokens: int = 128,

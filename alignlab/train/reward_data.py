@@ -170,6 +170,8 @@ def prepare_reward_session(cfg: RMConfig, *, train_records=None, eval_records=No
         raise ValueError("no training examples left after loading and filtering: see the data report")
     session.model = build_reward_model(cfg.model, members=cfg.ensemble, attributes=attributes, gating=cfg.gating,
                                        freeze_backbone=cfg.frozen, lora=lora, seed=cfg.seed)
+    if cfg.gradient_checkpointing and not cfg.frozen:  # a frozen backbone keeps no activations anyway
+        session.model.backbone.gradient_checkpointing_enable()
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.precision]
     session.accelerator = Accelerator(mixed_precision=mixed)
     session.model.to(session.accelerator.device)

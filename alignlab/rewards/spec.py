@@ -1,0 +1,81 @@
+"""Reward sources named by a short string, as configs and the CLI give them:
+
+    lab:sentiment            the lab's gold sentiment reward (VADER compound of the response)
+    lab:<task>               any lab task's gold reward (alignlab.lab.tasks: arithmetic, length, ...)
+    math                     1 if the response's final answer equals the prompt's `answer` (math-verify)
+    rm:DIR                   a trained reward model (ensembles aggregated by `how`: mean | wco | uwo)
+    python:module:function   fn(prompts, responses) -> floats
+
+`WeightedRewards` sums several sources with weights and keeps each source's scores for logging.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from alignlab.rewards.base import FunctionReward, RewardSource
+
+
+def build_reward_source(spec: str, *, how: str = "mean", answers: dict | None = None) -> RewardSource:
+    """One reward source from its spec string; `answers` maps prompt text -> reference answer
+    (for `math` and verifiable lab tasks)."""
+    kind, _, rest = spec.partition(":")
+    if kind == "lab":
+        from alignlab.lab.tasks import get_task
+
+        return get_task(rest).reward_source(answers or {})
+    if kind == "math":
+        from alignlab.rewards.verifiable import AnswerReward
+
+        if not answers:
+            raise ValueError("reward 'math' needs prompts with an `answer` field (the reference answer)")
+        return AnswerReward(answers)
+    if kind == "rm":
+        from alignlab.rewards.model import RewardModelSource
+
+        if not rest:
+            raise ValueError("reward 'rm:DIR' needs the reward model's folder after 'rm:'")
+        return RewardModelSource(rest, how=how)
+    if kind == "python":
+        module, _, name = rest.rpartition(":")
+        if not module or not name:
+            raise ValueError(f"reward {spec!r}: write python:package.module:function")
+        try:
+            fn = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"reward {spec!r}: cannot import {name} from {module} ({exc})") from None
+        return FunctionReward(fn, name=name)
+    raise ValueError(f"unknown reward source {spec!r}; use lab:TASK, math, rm:DIR or python:module:function")
+
+
+class WeightedRewards:
+    """sum_i w_i * source_i(prompts, responses); `last_parts` keeps each source's (N,) scores."""
+
+    def __init__(self, sources: Sequence[RewardSource], weights: Sequence[float] | None = None,
+                 names: Sequence[str] | None = None):
+        if not sources:
+            raise ValueError("at least one reward source is needed")
+        self.sources = list(sources)
+        self.weights = [float(w) for w in weights] if weights else [1.0] * len(self.sources)
+        self.names = list(names) if names else [getattr(s, "name", f"reward{i}") for i, s in enumerate(self.sources)]
+        self.name = "+".join(self.names)
+        self.last_parts: dict[str, Tensor] = {}
+
+    @torch.no_grad()
+    def score(self, prompts: Sequence, responses: Sequence[str]) -> Tensor:
+        total = torch.zeros(len(responses))
+        self.last_parts = {}
+        for name, w, source in zip(self.names, self.weights, self.sources):
+            part = source.score(prompts, responses).float().reshape(-1)
+            self.last_parts[name] = part
+            total += w * part
+        return total
+
+
+def build_rewards(specs: Sequence[str], weights: Sequence[float] | None = None, *, how: str = "mean",
+                  answers: dict | None = None) -> WeightedRewards:
+    return WeightedRewards([build_reward_source(s, how=how, answers=answers) for s in specs], weights, list(specs))

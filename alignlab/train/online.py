@@ -1,0 +1,348 @@
+"""Online RL from feedback on the one loop: PPO, GRPO, RLOO, REINFORCE++, ReMax, P3O, PPO-Lagrangian.
+
+The loop's "epoch" is one rollout iteration: `micro_batches(i)` samples prompts x n completions
+with the current policy, scores them with the reward sources, computes advantages
+(online_rollout.RolloutMaker) and returns `ppo_epochs` shuffled passes of micro-batches over
+them; the loop then takes one optimizer step per `grad_accum` micro-batches. Each iteration's
+rollout is saved in the run folder before its first update, so a resumed run trains on exactly
+the samples it had drawn (and the controllers' state comes back with them).
+
+Exact loss normalization across accumulated micro-batches: `examples_in` counts the reduction's
+unit (response tokens for token_mean, sequences for seq_mean_token_mean, sequences x
+max_new_tokens for Dr. GRPO's constant), and `loss` returns per-sequence sums in that unit.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+
+from alignlab.config import ConfigError, apply_overrides, load_yaml
+from alignlab.data.tokenize import encode_prompt
+from alignlab.losses.policy import clipped_surrogate, clipped_value_loss, kl_estimate, p3o_loss
+from alignlab.models.load import add_lora, is_peft, load_policy, load_tokenizer, save_final
+from alignlab.models.policy_value import PolicyValue
+from alignlab.train.loop import train_loop
+from alignlab.train.online_batch import OnlineMicroBatch, RolloutBatch, make_micro_batch, micro_batch_rows
+from alignlab.train.online_config import OnlineConfig, method_defaults
+from alignlab.train.online_rollout import Controllers, RolloutMaker
+from alignlab.train.run import make_run_dir, write_run_header
+
+
+def resolve_online(method: str, yaml_path: str | None = None, flags: dict | None = None) -> OnlineConfig:
+    """Layering: dataclass defaults <- the method's paper defaults <- preset <- YAML <- flags."""
+    data = load_yaml(yaml_path) if yaml_path else {}
+    flags = dict(flags or {})
+    preset = flags.get("preset", data.get("preset", ""))
+    cfg = apply_overrides(OnlineConfig(method=method), method_defaults(method, preset), f"{method} defaults",
+                          validate=False)
+    if data:
+        cfg = apply_overrides(cfg, data, str(yaml_path), validate=False)
+    if flags:
+        cfg = apply_overrides(cfg, flags, "command line", validate=False)
+    if cfg.method != method:
+        raise ConfigError(f"method is set by the command (`alignlab train {method}`), not by a setting ({cfg.method!r})")
+    cfg.validate()
+    return cfg
+
+
+def load_prompt_split(source: str, split: str, n: int, seed: int) -> list[dict]:
+    """Prompt rows ({prompt, answer?}) from a lab task (`lab:<task>`) or a file."""
+    if source.startswith("lab:"):
+        from alignlab.lab.tasks import get_task
+
+        rows = get_task(source[4:], seed=seed).prompt_rows(split)
+        return rows[:n] if n else rows
+    from alignlab.data.prompts import read_prompt_rows
+
+    rows = read_prompt_rows(source)
+    return rows[:n] if n else rows
+
+
+class OnlineAlgorithm:
+    progress_keys = ("reward/mean", "kl_to_reference")
+
+    def __init__(self, cfg: OnlineConfig, *, scorer: PolicyValue, maker: RolloutMaker, tokenizer, train_rows, eval_rows,
+                 eval_rewards, run_dir: Path, pad_token_id: int, controllers: Controllers):
+        self.cfg, self.scorer, self.maker, self.tokenizer = cfg, scorer, maker, tokenizer
+        self.train_rows, self.eval_rows, self.eval_rewards = train_rows, eval_rows, eval_rewards
+        self.rollout_dir = run_dir / "rollouts"
+        self.rollout_dir.mkdir(parents=True, exist_ok=True)
+        self.pad_token_id, self.ctl = pad_token_id, controllers
+        self._cache: tuple[int, RolloutBatch, list[OnlineMicroBatch]] | None = None
+        self._prompt_ids: dict[int, list[int]] = {}
+
+    # -- rollouts -------------------------------------------------------------------------------
+    def _iteration_prompts(self, iteration: int) -> list[int]:
+        """prompts_per_step indices into train_rows, a fresh shuffle on every pass over them."""
+        P, N = self.cfg.prompts_per_step, len(self.train_rows)
+        out = []
+        for k in range(iteration * P, (iteration + 1) * P):
+            perm = torch.randperm(N, generator=torch.Generator().manual_seed(self.cfg.seed * 7_919 + k // N)).tolist()
+            out.append(perm[k % N])
+        return out
+
+    def _ids(self, i: int) -> list[int]:
+        if i not in self._prompt_ids:
+            self._prompt_ids[i] = encode_prompt(self.tokenizer, self.train_rows[i]["prompt"])
+        return self._prompt_ids[i]
+
+    def _path(self, iteration: int) -> Path:
+        return self.rollout_dir / f"iter-{iteration:05d}.pt"
+
+    def rollout(self, iteration: int) -> RolloutBatch:
+        path = self._path(iteration)
+        if path.is_file():  # resume: the very samples drawn before the interruption
+            batch = RolloutBatch.load(path)
+        else:
+            if iteration > 0 and self._path(iteration - 1).is_file() and (self._cache is None or self._cache[0] != iteration - 1):
+                self.ctl = Controllers.from_dict(RolloutBatch.load(self._path(iteration - 1)).controller)
+            idx = self._iteration_prompts(iteration)
+            batch = self.maker.make(iteration, [self.train_rows[i]["prompt"] for i in idx], [self._ids(i) for i in idx],
+                                    self.ctl)
+            batch.save(path)
+        self.ctl = Controllers.from_dict(batch.controller)
+        return batch
+
+    def micro_batches(self, epoch: int) -> list[OnlineMicroBatch]:
+        if self._cache is None or self._cache[0] != epoch:
+            batch = self.rollout(epoch)
+            rows = micro_batch_rows(batch, batch_size=self.cfg.batch_size, epochs=self.cfg.ppo_epochs,
+                                    seed=self.cfg.seed * 31 + epoch, pairs=self.cfg.method == "p3o")
+            first_pass = len(rows) // self.cfg.ppo_epochs
+            mbs = [make_micro_batch(batch, r, self.pad_token_id, entropy=self.cfg.log_entropy and i < first_pass)
+                   for i, r in enumerate(rows)]
+            self._cache = (epoch, batch, mbs)
+        return self._cache[2]
+
+    def step_metrics(self) -> dict:
+        """The current rollout's metrics, logged with every optimizer step trained on it."""
+        return {f"rollout/{k}": v for k, v in self._cache[1].metrics.items()} if self._cache else {}
+
+    # -- loss -----------------------------------------------------------------------------------
+    def examples_in(self, mb: OnlineMicroBatch) -> int:
+        c = self.cfg
+        if c.method == "p3o":
+            return len(mb.rows) // 2
+        if c.loss_reduction == "token_mean":
+            return int(mb.mask.sum())
+        if c.loss_reduction == "seq_mean_token_mean":
+            return int((mb.mask.sum(-1) > 0).sum())
+        return len(mb.rows) * c.max_new_tokens  # constant (Dr. GRPO)
+
+    def loss(self, scorer, mb: OnlineMicroBatch):
+        c = self.cfg
+        device = next(self.scorer.parameters()).device
+        out, values = scorer(mb.packed.to(device), entropy=mb.entropy)
+        mask = mb.mask.to(device)
+        logps = mb.to_bt(out.logps)  # (b, T)
+        old = mb.old_logps.to(device)
+        metrics: dict = {}
+        if out.entropy is not None:
+            metrics["entropy"] = out.entropy.mean()
+        kl_tokens = None
+        if mb.ref_logps is not None:
+            kl_tokens = kl_estimate(logps, mb.ref_logps.to(device), c.kl_estimator)
+            metrics["kl_token_mean"] = (kl_tokens.detach() * mask).sum() / mask.sum().clamp(min=1)
+        if c.method == "p3o":
+            return self._p3o_loss(logps, old, mask, kl_tokens, mb, metrics)
+        token_loss, m = clipped_surrogate(logps, old, mb.advantages.to(device), mask, clip_low=c.clip_low,
+                                          clip_high=c.clip_high or None, dual_clip=c.dual_clip or None, reduction="none")
+        metrics.update(m)
+        if c.kl_mode == "loss" and kl_tokens is not None and self.ctl.kl_coef:
+            token_loss = token_loss + self.ctl.kl_coef * kl_tokens * mask
+        if values is not None:
+            v = mb.to_bt(values)  # (b, T, C)
+            returns, old_v = mb.returns.to(device), mb.old_values.to(device)
+            for k in range(v.shape[-1]):
+                vl, vm = clipped_value_loss(v[..., k], old_v[..., k], returns[..., k], mask,
+                                            clip=c.value_clip or None, reduction="none")
+                token_loss = token_loss + c.vf_coef * vl
+                metrics.update({f"{name}/{k}" if k else name: val for name, val in vm.items()})
+        per_seq = token_loss.sum(-1)  # (b,)
+        if c.loss_reduction == "seq_mean_token_mean":
+            lengths = mask.sum(-1)
+            per_seq = (per_seq / lengths.clamp(min=1))[lengths > 0]
+        return per_seq, metrics
+
+    def _p3o_loss(self, logps, old, mask, kl_tokens, mb, metrics):
+        c = self.cfg
+        seq, old_seq = (logps * mask).sum(-1), (old * mask).sum(-1)  # (b,)
+        rewards = mb.rewards.to(seq.device)
+        per_pair, m = p3o_loss(seq[0::2], seq[1::2], old_seq[0::2], old_seq[1::2], rewards[0::2], rewards[1::2],
+                               clip=c.clip_low, per_example=True)
+        if c.kl_mode == "loss" and kl_tokens is not None and self.ctl.kl_coef:
+            per_seq_kl = (kl_tokens * mask).sum(-1)
+            per_pair = per_pair + self.ctl.kl_coef * (per_seq_kl[0::2] + per_seq_kl[1::2])
+        metrics.update(m)
+        return per_pair, metrics
+
+    # -- evaluation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, scorer) -> dict[str, float]:
+        if not self.eval_rows:
+            return {}
+        from alignlab.rollout.base import SamplingParams
+
+        c = self.cfg
+        rows = self.eval_rows[: c.eval_prompts]
+        prompts = [r["prompt"] for r in rows]
+        ids = [encode_prompt(self.tokenizer, p) for p in prompts]
+        greedy = c.eval_temperature == 0
+        params = SamplingParams(n=1, temperature=c.eval_temperature or 1.0, max_new_tokens=c.max_new_tokens,
+                                seed=c.seed + 12_345, greedy=greedy, stop_strings=tuple(c.stop_strings) or None)
+        out = self.maker.generator.generate(ids, params)
+        scores = self.eval_rewards.score(prompts, out.texts)
+        metrics = {"reward": float(scores.mean()), "response_length": sum(map(len, out.completion_ids)) / len(out)}
+        metrics.update({f"reward/{k}": float(v.mean()) for k, v in self.eval_rewards.last_parts.items()})
+        if not greedy and self.maker.reference_scorer is not None:
+            metrics["kl_to_reference"] = self._sample_kl(out)
+        return metrics
+
+    def _sample_kl(self, out) -> float:
+        """Monte-Carlo KL(pi || pi_ref) per sequence on the evaluation samples."""
+        from alignlab.models.load import reference_context
+        from alignlab.train.online_batch import pad_tokens
+        from alignlab.train.online_rollout import token_pass
+
+        batch = RolloutBatch(-1, 1, [None] * len(out), out.prompt_ids, out.completion_ids, out.texts, out.finished,
+                             mask=pad_tokens([[1.0] * len(x) for x in out.completion_ids]),
+                             old_logps=pad_tokens(out.logprobs), rewards=torch.zeros(len(out)))
+        rows = list(range(len(out)))
+        with reference_context(self.maker.model):
+            ref, _ = token_pass(self.maker.reference_scorer, batch, rows, self.pad_token_id, self.cfg.batch_size,
+                                reference=True)
+        return float(((batch.old_logps - ref) * batch.mask).sum(-1).mean())
+
+
+def _build_models(cfg: OnlineConfig, model=None):
+    """Policy (+LoRA), its PolicyValue scorer, and the reference scorer (the adapter-disabled
+    policy with LoRA; a frozen copy for full fine-tuning; None when kl_coef is 0 and PAR is off)."""
+    model = model if model is not None else load_policy(cfg.model)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if cfg.lora:
+        model = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                         target_modules=cfg.lora_target_modules)
+    scorer = PolicyValue(model, cfg.spec.critics, temperature=cfg.temperature)
+    reference = None
+    if cfg.kl_coef > 0 or cfg.par_references or cfg.kl_target:
+        if is_peft(model):
+            reference = PolicyValue(model, 0, temperature=cfg.temperature)  # used under disable_adapter()
+        else:
+            frozen = copy.deepcopy(model).eval().requires_grad_(False)
+            reference = PolicyValue(frozen, 0, temperature=cfg.temperature)
+    return model, scorer, reference
+
+
+def train_online(cfg: OnlineConfig, *, model=None, tokenizer=None, train_rows=None, eval_rows=None, rewards=None,
+                 eval_rewards=None, cost=None):
+    """Python API: train per `cfg`. Prompts (rows {prompt, answer?}), the model, and reward/cost
+    sources may be given in memory instead of by name. Returns a summary dict (also written to
+    the run's summary.json)."""
+    from accelerate import Accelerator
+    from transformers import set_seed
+
+    from alignlab.rewards.spec import WeightedRewards, build_rewards
+
+    cfg.validate()
+    set_seed(cfg.seed)
+    run_dir = make_run_dir(cfg.output_dir, cfg.method)
+    tokenizer = tokenizer or load_tokenizer(cfg.model)
+    if train_rows is None:
+        if not cfg.train_data:
+            raise ValueError("no prompts: set train_data (a prompts file, or lab:sentiment / lab:arithmetic / lab:length)")
+        train_rows = load_prompt_split(cfg.train_data, "train", 0, cfg.seed)
+    if eval_rows is None:
+        source = cfg.eval_data or (cfg.train_data if cfg.train_data.startswith("lab:") else "")
+        eval_rows = load_prompt_split(source, "eval", max(cfg.eval_prompts, cfg.safety_prompts if cfg.hc_delta else 0),
+                                      cfg.seed) if source else []
+    if not train_rows:
+        raise ValueError(f"{cfg.train_data}: no prompts")
+    answers = _answers(train_rows + eval_rows)
+    if rewards is None:
+        rewards = build_rewards(cfg.reward, cfg.reward_weights or None, how=cfg.reward_how, answers=answers)
+    elif not isinstance(rewards, WeightedRewards):
+        rewards = WeightedRewards([rewards])
+    if eval_rewards is None:
+        extra = [s for s in cfg.eval_reward if s not in cfg.reward]
+        eval_rewards = build_rewards(extra, how=cfg.reward_how, answers=answers) if extra else None
+        eval_rewards = _combine(rewards, eval_rewards)
+    if cfg.spec.needs_cost and cost is None:
+        from alignlab.rewards.spec import build_reward_source
+
+        cost = build_reward_source(cfg.cost, how=cfg.reward_how, answers=answers)
+    model, scorer, reference = _build_models(cfg, model)
+    accelerator = Accelerator(mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.precision])
+    model.to(accelerator.device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    write_run_header(run_dir, cfg, cfg.method, [cfg.train_data, cfg.eval_data])
+    maker = RolloutMaker(cfg, model=model, scorer=scorer, reference_scorer=reference, tokenizer=tokenizer,
+                         rewards=rewards, cost=cost, pad_token_id=pad)
+    ctl = Controllers(kl_coef=cfg.kl_coef, lagrange=cfg.lagrange_init if cfg.spec.needs_cost else 0.0)
+    algorithm = OnlineAlgorithm(cfg, scorer=scorer, maker=maker, tokenizer=tokenizer, train_rows=train_rows,
+                                eval_rows=eval_rows, eval_rewards=eval_rewards, run_dir=run_dir, pad_token_id=pad,
+                                controllers=ctl)
+    loop_cfg = dataclasses.replace(cfg, epochs=float(cfg.iterations))
+    before = _eval_before(algorithm, scorer, run_dir)
+    state = train_loop(loop_cfg, algorithm, scorer, scorer, accelerator, run_dir)
+    final_dir = save_final(model, tokenizer, run_dir / "final", merge_lora=cfg.merge_lora)
+    scorer.save_value_head(run_dir / "final" / "value_head.safetensors")
+    summary = {**_summary(cfg, state, run_dir, final_dir), "eval_before": before}
+    if cfg.spec.needs_cost and cfg.hc_delta:
+        from alignlab.train.online_safety import run_safety_test
+
+        summary["safety_test"] = run_safety_test(cfg, maker, eval_rows, cost)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+    return summary
+
+
+def _eval_before(algorithm: OnlineAlgorithm, scorer, run_dir: Path) -> dict:
+    """The untrained policy's evaluation (kept in the run folder, so a resumed run reuses it)."""
+    path = run_dir / "eval_before.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    was_training = scorer.training
+    scorer.eval()
+    metrics = algorithm.evaluate(scorer)
+    scorer.train(was_training)
+    path.write_text(json.dumps(metrics, indent=1))
+    return metrics
+
+
+def _combine(train, extra):
+    """Evaluation reports the training rewards and any extra (e.g. gold) sources side by side."""
+    from alignlab.rewards.spec import WeightedRewards
+
+    if extra is None:
+        return train
+    return WeightedRewards(train.sources + extra.sources, train.weights + [0.0] * len(extra.sources),
+                           train.names + extra.names)
+
+
+def _answers(rows: list[dict]) -> dict:
+    from alignlab.rewards.verifiable import answers_of
+
+    return answers_of(rows)
+
+
+def _summary(cfg, state, run_dir: Path, final_dir: Path) -> dict:
+    steps = [r for r in state.history if "loss" in r]
+    evals = [r for r in state.history if any(k.startswith("eval/") for k in r)]
+    rollouts = [RolloutBatch.load(p).metrics for p in sorted((run_dir / "rollouts").glob("iter-*.pt"))]
+    gen = sum(m["time/generation"] for m in rollouts)
+    passes = sum(m["time/reference_and_old"] + m["time/scoring"] for m in rollouts)
+    completions = sum(m["completions"] for m in rollouts)
+    return {
+        "method": cfg.method, "steps": state.step, "iterations": len(rollouts), "completions": completions,
+        "train_seconds": state.train_seconds, "generation_seconds": gen, "scoring_and_passes_seconds": passes,
+        "completions_per_second": completions / max(gen + passes + state.train_seconds, 1e-9),
+        "final_eval": {k[5:]: v for k, v in evals[-1].items() if k.startswith("eval/")} if evals else {},
+        "rollout_reward_first": rollouts[0]["reward/mean"] if rollouts else None,
+        "rollout_reward_last": rollouts[-1]["reward/mean"] if rollouts else None,
+        "final_loss": steps[-1]["loss"] if steps else None, "run_dir": str(run_dir), "final_dir": str(final_dir),
+    }

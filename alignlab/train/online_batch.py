@@ -1,0 +1,139 @@
+"""One rollout iteration's data as tensors, and its micro-batches for the one loop.
+
+Token tensors are (B, T): B = prompts x n completions (prompt-major, the rollout protocol's order),
+T = the longest completion, left-aligned, `mask` 1 on real tokens. A micro-batch packs whole
+prompt groups into one forward (`pack_sequences`: the prompt is computed once for its n
+completions) and carries the (row, column) of every scored token, so the packed per-token outputs
+land back in (b, T) layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from alignlab.models.packing import PackedBatch, pack_sequences
+
+
+def pad_tokens(rows: list, width: int | None = None, value: float = 0.0, dtype=torch.float32) -> Tensor:
+    """Left-aligned (B, T) tensor from B variable-length lists/tensors."""
+    width = max((len(r) for r in rows), default=0) if width is None else width
+    out = torch.full((len(rows), width), value, dtype=dtype)
+    for i, r in enumerate(rows):
+        if len(r):
+            out[i, : len(r)] = torch.as_tensor(r, dtype=dtype)
+    return out
+
+
+@dataclass
+class RolloutBatch:
+    """Everything one iteration produced; saved in the run folder so that a resumed run continues
+    on exactly the same samples (`save`/`load`)."""
+
+    iteration: int
+    n: int
+    prompts: list
+    """Each row's prompt (text or messages), as the reward sources see it."""
+    prompt_ids: list
+    """Each row's prompt tokens."""
+    completion_ids: list
+    texts: list
+    finished: list
+    mask: Tensor  # (B, T)
+    old_logps: Tensor  # (B, T): the sampling policy's log-probs at the sampling temperature
+    rewards: Tensor  # (B,): the shaped reward the advantages were computed from
+    advantages: Tensor | None = None  # (B, T)
+    returns: Tensor | None = None  # (B, T, C): value targets per critic
+    ref_logps: Tensor | None = None  # (B, T)
+    old_values: Tensor | None = None  # (B, T, C)
+    costs: Tensor | None = None  # (B,)
+    keep: Tensor | None = None  # (B,) bool: rows that are trained on (PF-PPO filtration)
+    metrics: dict = field(default_factory=dict)
+    controller: dict = field(default_factory=dict)
+    """Controller state after this iteration (kl_coef, Lagrange multiplier), restored on resume."""
+
+    def __len__(self) -> int:
+        return len(self.completion_ids)
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.__dict__, tmp)
+        tmp.replace(path)  # atomic: a crash mid-write never leaves a half file
+
+    @classmethod
+    def load(cls, path: Path) -> "RolloutBatch":
+        return cls(**torch.load(path, weights_only=False))
+
+
+@dataclass
+class OnlineMicroBatch:
+    rows: Tensor  # (b,) rows of the RolloutBatch
+    packed: PackedBatch
+    token_row: Tensor  # (N,) local row of each scored token
+    token_col: Tensor  # (N,) its column in (b, T)
+    mask: Tensor  # (b, T)
+    old_logps: Tensor
+    advantages: Tensor | None
+    returns: Tensor | None
+    ref_logps: Tensor | None
+    old_values: Tensor | None
+    rewards: Tensor  # (b,)
+    entropy: bool = False
+    """Compute entropies on this micro-batch (first pass over a rollout only)."""
+
+    def to_bt(self, flat: Tensor) -> Tensor:
+        """Packed per-token values (N, ...) -> (b, T, ...) zero-padded."""
+        out = flat.new_zeros((self.mask.shape[0], self.mask.shape[1], *flat.shape[1:]))
+        out[self.token_row, self.token_col] = flat
+        return out
+
+
+def _token_index(packed: PackedBatch) -> tuple[Tensor, Tensor]:
+    """(row, col) of each scored token: a sequence's tokens are contiguous and in order."""
+    seq = packed.score_sequence
+    N = seq.numel()
+    if N == 0:
+        return seq, seq
+    starts = torch.zeros(packed.num_sequences, dtype=torch.long)
+    first = torch.ones(N, dtype=torch.bool)
+    first[1:] = seq[1:] != seq[:-1]
+    starts[seq[first]] = torch.arange(N)[first]
+    return seq, torch.arange(N) - starts[seq]
+
+
+def make_micro_batch(batch: RolloutBatch, rows: list[int], pad_token_id: int, *, entropy: bool = False) -> OnlineMicroBatch:
+    """Pack `rows` (grouped by prompt: rows sharing a prompt form one block) into one forward."""
+    blocks: dict[int, tuple[list, list]] = {}
+    for local, r in enumerate(rows):
+        key = r // batch.n  # the rows of one prompt group share its prompt
+        blocks.setdefault(key, (batch.prompt_ids[r], []))[1].append((batch.completion_ids[r], local))
+    packed = pack_sequences(list(blocks.values()), len(rows), pad_token_id=pad_token_id)
+    token_row, token_col = _token_index(packed)
+    idx = torch.tensor(rows)
+
+    def pick(t):
+        return None if t is None else t[idx]
+
+    return OnlineMicroBatch(idx, packed, token_row, token_col, batch.mask[idx], batch.old_logps[idx],
+                            pick(batch.advantages), pick(batch.returns), pick(batch.ref_logps), pick(batch.old_values),
+                            batch.rewards[idx], entropy)
+
+
+def micro_batch_rows(batch: RolloutBatch, *, batch_size: int, epochs: int, seed: int, pairs: bool = False
+                     ) -> list[list[int]]:
+    """Row lists of every micro-batch: `epochs` passes, each a fresh shuffle of the prompt groups
+    (whole groups stay together: their prompt is computed once), filtered rows left out. With
+    `pairs` (P3O) a micro-batch holds whole consecutive pairs."""
+    keep = batch.keep if batch.keep is not None else torch.ones(len(batch), dtype=torch.bool)
+    groups = [[r for r in range(g * batch.n, (g + 1) * batch.n) if keep[r]] for g in range(len(batch) // batch.n)]
+    groups = [g for g in groups if g]
+    out = []
+    for epoch in range(epochs):
+        order = torch.randperm(len(groups), generator=torch.Generator().manual_seed(seed + 7919 * epoch)).tolist()
+        rows = [r for g in order for r in groups[g]]
+        step = batch_size + (batch_size % 2 if pairs else 0)
+        out.extend(rows[i : i + step] for i in range(0, len(rows), step))
+    return out

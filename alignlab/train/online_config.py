@@ -1,0 +1,160 @@
+"""The settings every online method shares (PPO, GRPO, RLOO, REINFORCE++, ReMax, P3O, PPO-Lagrangian).
+
+One dataclass, since these methods differ in a few switches (the advantage estimator, a critic,
+the pairwise loss, the cost constraint) and share everything else: rollouts, reward sources, KL,
+shaping, clipping, loss reduction. `ONLINE_METHODS` says what each method needs; presets give
+each method the defaults of its paper (`method_defaults`), then YAML and flags override them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from alignlab.config import ConfigError, field
+from alignlab.losses.policy import KL_ESTIMATORS
+from alignlab.losses.reduce import REDUCTIONS
+from alignlab.losses.shaping import PF_STRATEGIES
+from alignlab.train.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    estimator: str | None
+    """Advantage estimator of `alignlab.losses.advantages.ESTIMATORS`; None for P3O's pairwise loss."""
+    critics: int
+    """Value heads: 0, 1 (reward) or 2 (reward and cost)."""
+    needs_cost: bool
+    paper: str
+
+
+ONLINE_METHODS: dict[str, MethodSpec] = {
+    "ppo": MethodSpec("gae", 1, False, "Schulman et al. 2017 (arXiv 1707.06347); Ouyang et al. 2022"),
+    "grpo": MethodSpec("grpo", 0, False, "Shao et al. 2024, DeepSeekMath (arXiv 2402.03300)"),
+    "rloo": MethodSpec("rloo", 0, False, "Ahmadian et al. 2024, Back to Basics (arXiv 2402.14740)"),
+    "reinforce_pp": MethodSpec("reinforce_pp", 0, False, "Hu 2025, REINFORCE++ (arXiv 2501.03262)"),
+    "remax": MethodSpec("remax", 0, False, "Li et al. 2023, ReMax (arXiv 2310.10505)"),
+    "p3o": MethodSpec(None, 0, False, "Wu et al. 2023, Pairwise PPO (arXiv 2310.00212)"),
+    "ppo_lagrangian": MethodSpec("gae", 2, True, "Dai et al. 2023, Safe RLHF (arXiv 2310.12773); HC-RLHF (Chittepu et al. 2025)"),
+}
+
+# Paper defaults per method, applied before YAML/flags. PPO-max (Secrets of RLHF I) is the
+# `ppo_max` preset: reward normalization and clipping, token-level KL penalty, value clipping,
+# advantage whitening, pretraining-loss mixing when SFT data is given.
+METHOD_DEFAULTS: dict[str, dict] = {
+    "ppo": {"samples_per_prompt": 1, "kl_mode": "reward", "kl_estimator": "k1", "ppo_epochs": 2},
+    "grpo": {"samples_per_prompt": 4, "kl_mode": "loss", "kl_estimator": "k3", "kl_coef": 0.04},
+    "rloo": {"samples_per_prompt": 4, "kl_mode": "reward", "kl_estimator": "k1"},
+    "reinforce_pp": {"samples_per_prompt": 1, "kl_mode": "reward", "kl_estimator": "k1"},
+    "remax": {"samples_per_prompt": 1, "kl_mode": "reward", "kl_estimator": "k1"},
+    "p3o": {"samples_per_prompt": 2, "kl_mode": "reward", "kl_estimator": "k1"},
+    "ppo_lagrangian": {"samples_per_prompt": 1, "kl_mode": "reward", "kl_estimator": "k1", "ppo_epochs": 2},
+}
+PRESETS: dict[str, dict] = {
+    "ppo_max": {"reward_normalize": True, "reward_clip": 5.0, "kl_mode": "reward", "kl_estimator": "k1",
+                "value_clip": 0.2, "whiten_advantages": True, "max_grad_norm": 1.0},
+}
+
+
+@dataclass
+class OnlineConfig(TrainConfig):
+    method: str = field("grpo", "ppo | grpo | rloo | reinforce_pp | remax | p3o | ppo_lagrangian (set by `alignlab train METHOD`)")
+    preset: str = field("", "named bundle of settings applied before yours: ppo_max")
+    reward: list = field(["lab:sentiment"], "reward sources, summed with reward_weights: lab:sentiment | lab:arithmetic | lab:length | math (answer column, math-verify) | rm:DIR | python:module:function")
+    reward_weights: list = field([], "weight of each reward source (default 1 each)")
+    reward_how: str = field("mean", "how an ensemble reward model's members are aggregated: mean | wco | uwo")
+    eval_reward: list = field([], "reward sources reported at evaluation only (e.g. the lab's gold reward); default: the training ones")
+    cost: str = field("", "cost source for ppo_lagrangian (same syntax as reward), e.g. rm:COST_MODEL_DIR")
+    # rollouts
+    prompts_per_step: int = field(16, "prompts sampled per rollout iteration")
+    samples_per_prompt: int = field(4, "completions per prompt (the group size of GRPO/RLOO; 2 for P3O)")
+    iterations: int = field(10, "rollout iterations (each: generate, score, then ppo_epochs passes of updates)")
+    max_new_tokens: int = field(64, "completion length limit")
+    temperature: float = field(1.0, "sampling temperature (the trainer scores tokens at the same temperature)")
+    top_p: float = field(1.0, "nucleus sampling (1: off)")
+    top_k: int = field(0, "top-k sampling (0: off)")
+    stop_strings: list = field([], "extra strings that end a completion")
+    rollout_batch_size: int = field(64, "completions generated per `generate` call (all prompts x n at once when it fits)")
+    # KL to the reference
+    kl_coef: float = field(0.05, "beta: weight of the KL to the reference (0: no reference pass at all)")
+    kl_mode: str = field("reward", "reward: per-token penalty in the reward (k1 classic) | loss: a loss term (GRPO's k3)")
+    kl_estimator: str = field("k1", "k1 | k2 | k3 (see alignlab.losses.policy.kl_estimate)")
+    kl_target: float = field(0.0, "adaptive KL controller target in nats per sequence (0: fixed kl_coef)")
+    kl_horizon: float = field(10000.0, "adaptive KL controller horizon (samples)")
+    # policy update
+    ppo_epochs: int = field(1, "passes over each rollout batch")
+    clip_low: float = field(0.2, "PPO clip epsilon (lower side)")
+    clip_high: float = field(0.0, "upper clip epsilon (0: = clip_low; larger = DAPO clip-higher)")
+    dual_clip: float = field(0.0, "dual-clip constant c > 1 for negative advantages (0: off)")
+    loss_reduction: str = field("token_mean", "token_mean | seq_mean_token_mean | constant (Dr. GRPO: / max_new_tokens)")
+    scale_rewards: bool = field(True, "GRPO: divide group-centered rewards by the group std (false: Dr. GRPO)")
+    whiten_advantages: bool = field(True, "PPO: whiten GAE advantages over the batch")
+    gamma: float = field(1.0, "discount of the token MDP")
+    lam: float = field(0.95, "GAE lambda")
+    vf_coef: float = field(0.1, "weight of the value loss (PPO, shared-backbone value head)")
+    value_clip: float = field(0.2, "PPO value clipping (0: off)")
+    reward_normalize: bool = field(False, "normalize rewards by running mean/std (PPO-max)")
+    reward_clip: float = field(0.0, "clip rewards to [-c, c] after normalization (0: off)")
+    # shaping and filtering
+    length_penalty: float = field(0.0, "reward -= coef * response tokens (or * |tokens - length_target|)")
+    length_target: int = field(0, "wanted response length for the length penalty (0: penalize every token)")
+    par_references: int = field(0, "PAR shaping: reward = mean sigmoid(r - r_ref) over this many reference-policy samples per prompt (0: off)")
+    policy_filter: str = field("none", "PF-PPO filtration per prompt group: none | best_of_n | best_random | best_worst")
+    # safety (ppo_lagrangian)
+    cost_threshold: float = field(0.0, "d: the constraint is E[cost] <= d")
+    lagrange_init: float = field(1.0, "initial Lagrange multiplier lambda")
+    lagrange_lr: float = field(0.05, "step size of lambda's projected gradient ascent, per iteration")
+    hc_delta: float = field(0.0, "HC-RLHF: optimize under the (1 - delta) upper confidence bound of the cost and run the held-out safety test at the end (0: off)")
+    hc_inflation: float = field(2.0, "HC-RLHF: width multiplier of the pessimistic bound during training")
+    safety_prompts: int = field(64, "HC-RLHF: held-out prompts (from eval data) sampled for the safety test")
+    # evaluation
+    eval_prompts: int = field(32, "held-out prompts sampled at each evaluation")
+    eval_temperature: float = field(0.0, "evaluation sampling temperature (0: greedy)")
+    log_entropy: bool = field(True, "compute the policy entropy on the first update of each rollout")
+
+    @property
+    def spec(self) -> MethodSpec:
+        return ONLINE_METHODS[self.method]
+
+    def validate(self) -> None:
+        super().validate()
+        checks = [
+            (self.method in ONLINE_METHODS, f"method must be one of {sorted(ONLINE_METHODS)}"),
+            (not self.preset or self.preset in PRESETS, f"preset must be one of {sorted(PRESETS)}"),
+            (self.kl_mode in ("reward", "loss"), "kl_mode must be reward or loss"),
+            (self.kl_estimator in KL_ESTIMATORS, f"kl_estimator must be one of {KL_ESTIMATORS}"),
+            (self.loss_reduction in REDUCTIONS and self.loss_reduction != "sum",
+             "loss_reduction must be token_mean, seq_mean_token_mean or constant"),
+            (self.policy_filter in PF_STRATEGIES, f"policy_filter must be one of {PF_STRATEGIES}"),
+            (self.samples_per_prompt >= 1 and self.prompts_per_step >= 1 and self.iterations >= 1,
+             "samples_per_prompt, prompts_per_step and iterations must be >= 1"),
+            (self.reward_how in ("mean", "wco", "uwo"), "reward_how must be mean, wco or uwo"),
+            (not self.reward_weights or len(self.reward_weights) == len(self.reward),
+             "reward_weights needs one weight per reward source"),
+            (self.ppo_epochs >= 1, "ppo_epochs must be >= 1"),
+            (self.dual_clip == 0 or self.dual_clip > 1, "dual_clip must be 0 (off) or > 1"),
+            (0 <= self.hc_delta < 1, "hc_delta must be in [0, 1)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        spec = self.spec
+        if spec.estimator in ("grpo", "rloo") and self.samples_per_prompt < 2:
+            raise ConfigError(f"{self.method} needs samples_per_prompt >= 2 (a group baseline)")
+        if self.method == "p3o" and self.samples_per_prompt % 2:
+            raise ConfigError("p3o compares pairs: samples_per_prompt must be even")
+        if spec.needs_cost and not self.cost:
+            raise ConfigError("ppo_lagrangian needs a cost source (cost: rm:DIR or python:module:function)")
+        if self.policy_filter not in ("none", "best_of_n") and self.samples_per_prompt < 2:
+            raise ConfigError(f"policy_filter {self.policy_filter} needs samples_per_prompt >= 2")
+
+
+def method_defaults(method: str, preset: str = "") -> dict:
+    """The defaults a method starts from: its paper's, then the preset's."""
+    if method not in ONLINE_METHODS:
+        raise ConfigError(f"unknown online method {method!r}; valid: {', '.join(ONLINE_METHODS)}")
+    out = dict(METHOD_DEFAULTS[method])
+    if preset:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
+        out.update(PRESETS[preset])
+    return out

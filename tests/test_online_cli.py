@@ -1,0 +1,63 @@
+"""`alignlab train <online method>` from the command line, in seconds on a tiny random policy."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from alignlab.cli import main
+
+REWARD_MODULE = '''
+def letters(prompts, responses):
+    """Share of alphabetic characters: a cheap verifiable reward for the smoke test."""
+    return [sum(c.isalpha() for c in r) / max(len(r), 1) for r in responses]
+'''
+
+
+@pytest.fixture
+def prompts_file(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    rows = [{"prompt": f"Tell me about {w}."} for w in ("cats", "rain", "tea", "maps", "owls", "snow")]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def reward_module(tmp_path, monkeypatch):
+    (tmp_path / "smoke_rewards.py").write_text(REWARD_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "python:smoke_rewards:letters"
+
+
+@pytest.mark.parametrize("method", ["grpo", "ppo"])
+def test_train_online_method_from_the_command_line(tmp_path, tiny_policy_dir, prompts_file, reward_module, capsys,
+                                                   method):
+    out = tmp_path / "run"
+    code = main(["train", method, "--model", str(tiny_policy_dir), "--train-data", str(prompts_file),
+                 "--eval-data", str(prompts_file), "--reward", reward_module, "--iterations", "2",
+                 "--prompts-per-step", "3", "--samples-per-prompt", "2", "--max-new-tokens", "6", "--batch-size", "6",
+                 "--eval-prompts", "3", "--output-dir", str(out), "--progress", "false"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert f"{method} done: " in printed and "eval reward:" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["iterations"] == 2 and summary["completions"] == 12
+    assert (out / "final" / "model.safetensors").is_file()
+    assert len(list((out / "rollouts").glob("iter-*.pt"))) == 2
+    if method == "ppo":
+        assert (out / "final" / "value_head.safetensors").is_file()
+
+
+def test_dry_run_help_settings_and_bad_settings(tmp_path, capsys, prompts_file):
+    assert main(["train", "grpo", "--train-data", str(prompts_file), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "grpo" in printed and "samples_per_prompt=4" in printed and "kl_estimator='k3'" in printed  # paper defaults
+    assert main(["train", "rloo", "--help-settings"]) == 0
+    assert "--kl-mode" in capsys.readouterr().out
+    assert main(["train", "grpo", "--samples-per-prompt", "1", "--train-data", str(prompts_file), "--dry-run"]) == 2
+    assert "group baseline" in capsys.readouterr().err
+    assert main(["train", "ppo_lagrangian", "--train-data", str(prompts_file), "--dry-run"]) == 2
+    assert "cost source" in capsys.readouterr().err
+    assert main(["train", "grpo", "--method", "ppo", "--dry-run"]) == 2
+    assert "set by the command" in capsys.readouterr().err
