@@ -39,11 +39,13 @@ from common import chat_text_rows, peak_rss_mb, run_side, synthetic_pairs, worke
 # alignlab runs: reward-model settings that differ between them (everything else is shared).
 ALIGNLAB_RUNS = {
     "alignlab": {"ensemble": 1, "freeze_backbone": False},  # full fine-tuning: the TRL comparison
+    # the same with gradient checkpointing, as TRL runs by default: the like-for-like memory comparison
+    "alignlab_checkpointing": {"ensemble": 1, "freeze_backbone": False, "gradient_checkpointing": True},
     "alignlab_ensemble4_frozen": {"ensemble": 4, "freeze_backbone": True},
     "alignlab_single_frozen": {"ensemble": 1, "freeze_backbone": True},
 }
-SIDES = ("alignlab", "trl", "alignlab_ensemble4_frozen", "alignlab_single_frozen")
-ONLY = {"alignlab": ("alignlab",), "trl": ("trl",), "ensemble": ("alignlab_ensemble4_frozen", "alignlab_single_frozen")}
+SIDES = ("alignlab", "alignlab_checkpointing", "trl", "alignlab_ensemble4_frozen", "alignlab_single_frozen")
+ONLY = {"alignlab": ("alignlab", "alignlab_checkpointing"), "trl": ("trl",), "ensemble": ("alignlab_ensemble4_frozen", "alignlab_single_frozen")}
 ENSEMBLE_COST_TARGET = 1.5  # issue 3: four frozen-backbone heads cost at most 1.5x one
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "rm_vs_trl.json"
 
@@ -113,7 +115,8 @@ def run_alignlab(args, side: str) -> dict:
         raise RuntimeError("alignlab dropped pairs while encoding; the sides cannot be compared")
     ids = [[item.prompt_ids + response for response in item.responses] for item in seen["items"]]
     return side_result(args, session.summary["train_seconds"], wall, losses, ids, seen["head"],
-                       worker_setup(tokenizer, pairs), members=cfg.ensemble, frozen_backbone=cfg.frozen)
+                       worker_setup(tokenizer, pairs), members=cfg.ensemble, frozen_backbone=cfg.frozen,
+                       gradient_checkpointing=cfg.gradient_checkpointing)
 
 
 def alignlab_initial_head(hidden_size: int, seed: int):
@@ -240,6 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     report = {side: {k: v for k, v in r.items() if not k.startswith("_")} for side, r in results.items()}
     if "alignlab" in results and "trl" in results:
         report.update(compare(results["alignlab"], results["trl"]))
+        report["memory_ratio"] = results["alignlab"]["peak_rss_mb"] / results["trl"]["peak_rss_mb"]
+    if "alignlab_checkpointing" in results and "trl" in results:
+        a, t = results["alignlab_checkpointing"], results["trl"]
+        report["speedup_checkpointing"] = a["pairs_per_s"] / t["pairs_per_s"]
+        report["memory_ratio_checkpointing"] = a["peak_rss_mb"] / t["peak_rss_mb"]
     if "alignlab_ensemble4_frozen" in results:
         report.update(compare_ensemble(results))
     report["setup"] = setup_info(args, results[sides[0]]["_setup"])
