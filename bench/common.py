@@ -167,3 +167,16 @@ def worker_setup(tokenizer, pairs: list[SyntheticPair]) -> dict:
         "response_tokens": length_stats(tokenizer, [p.chosen for p in pairs] + [p.rejected for p in pairs]),
         "versions": {name: version(name) for name in ("torch", "transformers", "trl")},
     }
+
+
+def sentiment_prompts(n: int, *, seed: int = 0) -> list[list[dict[str, str]]]:
+    """`n` distinct chat prompts "Write one sentence about <topic>." (the lab's sentiment task,
+    alignlab.lab.sentiment), topics drawn without replacement by `seed`: short prompts (about 40
+    tokens with SmolLM2's chat template, its default system prompt included) whose completions a
+    cheap deterministic function (VADER sentiment) can score."""
+    from alignlab.lab.sentiment import TOPICS, SentimentTask
+
+    if n > len(TOPICS):
+        raise ValueError(f"asked for {n} prompts; the sentiment task has {len(TOPICS)} topics")
+    topics = random.Random(seed).sample(list(TOPICS), n)
+    return [[{"role": "user", "content": SentimentTask.template.format(topic=t)}] for t in topics]

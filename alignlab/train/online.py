@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -289,10 +290,12 @@ def train_online(cfg: OnlineConfig, *, model=None, tokenizer=None, train_rows=No
                                 controllers=ctl)
     loop_cfg = dataclasses.replace(cfg, epochs=float(cfg.iterations))
     before = _eval_before(algorithm, scorer, run_dir)
+    start = time.perf_counter()
     state = train_loop(loop_cfg, algorithm, scorer, scorer, accelerator, run_dir)
+    loop_seconds = time.perf_counter() - start  # everything: rollouts, updates, evaluations, checkpoints
     final_dir = save_final(model, tokenizer, run_dir / "final", merge_lora=cfg.merge_lora)
     scorer.save_value_head(run_dir / "final" / "value_head.safetensors")
-    summary = {**_summary(cfg, state, run_dir, final_dir), "eval_before": before}
+    summary = {**_summary(cfg, state, run_dir, final_dir, loop_seconds), "eval_before": before}
     if cfg.spec.needs_cost and cfg.hc_delta:
         from alignlab.train.online_safety import run_safety_test
 
@@ -330,7 +333,7 @@ def _answers(rows: list[dict]) -> dict:
     return answers_of(rows)
 
 
-def _summary(cfg, state, run_dir: Path, final_dir: Path) -> dict:
+def _summary(cfg, state, run_dir: Path, final_dir: Path, loop_seconds: float) -> dict:
     steps = [r for r in state.history if "loss" in r]
     evals = [r for r in state.history if any(k.startswith("eval/") for k in r)]
     rollouts = [RolloutBatch.load(p).metrics for p in sorted((run_dir / "rollouts").glob("iter-*.pt"))]
@@ -340,7 +343,9 @@ def _summary(cfg, state, run_dir: Path, final_dir: Path) -> dict:
     return {
         "method": cfg.method, "steps": state.step, "iterations": len(rollouts), "completions": completions,
         "train_seconds": state.train_seconds, "generation_seconds": gen, "scoring_and_passes_seconds": passes,
-        "completions_per_second": completions / max(gen + passes + state.train_seconds, 1e-9),
+        "loop_seconds": loop_seconds,
+        # wall-clock throughput of the whole loop (evaluations and checkpoint saves included)
+        "completions_per_second": completions / max(loop_seconds, 1e-9),
         "final_eval": {k[5:]: v for k, v in evals[-1].items() if k.startswith("eval/")} if evals else {},
         "rollout_reward_first": rollouts[0]["reward/mean"] if rollouts else None,
         "rollout_reward_last": rollouts[-1]["reward/mean"] if rollouts else None,
