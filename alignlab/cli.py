@@ -179,8 +179,10 @@ def cmd_bon(args, rest: list[str]) -> int:
 
 def cmd_lab(args, rest: list[str]) -> int:
     from alignlab.lab.bon_overopt import BoNOveroptConfig, run_bon_overoptimization
+    from alignlab.lab.overopt import OveroptConfig, run_overoptimization
 
-    experiments = {"bon-overoptimization": (BoNOveroptConfig, run_bon_overoptimization)}
+    experiments = {"bon-overoptimization": (BoNOveroptConfig, run_bon_overoptimization),
+                   "overoptimization": (OveroptConfig, run_overoptimization)}
     if args.experiment not in experiments:
         print(f"error: unknown experiment '{args.experiment}'; available: {', '.join(experiments)}", file=sys.stderr)
         return 2
@@ -259,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     bon.set_defaults(func=cmd_bon)
 
     lab = sub.add_parser("lab", help="measurement experiments with simulated feedback and a known gold reward")
-    lab.add_argument("experiment", help="bon-overoptimization")
+    lab.add_argument("experiment", help="bon-overoptimization | overoptimization")
     lab.add_argument("--config", help="YAML of experiment settings (flags override it; --help-settings lists them)")
     lab.set_defaults(func=cmd_lab)
 

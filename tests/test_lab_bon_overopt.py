@@ -12,12 +12,18 @@ def test_bon_overoptimization_writes_curves_for_every_selector(tmp_path, tiny_po
     out = tmp_path / "lab"
     code = main(["lab", "bon-overoptimization", "--policy", str(tiny_policy_dir), "--rm-model", "embedded-encoder",
                  "--output", str(out), "--train-prompts", "12", "--eval-prompts", "3", "--samples", "4",
-                 "--max-new-tokens", "6", "--ensemble", "2", "--rm-epochs", "1", "--rm-batch-size", "8"])
+                 "--max-new-tokens", "6", "--ensemble", "2", "--rm-epochs", "1", "--rm-batch-size", "8",
+                 "--full-rm-epochs", "1"])
     assert code == 0
     result = json.loads((out / "bon_overoptimization.json").read_text())
     ns = sorted({p["n"] for p in result["points"]})
     assert ns == [1, 2, 4]
-    assert {p["label"] for p in result["points"]} == {"single", "mean", "wco", "uwo"}
+    assert {p["label"] for p in result["points"]} == {"single", "mean", "wco", "uwo", "full"}
+    # accuracy of every selector on the held-out labels, and the gold reward's own (the ceiling)
+    assert set(result["heldout_accuracy"]) == {"single", "mean", "wco", "uwo", "full"}
+    assert result["heldout_pairs"] == round(0.2 * result["labelled_pairs"])
+    assert all(0.0 <= v <= 1.0 for v in result["heldout_accuracy"].values())
+    assert 0.0 <= result["gold_ceiling_heldout"] <= 1.0
     at1 = [p for p in result["points"] if p["n"] == 1]
     assert len({round(p["gold_reward"], 9) for p in at1}) == 1  # N=1 is the base policy whatever the selector
     for label in ("single", "wco"):  # the proxy's own expected score cannot fall as N grows

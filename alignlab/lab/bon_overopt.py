@@ -3,16 +3,20 @@ overoptimization under Best-of-N? (Coste et al. 2023, arXiv:2310.02743; setup of
 
 1. sample pairs from the policy on train prompts, label them with a noisy Bradley-Terry annotator
    driven by the gold reward (VADER sentiment);
-2. train a K-member proxy reward-model ensemble on those labels (alignlab train rm, ensemble K);
-3. sample m responses per held-out prompt; score them with the gold reward and every member;
-4. for N = 1, 2, 4, ..., m: the exact expected gold and proxy reward of the sample BoN-N picks
-   with a single member, the mean, WCO (min) and UWO (mean - lambda var) — against
-   KL(BoN-N) = log N - (N-1)/N.
-Writes bon_overoptimization.json and bon_overoptimization.png.
+2. train a K-member proxy reward-model ensemble on those labels (alignlab train rm, ensemble K:
+   K heads on one frozen backbone), and one fully fine-tuned reward model on the same labels;
+3. held-out pairwise accuracy of every selector against the noisy labels, next to the gold
+   reward's own accuracy on them (the best any model can do given the label noise);
+4. sample m responses per held-out prompt; score them with the gold reward and every model;
+5. for N = 1, 2, 4, ..., m: the exact expected gold and proxy reward of the sample BoN-N picks
+   with a single member, the mean, WCO (min), UWO (mean - lambda var), and the full model —
+   against KL(BoN-N) = log N - (N-1)/N.
+Writes pairs.jsonl, bon_overoptimization.json, bon_overoptimization.png and bon_proxy.png.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -40,9 +44,13 @@ class BoNOveroptConfig:
     label_flip: float = field(0.1, "probability that the annotator's choice is flipped")
     ensemble: int = field(4, "proxy ensemble members")
     uwo_coef: float = field(1.0, "lambda of UWO (mean - lambda * variance)")
-    rm_epochs: float = field(3.0, "reward-model epochs")
-    rm_learning_rate: float = field(2e-3, "reward-model (heads) learning rate")
+    rm_epochs: float = field(8.0, "ensemble epochs (heads on a frozen backbone: cheap)")
+    rm_learning_rate: float = field(1e-2, "ensemble (heads) learning rate")
     rm_batch_size: int = field(16, "reward-model batch size")
+    heldout_fraction: float = field(0.2, "share of the labelled pairs held out to measure accuracy")
+    full_rm: bool = field(True, "also fine-tune one full reward model (backbone included) on the same labels")
+    full_rm_epochs: float = field(3.0, "full reward model epochs")
+    full_rm_learning_rate: float = field(5e-5, "full reward model learning rate")
     generation_batch: int = field(64, "rows per generate call")
 
 
@@ -54,11 +62,19 @@ def _sample(model, tokenizer, prompts, n: int, cfg: BoNOveroptConfig, seed: int,
     return generate_texts(model, tokenizer, prompts, params, batch_size=cfg.generation_batch, progress=desc)
 
 
-def _curves(gold: torch.Tensor, members: torch.Tensor, cfg: BoNOveroptConfig) -> list[dict]:
-    """gold (P, m); members (K, P, m) -> one point per (selector, N)."""
-    selectors = {"single": members[0], "mean": aggregate(members.flatten(1), "mean").view_as(gold),
-                 "wco": aggregate(members.flatten(1), "wco").view_as(gold),
-                 "uwo": aggregate(members.flatten(1), "uwo", uwo_coef=cfg.uwo_coef).view_as(gold)}
+def _selectors(members: torch.Tensor, full: torch.Tensor | None, cfg: BoNOveroptConfig) -> dict[str, torch.Tensor]:
+    """members (K, ...) member scores, full (...) or None -> {selector: scores (...)}."""
+    flat = members.flatten(1)
+    out = {"single": members[0], "mean": aggregate(flat, "mean").view_as(members[0]),
+           "wco": aggregate(flat, "wco").view_as(members[0]),
+           "uwo": aggregate(flat, "uwo", uwo_coef=cfg.uwo_coef).view_as(members[0])}
+    if full is not None:
+        out["full"] = full
+    return out
+
+
+def _curves(gold: torch.Tensor, selectors: dict[str, torch.Tensor]) -> list[dict]:
+    """gold (P, m); selectors {label: (P, m) scores} -> one point per (selector, N)."""
     points, n = [], 1
     while n <= gold.shape[1]:
         for label, selector in selectors.items():
@@ -69,21 +85,26 @@ def _curves(gold: torch.Tensor, members: torch.Tensor, cfg: BoNOveroptConfig) ->
     return points
 
 
-def run_bon_overoptimization(cfg: BoNOveroptConfig, *, policy=None, tokenizer=None) -> dict:
-    from alignlab.eval.plots import plot_reward_vs_kl
+@dataclass
+class Proxies:
+    """The labelled pairs and the proxy reward models trained on them (shared by the lab's
+    overoptimization experiments)."""
+
+    records: list
+    heldout: list
+    gold_agrees: float
+    ceiling: float
+    source: object  # RewardModelSource of the K-member ensemble
+    full_source: object | None  # RewardModelSource of the fully fine-tuned model
+    accuracy: dict
+
+
+def build_proxies(cfg, out: Path, policy, tokenizer, task, train_prompts: list) -> Proxies:
+    """Steps 1-3: sample pairs, label them with the noisy annotator, train the proxies, measure
+    their held-out accuracy next to the gold reward's (the ceiling). Writes out/pairs.jsonl."""
     from alignlab.lab.annotators import BradleyTerryAnnotator, make_preference_pairs
-    from alignlab.lab.sentiment import SentimentTask
-    from alignlab.models.load import load_policy, load_tokenizer
     from alignlab.rewards.model import RewardModelSource
     from alignlab.train.reward import RMConfig, train_reward_model
-
-    t0 = time.perf_counter()
-    out = Path(cfg.output or f"runs/bon-overopt-{time.strftime('%Y%m%d-%H%M%S')}")
-    out.mkdir(parents=True, exist_ok=True)
-    tokenizer = tokenizer or load_tokenizer(cfg.policy)
-    policy = policy or load_policy(cfg.policy)
-    task = SentimentTask()
-    train_prompts, eval_prompts = task.split(cfg.train_prompts, cfg.eval_prompts, seed=cfg.seed)
 
     k = 2 * cfg.pairs_per_prompt
     sampled = _sample(policy, tokenizer, train_prompts, k, cfg, cfg.seed, "sampling RM training pairs")
@@ -94,28 +115,56 @@ def run_bon_overoptimization(cfg: BoNOveroptConfig, *, policy=None, tokenizer=No
                                       flip_prob=cfg.label_flip, seed=cfg.seed)
     records = make_preference_pairs(pair_prompts, a, b, annotator)
     gold_chosen, gold_rejected = task.gold_reward([r.chosen for r in records]), task.gold_reward([r.rejected for r in records])
-    gold_agrees = float((gold_chosen > gold_rejected).float().mean())
+    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    n_eval = max(1, round(cfg.heldout_fraction * len(records)))
+    heldout, train = [records[i] for i in order[:n_eval]], [records[i] for i in order[n_eval:]]
     with (out / "pairs.jsonl").open("w", encoding="utf-8") as f:  # the labelled data, for other RMs to train on
         for r, gc, gr in zip(records, gold_chosen.tolist(), gold_rejected.tolist()):
             f.write(json.dumps({"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected, "gold_chosen": gc,
                                 "gold_rejected": gr}) + "\n")
     rm_cfg = RMConfig(model=cfg.rm_model, output_dir=str(out / "rm"), ensemble=cfg.ensemble, epochs=cfg.rm_epochs,
-                      learning_rate=cfg.rm_learning_rate, batch_size=cfg.rm_batch_size, eval_fraction=0.2,
-                      seed=cfg.seed, warmup_ratio=0.05, max_length=256)
-    session = train_reward_model(rm_cfg, train_records=records)
-    source = RewardModelSource(session.final_dir, batch_size=64)
+                      learning_rate=cfg.rm_learning_rate, batch_size=cfg.rm_batch_size, seed=cfg.seed,
+                      warmup_ratio=0.05, max_length=256)
+    source = RewardModelSource(train_reward_model(rm_cfg, train_records=train).final_dir, batch_size=64)
+    full_source = None
+    if cfg.full_rm:
+        full_cfg = dataclasses.replace(rm_cfg, output_dir=str(out / "rm-full"), ensemble=1, epochs=cfg.full_rm_epochs,
+                                       learning_rate=cfg.full_rm_learning_rate)
+        full_source = RewardModelSource(train_reward_model(full_cfg, train_records=train).final_dir, batch_size=64)
+    return Proxies(records, heldout, float((gold_chosen > gold_rejected).float().mean()),
+                   float((gold_chosen[order[:n_eval]] > gold_rejected[order[:n_eval]]).float().mean()),
+                   source, full_source, _heldout_accuracy(heldout, source, full_source, cfg))
+
+
+def run_bon_overoptimization(cfg: BoNOveroptConfig, *, policy=None, tokenizer=None) -> dict:
+    from alignlab.eval.plots import plot_reward_vs_kl
+    from alignlab.lab.sentiment import SentimentTask
+    from alignlab.models.load import load_policy, load_tokenizer
+
+    t0 = time.perf_counter()
+    out = Path(cfg.output or f"runs/bon-overopt-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = tokenizer or load_tokenizer(cfg.policy)
+    policy = policy or load_policy(cfg.policy)
+    task = SentimentTask()
+    train_prompts, eval_prompts = task.split(cfg.train_prompts, cfg.eval_prompts, seed=cfg.seed)
+    proxies = build_proxies(cfg, out, policy, tokenizer, task, train_prompts)
 
     samples = _sample(policy, tokenizer, eval_prompts, cfg.samples, cfg, cfg.seed + 1, "sampling Best-of-N candidates")
     P, m = len(eval_prompts), cfg.samples
     gold = task.gold_reward(samples.texts).view(P, m)
-    members = source.member_scores([eval_prompts[i] for i in samples.prompt_index], samples.texts).view(-1, P, m)
-    points = _curves(gold, members, cfg)
-    final_eval = session.summary.get("final_eval", {})
+    prompts = [eval_prompts[i] for i in samples.prompt_index]
+    members = proxies.source.member_scores(prompts, samples.texts).view(-1, P, m)
+    full = proxies.full_source.score(prompts, samples.texts).view(P, m) if proxies.full_source is not None else None
+    points = _curves(gold, _selectors(members, full, cfg))
     result = {
         "points": points,
-        "rm_heldout_accuracy": final_eval.get("eval/accuracy"),
-        "label_agreement_with_gold": gold_agrees,
-        "labelled_pairs": len(records),
+        "heldout_accuracy": proxies.accuracy,
+        "gold_ceiling_heldout": proxies.ceiling,
+        "rm_heldout_accuracy": proxies.accuracy["mean"],
+        "label_agreement_with_gold": proxies.gold_agrees,
+        "labelled_pairs": len(proxies.records),
+        "heldout_pairs": len(proxies.heldout),
         "seconds": time.perf_counter() - t0,
         "config": asdict(cfg),
     }
@@ -125,6 +174,16 @@ def run_bon_overoptimization(cfg: BoNOveroptConfig, *, policy=None, tokenizer=No
     plot_reward_vs_kl(points, out / "bon_proxy.png", rewards=("proxy_reward",), title="Best-of-N: proxy reward")
     _print(result, out)
     return result
+
+
+def _heldout_accuracy(heldout, source, full_source, cfg: BoNOveroptConfig) -> dict[str, float]:
+    """Share of held-out labelled pairs each selector ranks the annotator's way."""
+    prompts = [r.prompt for r in heldout] * 2
+    texts = [r.chosen for r in heldout] + [r.rejected for r in heldout]
+    members = source.member_scores(prompts, texts)  # (K, 2H)
+    full = full_source.score(prompts, texts) if full_source is not None else None
+    H = len(heldout)
+    return {label: float((s[:H] > s[H:]).float().mean()) for label, s in _selectors(members, full, cfg).items()}
 
 
 def _print(result: dict, out: Path) -> None:
@@ -142,6 +201,7 @@ def _print(result: dict, out: Path) -> None:
         table.add_row(str(n), f"{best_of_n_kl(n):.2f}", *(f"{row[lab]:+.3f}" for lab in labels))
     console = Console()
     console.print(table)
-    console.print(f"proxy RM held-out accuracy {result['rm_heldout_accuracy'] or float('nan'):.3f}; labels agree with gold on "
-                  f"{result['label_agreement_with_gold']:.3f} of pairs (the ceiling)")
+    accuracy = ", ".join(f"{k} {v:.3f}" for k, v in result["heldout_accuracy"].items())
+    console.print(f"held-out accuracy on {result['heldout_pairs']} noisy labels: {accuracy}; the gold reward itself: "
+                  f"{result['gold_ceiling_heldout']:.3f} (the ceiling)")
     console.print(f"written: {out / 'bon_overoptimization.json'}, {out / 'bon_overoptimization.png'}")

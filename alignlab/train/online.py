@@ -222,7 +222,7 @@ class OnlineAlgorithm:
 
 def _build_models(cfg: OnlineConfig, model=None):
     """Policy (+LoRA), its PolicyValue scorer, and the reference scorer (the adapter-disabled
-    policy with LoRA; a frozen copy for full fine-tuning; None when kl_coef is 0 and PAR is off)."""
+    policy with LoRA; a frozen copy for full fine-tuning, only when the KL or PAR needs one)."""
     model = model if model is not None else load_policy(cfg.model)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -231,7 +231,9 @@ def _build_models(cfg: OnlineConfig, model=None):
                          target_modules=cfg.lora_target_modules)
     scorer = PolicyValue(model, cfg.spec.critics, temperature=cfg.temperature)
     reference = None
-    if cfg.kl_coef > 0 or cfg.par_references or cfg.kl_target:
+    # with LoRA the reference costs nothing to keep (the adapter-disabled policy): evaluations then
+    # report the KL to it even when training does not use it
+    if cfg.kl_coef > 0 or cfg.par_references or cfg.kl_target or is_peft(model):
         if is_peft(model):
             reference = PolicyValue(model, 0, temperature=cfg.temperature)  # used under disable_adapter()
         else:
