@@ -74,8 +74,12 @@ def test_every_online_method_raises_its_reward_on_a_tiny_task(tmp_path, structur
     rows = [json.loads(line) for line in open(f"{summary['run_dir']}/metrics.jsonl")]
     logged = {k for r in rows for k in r}
     for key in ("rollout/reward/mean", "rollout/response_length", "rollout/truncated_share", "rollout/time/generation",
-                "rollout/generated_tokens_per_second", "clip_fraction"):
+                "rollout/generated_tokens_per_second", "clip_fraction", "policy_loss", "entropy", "step_seconds"):
         assert key in logged, key
+    if method == "ppo":
+        assert {"value_loss", "explained_variance", "value_clip_fraction"} <= logged
+    if method == "grpo":
+        assert "rollout/zero_advantage_groups" in logged
 
 
 def test_packed_group_logps_land_on_the_right_tokens(tiny_policy_dir):
@@ -158,3 +162,29 @@ def test_ppo_lagrangian_multiplier_follows_the_cost(tmp_path, tiny_policy_dir, s
     low = multipliers(100.0)  # never reached: lambda falls to 0
     assert high[0] > 1.0 and high == sorted(high) and high[-1] > high[0]
     assert low[0] < 1.0 and low[-1] == 0.0
+
+
+def test_grpo_with_lora_raises_its_reward_and_keeps_the_base_weights(tmp_path, structured_policy_dir, smol_tokenizer):
+    summary = run(tmp_path, structured_policy_dir, smol_tokenizer, "grpo", lora=True, learning_rate=3e-2, iterations=10,
+                  eval_temperature=1.0)
+    assert summary["rollout_reward_last"] > summary["rollout_reward_first"] + 0.1
+    # the adapter is what trained and what was saved; the LoRA-disabled model is the evaluation reference
+    from pathlib import Path
+
+    assert (Path(summary["final_dir"]) / "adapter_model.safetensors").is_file()
+    assert summary["final_eval"]["kl_to_reference"] > 0.0 == summary["eval_before"]["kl_to_reference"]
+
+
+def test_policy_filter_trains_only_each_groups_extremes_and_par_bounds_the_reward(tmp_path, tiny_policy_dir,
+                                                                                 smol_tokenizer):
+    from alignlab.train.online_batch import RolloutBatch, micro_batch_rows
+
+    s = run(tmp_path, tiny_policy_dir, smol_tokenizer, "grpo", iterations=1, policy_filter="best_worst",
+            par_references=2, kl_coef=0.05)
+    batch = RolloutBatch.load(next((tmp_path / "grpo" / "rollouts").glob("*.pt")))
+    keep = batch.keep.reshape(-1, 4)
+    assert keep.sum(-1).tolist() == [2] * 4  # best and worst of each group of 4
+    rows = sorted(r for mb in micro_batch_rows(batch, batch_size=8, epochs=1, seed=0) for r in mb)
+    assert rows == batch.keep.nonzero()[:, 0].tolist()  # only the kept rows are trained on
+    assert ((batch.rewards > 0) & (batch.rewards < 1)).all()  # PAR: mean sigmoid of margins over the reference's samples
+    assert "reward/reference_mean" in batch.metrics and s["steps"] == 1

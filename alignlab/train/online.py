@@ -154,6 +154,8 @@ class OnlineAlgorithm:
         token_loss, m = clipped_surrogate(logps, old, mb.advantages.to(device), mask, clip_low=c.clip_low,
                                           clip_high=c.clip_high or None, dual_clip=c.dual_clip or None, reduction="none")
         metrics.update(m)
+        tokens = mask.sum().clamp(min=1)
+        metrics["policy_loss"] = token_loss.detach().sum() / tokens
         if c.kl_mode == "loss" and kl_tokens is not None and self.ctl.kl_coef:
             token_loss = token_loss + self.ctl.kl_coef * kl_tokens * mask
         if values is not None:
@@ -163,6 +165,7 @@ class OnlineAlgorithm:
                 vl, vm = clipped_value_loss(v[..., k], old_v[..., k], returns[..., k], mask,
                                             clip=c.value_clip or None, reduction="none")
                 token_loss = token_loss + c.vf_coef * vl
+                metrics["value_loss" if k == 0 else f"value_loss/{k}"] = vl.detach().sum() / tokens
                 metrics.update({f"{name}/{k}" if k else name: val for name, val in vm.items()})
         per_seq = token_loss.sum(-1)  # (b,)
         if c.loss_reduction == "seq_mean_token_mean":
