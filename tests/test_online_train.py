@@ -188,3 +188,14 @@ def test_policy_filter_trains_only_each_groups_extremes_and_par_bounds_the_rewar
     assert rows == batch.keep.nonzero()[:, 0].tolist()  # only the kept rows are trained on
     assert ((batch.rewards > 0) & (batch.rewards < 1)).all()  # PAR: mean sigmoid of margins over the reference's samples
     assert "reward/reference_mean" in batch.metrics and s["steps"] == 1
+
+
+def test_mask_truncated_leaves_cut_off_completions_out_of_the_loss(tmp_path, tiny_policy_dir, smol_tokenizer):
+    from alignlab.train.online_batch import RolloutBatch
+
+    s = run(tmp_path, tiny_policy_dir, smol_tokenizer, "grpo", iterations=1, mask_truncated=True)
+    batch = RolloutBatch.load(next((tmp_path / "grpo" / "rollouts").glob("*.pt")))
+    finished = torch.tensor(batch.finished)
+    assert (~finished).any()  # a random policy rarely ends within 8 tokens
+    assert (batch.mask[~finished] == 0).all() and (batch.mask[finished].sum(-1) > 0).all()
+    assert s["steps"] == 2 and torch.isfinite(torch.tensor(s["final_loss"]))

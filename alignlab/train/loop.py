@@ -146,7 +146,9 @@ def train_loop(cfg: TrainConfig, algorithm: Algorithm, model, scorer, accelerato
 def _one_step(cfg, algorithm, scorer, params, optimizer, scheduler, accelerator, batches, state, tracker, bar):
     start = time.perf_counter()
     window = batches[state.micro : state.micro + cfg.grad_accum]
-    n_total = sum(algorithm.examples_in(b) for b in window)
+    # 0 only when every example of the window was masked out (e.g. online overlong filtering): the
+    # losses are then all 0 and so is the gradient
+    n_total = sum(algorithm.examples_in(b) for b in window) or 1
     totals: dict[str, float] = {}
     loss_sum = 0.0
     for i, batch in enumerate(window):

@@ -99,6 +99,7 @@ class OnlineConfig(TrainConfig):
     length_target: int = field(0, "wanted response length for the length penalty (0: penalize every token)")
     par_references: int = field(0, "PAR shaping: reward = mean sigmoid(r - r_ref) over this many reference-policy samples per prompt (0: off)")
     policy_filter: str = field("none", "PF-PPO filtration per prompt group: none | best_of_n | best_random | best_worst")
+    mask_truncated: bool = field(False, "leave completions cut off at max_new_tokens out of the loss (DAPO's overlong filtering; advantages still use their rewards)")
     # safety (ppo_lagrangian)
     cost_threshold: float = field(0.0, "d: the constraint is E[cost] <= d")
     lagrange_init: float = field(1.0, "initial Lagrange multiplier lambda")

@@ -199,6 +199,9 @@ class RolloutMaker:
         elif ret is not None:
             ret = ret[..., None]
         batch.advantages, batch.returns = adv, ret
+        if c.mask_truncated:  # DAPO's overlong filtering: a cut-off completion's reward says little, so its
+            # tokens leave the loss (and its normalizer); its reward still counted in its group's baseline
+            batch.mask = batch.mask * torch.tensor(batch.finished, dtype=batch.mask.dtype)[:, None]
 
     def _update_lagrange(self, batch: RolloutBatch, ctl: Controllers, metrics: dict) -> None:
         """Safe RLHF: lambda follows the batch's mean cost; HC-RLHF: its pessimistic upper bound."""
