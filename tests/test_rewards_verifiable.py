@@ -141,3 +141,23 @@ def test_read_prompt_rows_errors_name_file_line_and_field(tmp_path, bad_line, fi
 def test_read_prompt_rows_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_prompt_rows(tmp_path / "nope.jsonl")
+
+
+def test_exact_match_wants_the_number_written_out_unless_lenient():
+    # GRPO learned to end on the unevaluated expression, which math-verify evaluates; exact match refuses it
+    from alignlab.rewards.spec import build_reward_source
+    from alignlab.rewards.verifiable import is_correct
+
+    hacked = "Anna has 17 apples, buys 3 more, and gives 17 away, so she has 17 + 3 - 17"
+    assert not is_correct(hacked, "3") and is_correct(hacked, "3", literal=False)
+    for ok in ("So she has 3 apples.", "\\boxed{3}", "17 + 3 - 17 = 3"):
+        assert is_correct(ok, "3")
+    assert is_correct("$\\frac{1}{2}$", "1/2") and is_correct("It costs 1,200 dollars.", "1200")
+    prompt = [{"role": "user", "content": "Anna has 17 apples..."}]
+    from alignlab.rewards.verifiable import answer_key
+
+    answers = {answer_key(prompt): "3"}
+    assert build_reward_source("math", answers=answers).score([prompt], [hacked]).tolist() == [0.0]
+    assert build_reward_source("math:lenient", answers=answers).score([prompt], [hacked]).tolist() == [1.0]
+    with pytest.raises(ValueError, match="math:lenient"):
+        build_reward_source("math:loose", answers=answers)

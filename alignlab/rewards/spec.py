@@ -2,7 +2,8 @@
 
     lab:sentiment            the lab's gold sentiment reward (VADER compound of the response)
     lab:<task>               any lab task's gold reward (alignlab.lab.tasks: arithmetic, length, ...)
-    math                     1 if the response's final answer equals the prompt's `answer` (math-verify)
+    math                     1 if the response's final answer, written out as a number, equals the
+                             prompt's `answer` (math-verify); math:lenient accepts any equal expression
     rm:DIR                   a trained reward model (ensembles aggregated by `how`: mean | wco | uwo)
     python:module:function   fn(prompts, responses) -> floats
 
@@ -33,7 +34,9 @@ def build_reward_source(spec: str, *, how: str = "mean", answers: dict | None = 
 
         if not answers:
             raise ValueError("reward 'math' needs prompts with an `answer` field (the reference answer)")
-        return AnswerReward(answers)
+        if rest not in ("", "lenient"):
+            raise ValueError(f"reward {spec!r}: use math or math:lenient")
+        return AnswerReward(answers, literal=rest != "lenient")
     if kind == "rm":
         from alignlab.rewards.model import RewardModelSource
 

@@ -7,7 +7,12 @@ it extracts the answer from free text ("The answer is 12.", "\\boxed{12}", "... 
 such as "answer is" or a box wins over the last number) and compares it with the reference as a
 math expression, so "12", "12.0" and "$12$" all match "12". Responses in which it finds no answer
 (e.g. "twelve") score 0. Its leniency is math's, not the wording's: an unevaluated "7 + 5" and
-"12%" also match "12" (measured with math-verify 0.9.0).
+"12%" also match "12" (measured with math-verify 0.9.0). That leniency is exploitable: GRPO on the
+arithmetic task learned to end on the unevaluated expression ("... so she has 17 + 3 - 17") instead
+of its value (measured; docs/online.md). So by default (`literal=True`, exact match) the extracted
+final answer must be a value written out (12, -4, 0.5, 1,200, 1/2, \frac{1}{2}, 3\pi) with no
+arithmetic operator left in it; `literal=False` (reward spec `math:lenient`) accepts any expression
+equal to the reference.
 
 Which answer belongs to which prompt is looked up by `answer_key(prompt)`; the trainer and the lab
 tasks build their answer dicts with the same function (`answers_of(rows)`).
@@ -15,6 +20,7 @@ tasks build their answer dicts with the same function (`answers_of(rows)`).
 
 from __future__ import annotations
 
+import re
 import threading
 from functools import cache, lru_cache
 from typing import Mapping, Sequence
@@ -67,21 +73,36 @@ def _parse_gold(answer: str) -> tuple:
     return tuple(parsed)
 
 
-def is_correct(response: str, answer: str) -> bool:
-    """Whether math-verify finds `answer` as the final answer of `response`."""
+# An operator after the first character: "17 + 3 - 17", "2^3", "4 \\times 3" (a leading minus is a sign)
+_OPERATOR = re.compile(r"(?<=.)[+\-*^×÷]|\\times|\\cdot|\\div")
+
+
+def is_literal(extracted: str) -> bool:
+    """Whether math-verify's extracted answer text is a value written out (12, -4, 0.5, 1/2,
+    \\frac{1}{2}, 3\\pi), not an unevaluated expression (17 + 3 - 17, 2^3, 4 \\times 3)."""
+    text = extracted.replace("$", "").replace(" ", "").replace(",", "")
+    return bool(text) and not _OPERATOR.search(text)
+
+
+def is_correct(response: str, answer: str, *, literal: bool = True) -> bool:
+    """Whether math-verify finds `answer` as the final answer of `response` (written out as a
+    number when `literal`)."""
     mv = _math_verify()
     parsed = mv.parse(response, parsing_timeout=_timeout())
-    return bool(parsed) and mv.verify(list(_parse_gold(answer)), parsed, timeout_seconds=_timeout())
+    if not parsed or (literal and not is_literal(str(parsed[-1]))):
+        return False
+    return mv.verify(list(_parse_gold(answer)), parsed, timeout_seconds=_timeout())
 
 
-def exact_match(responses: Sequence[str], answers: Sequence[str]) -> Tensor:
+def exact_match(responses: Sequence[str], answers: Sequence[str], *, literal: bool = True) -> Tensor:
     """(N,) float32: 1.0 where responses[i]'s final answer equals answers[i], else 0.0."""
     if isinstance(responses, str) or isinstance(answers, str):
         raise TypeError("exact_match takes lists of responses and answers, not single strings")
     if len(responses) != len(answers):
         raise ValueError(f"exact_match needs one answer per response, got {len(answers)} answers "
                          f"for {len(responses)} responses")
-    return torch.tensor([float(is_correct(r, str(a))) for r, a in zip(responses, answers)], dtype=torch.float32)
+    return torch.tensor([float(is_correct(r, str(a), literal=literal)) for r, a in zip(responses, answers)],
+                        dtype=torch.float32)
 
 
 class AnswerReward:
@@ -90,11 +111,12 @@ class AnswerReward:
     Args:
         answers: answer_key(prompt) -> reference answer (a number or a LaTeX expression).
         name: the source's name in logs.
+        literal: the final answer must be a number written out (exact match; see the module doc).
     """
 
-    def __init__(self, answers: Mapping[str, str], name: str = "math"):
+    def __init__(self, answers: Mapping[str, str], name: str = "math", *, literal: bool = True):
         self.answers = {str(k): str(v) for k, v in answers.items()}
-        self.name = name
+        self.name, self.literal = name, literal
 
     def answer_for(self, prompt: Prompt) -> str:
         key = answer_key(prompt)
@@ -106,4 +128,4 @@ class AnswerReward:
     @torch.no_grad()
     def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> Tensor:
         _check_lengths(prompts, responses)
-        return exact_match(list(responses), [self.answer_for(p) for p in prompts])
+        return exact_match(list(responses), [self.answer_for(p) for p in prompts], literal=self.literal)

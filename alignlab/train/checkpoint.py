@@ -23,7 +23,17 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
+    """The trainable tensors by name, without copying them (a full-model copy at every checkpoint
+    was the peak of a run's memory); only a tensor whose storage another already uses is cloned,
+    since safetensors refuses shared storage."""
+    out, seen = {}, set()
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            t = p.detach().contiguous()
+            ptr = t.untyped_storage().data_ptr()
+            out[n] = t.clone() if ptr in seen else t
+            seen.add(ptr)
+    return out
 
 
 def rng_state() -> dict[str, Any]:

@@ -140,6 +140,10 @@ def train_loop(cfg: TrainConfig, algorithm: Algorithm, model, scorer, accelerato
     finally:
         bar.close()
         tracker.close()
+        # accelerate keeps the prepared optimizer alive; release its state (2x the trainable weights
+        # for AdamW) before the caller saves the final model, which would otherwise be the peak
+        del optimizer, scheduler
+        accelerator.free_memory()
     return state
 
 
