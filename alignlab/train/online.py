@@ -179,6 +179,7 @@ class OnlineAlgorithm:
         rewards = mb.rewards.to(seq.device)
         per_pair, m = p3o_loss(seq[0::2], seq[1::2], old_seq[0::2], old_seq[1::2], rewards[0::2], rewards[1::2],
                                clip=c.clip_low, per_example=True)
+        metrics["policy_loss"] = per_pair.detach().mean()
         if c.kl_mode == "loss" and kl_tokens is not None and self.ctl.kl_coef:
             per_seq_kl = (kl_tokens * mask).sum(-1)
             per_pair = per_pair + self.ctl.kl_coef * (per_seq_kl[0::2] + per_seq_kl[1::2])
