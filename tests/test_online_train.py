@@ -199,3 +199,19 @@ def test_mask_truncated_leaves_cut_off_completions_out_of_the_loss(tmp_path, tin
     assert (~finished).any()  # a random policy rarely ends within 8 tokens
     assert (batch.mask[~finished] == 0).all() and (batch.mask[finished].sum(-1) > 0).all()
     assert s["steps"] == 2 and torch.isfinite(torch.tensor(s["final_loss"]))
+
+
+def test_hc_rlhf_trains_under_the_pessimistic_bound_and_runs_the_safety_test(tmp_path, tiny_policy_dir, smol_tokenizer):
+    from alignlab.train.online_batch import RolloutBatch
+
+    # cost = characters / 40 is always > 0: a threshold of 100 passes, one of -1 fails
+    ok = run(tmp_path / "ok", tiny_policy_dir, smol_tokenizer, "ppo_lagrangian", iterations=1, hc_delta=0.1,
+             cost_threshold=100.0, safety_prompts=4)
+    bad = run(tmp_path / "bad", tiny_policy_dir, smol_tokenizer, "ppo_lagrangian", iterations=1, hc_delta=0.1,
+              cost_threshold=-1.0, safety_prompts=4)
+    assert ok["safety_test"]["passed"] and not bad["safety_test"]["passed"]
+    for s in (ok, bad):
+        t = s["safety_test"]
+        assert t["n"] == 4 and t["confidence"] == pytest.approx(0.9) and t["cost_upper_bound"] >= t["cost_mean"]
+    batch = RolloutBatch.load(next((tmp_path / "ok" / "ppo_lagrangian" / "rollouts").glob("*.pt")))
+    assert batch.metrics["cost/upper_bound"] > batch.metrics["cost/mean"]  # trained against the pessimistic bound
