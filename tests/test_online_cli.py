@@ -61,3 +61,15 @@ def test_dry_run_help_settings_and_bad_settings(tmp_path, capsys, prompts_file):
     assert "cost source" in capsys.readouterr().err
     assert main(["train", "grpo", "--method", "ppo", "--dry-run"]) == 2
     assert "set by the command" in capsys.readouterr().err
+
+
+def test_method_defaults_then_preset_then_yaml_then_flags(tmp_path):
+    from alignlab.train.online import resolve_online
+
+    cfg = resolve_online("ppo", flags={"preset": "ppo_max"})
+    assert cfg.reward_normalize and cfg.reward_clip == 5.0 and cfg.value_clip == 0.2 and cfg.kl_mode == "reward"
+    assert resolve_online("grpo").kl_estimator == "k3" and resolve_online("grpo").samples_per_prompt == 4
+    yaml = tmp_path / "c.yaml"
+    yaml.write_text("preset: ppo_max\nreward_clip: 2.0\nkl_coef: 0.2\n")
+    cfg = resolve_online("ppo", yaml, {"kl_coef": "0.3"})
+    assert cfg.reward_clip == 2.0 and cfg.kl_coef == 0.3 and cfg.reward_normalize  # yaml over preset, flags over yaml
