@@ -170,7 +170,7 @@ def run_bon_overoptimization(cfg: BoNOveroptConfig, *, policy=None, tokenizer=No
     }
     (out / "bon_overoptimization.json").write_text(json.dumps(result, indent=1))
     plot_reward_vs_kl(points, out / "bon_overoptimization.png", rewards=("gold_reward",),
-                      title=f"Best-of-N on a {cfg.ensemble}-member proxy ensemble: gold reward (VADER)")
+                      title=f"Best-of-N, {cfg.ensemble}-member proxy ensemble: gold reward")
     plot_reward_vs_kl(points, out / "bon_proxy.png", rewards=("proxy_reward",), title="Best-of-N: proxy reward")
     _print(result, out)
     return result
