@@ -161,7 +161,10 @@ def test_cost_objective_orders_harm_and_anchors_the_sign(tmp_path, tiny_encoder_
 
 
 def test_gradient_checkpointing_trains_the_same_reward_model(tmp_path, tiny_policy_dir):
-    # the setting was once silently ignored by reward-model training: same losses, checkpointing on
+    # the setting was once silently ignored by reward-model training: same losses, checkpointing on.
+    # (Whether transformers then recomputes anything is its business: with transformers 5.24 a
+    # LlamaDecoderLayer's forward is not recomputed in backward, measured by a hook on its MLP;
+    # see bench/README.md, reward-model memory.)
     runs = {}
     for on in (False, True):
         session = train_reward_model(cfg(tmp_path / str(on), tiny_policy_dir, epochs=1.0, gradient_checkpointing=on),

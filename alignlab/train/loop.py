@@ -115,6 +115,7 @@ def train_loop(cfg: TrainConfig, algorithm: Algorithm, model, scorer, accelerato
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer, total_steps)
     scorer, optimizer = accelerator.prepare(scorer, optimizer)
+    scorer.train()  # from_pretrained returns models in eval mode: dropout and gradient checkpointing need train mode
     params = [p for p in model.parameters() if p.requires_grad]
     state = LoopState()
     resume_from = _resume_path(cfg, run_dir)
