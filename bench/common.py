@@ -7,6 +7,7 @@ sides before it loads anything heavy."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
@@ -180,3 +181,21 @@ def sentiment_prompts(n: int, *, seed: int = 0) -> list[list[dict[str, str]]]:
         raise ValueError(f"asked for {n} prompts; the sentiment task has {len(TOPICS)} topics")
     topics = random.Random(seed).sample(list(TOPICS), n)
     return [[{"role": "user", "content": SentimentTask.template.format(topic=t)}] for t in topics]
+
+
+def load_pair_data(args):
+    """(model path, tokenizer, synthetic pairs) for a pairwise benchmark's --model/--pairs/--seed."""
+    from alignlab.models.load import load_tokenizer, resolve_model_path
+
+    tokenizer = load_tokenizer(args.model)
+    return resolve_model_path(args.model), tokenizer, synthetic_pairs(tokenizer, args.pairs, seed=args.seed)
+
+
+def add_runner_args(p, sides, default_out) -> None:
+    """The options every benchmark shares: --out, TRL's gradient checkpointing switch, and the
+    internal --worker/--result-file of `run_side`."""
+    p.add_argument("--out", default=str(default_out), help="where the JSON result is written")
+    p.add_argument("--trl-no-gradient-checkpointing", action="store_true",
+                   help="turn off TRL's gradient checkpointing (on by default in TRL)")
+    p.add_argument("--worker", choices=sides, help=argparse.SUPPRESS)  # internal: run one side here
+    p.add_argument("--result-file", help=argparse.SUPPRESS)

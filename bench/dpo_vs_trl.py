@@ -28,7 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import chat_text_rows, peak_rss_mb, run_side, synthetic_pairs, worker_setup, write_json
+from common import (add_runner_args, chat_text_rows, load_pair_data, peak_rss_mb, run_side, worker_setup,
+                    write_json)
 
 SIDES = ("alignlab", "trl")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "dpo_vs_trl.json"
@@ -44,22 +45,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--beta", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0, help="seed of the data and of both trainers")
     p.add_argument("--only", choices=SIDES, help="run one side only")
-    p.add_argument("--out", default=str(DEFAULT_OUT), help="where the JSON result is written")
     p.add_argument("--trl-format", choices=("text", "conversational"), default="text",
                    help="text: TRL gets the chat-rendered prompt, so its token ids equal alignlab's; "
                         "conversational: TRL renders the messages itself (+1 token per response)")
-    p.add_argument("--trl-no-gradient-checkpointing", action="store_true",
-                   help="turn off TRL's gradient checkpointing (on by default in TRL)")
-    p.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)  # internal: run one side here
-    p.add_argument("--result-file", help=argparse.SUPPRESS)
+    add_runner_args(p, SIDES, DEFAULT_OUT)
     return p.parse_args(argv)
-
-
-def load_data(args):
-    from alignlab.models.load import load_tokenizer, resolve_model_path
-
-    tokenizer = load_tokenizer(args.model)
-    return resolve_model_path(args.model), tokenizer, synthetic_pairs(tokenizer, args.pairs, seed=args.seed)
 
 
 def run_alignlab(args) -> dict:
@@ -68,7 +58,7 @@ def run_alignlab(args) -> dict:
     from alignlab.data.records import PairwiseRecord
     from alignlab.train.dpo import DPOConfig, train_dpo
 
-    _, tokenizer, pairs = load_data(args)
+    _, tokenizer, pairs = load_pair_data(args)
     records = [PairwiseRecord(prompt=[{"role": "user", "content": p.prompt}], chosen=p.chosen, rejected=p.rejected)
                for p in pairs]
     with tempfile.TemporaryDirectory(prefix="bench-alignlab-") as tmp:
@@ -103,7 +93,7 @@ def run_trl(args) -> dict:
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    model_path, tokenizer, pairs = load_data(args)
+    model_path, tokenizer, pairs = load_pair_data(args)
     overrides = {"gradient_checkpointing": False} if args.trl_no_gradient_checkpointing else {}
     with tempfile.TemporaryDirectory(prefix="bench-trl-") as tmp:
         config = DPOConfig(

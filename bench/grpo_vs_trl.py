@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import peak_rss_mb, run_side, sentiment_prompts, write_json
+from common import add_runner_args, peak_rss_mb, run_side, sentiment_prompts, write_json
 
 SIDES = ("alignlab", "trl")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "grpo_vs_trl.json"
@@ -57,11 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--learning-rate", type=float, default=1e-6)
     p.add_argument("--seed", type=int, default=0, help="seed of the prompts and of both trainers")
     p.add_argument("--only", choices=SIDES, help="run one side only")
-    p.add_argument("--out", default=str(DEFAULT_OUT), help="where the JSON result is written")
-    p.add_argument("--trl-no-gradient-checkpointing", action="store_true",
-                   help="turn off TRL's gradient checkpointing (on by default in TRL)")
-    p.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)  # internal: run one side here
-    p.add_argument("--result-file", help=argparse.SUPPRESS)
+    add_runner_args(p, SIDES, DEFAULT_OUT)
     args = p.parse_args(argv)
     if args.samples < 2:
         p.error("--samples must be >= 2 (GRPO's group baseline)")

@@ -34,7 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import chat_text_rows, peak_rss_mb, run_side, synthetic_pairs, worker_setup, write_json
+from common import (add_runner_args, chat_text_rows, load_pair_data, peak_rss_mb, run_side, worker_setup,
+                    write_json)
 
 # alignlab runs: reward-model settings that differ between them (everything else is shared).
 ALIGNLAB_RUNS = {
@@ -60,19 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the data, the reward head and both trainers")
     p.add_argument("--only", choices=tuple(ONLY), help="alignlab | trl: that side of the comparison only; "
                                                         "ensemble: the two frozen-backbone alignlab runs only")
-    p.add_argument("--out", default=str(DEFAULT_OUT), help="where the JSON result is written")
-    p.add_argument("--trl-no-gradient-checkpointing", action="store_true",
-                   help="turn off TRL's gradient checkpointing (on by default in TRL)")
-    p.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)  # internal: run one side here
-    p.add_argument("--result-file", help=argparse.SUPPRESS)
+    add_runner_args(p, SIDES, DEFAULT_OUT)
     return p.parse_args(argv)
-
-
-def load_data(args):
-    from alignlab.models.load import load_tokenizer, resolve_model_path
-
-    tokenizer = load_tokenizer(args.model)
-    return resolve_model_path(args.model), tokenizer, synthetic_pairs(tokenizer, args.pairs, seed=args.seed)
 
 
 def watch_reward_setup() -> dict:
@@ -98,7 +88,7 @@ def run_alignlab(args, side: str) -> dict:
     from alignlab.data.records import PairwiseRecord
     from alignlab.train.reward import RMConfig, train_reward_model
 
-    _, tokenizer, pairs = load_data(args)
+    _, tokenizer, pairs = load_pair_data(args)
     records = [PairwiseRecord(prompt=[{"role": "user", "content": p.prompt}], chosen=p.chosen, rejected=p.rejected)
                for p in pairs]
     seen = watch_reward_setup()
@@ -137,7 +127,7 @@ def run_trl(args) -> dict:
 
     from alignlab.models.reward_io import reward_pad_token_id
 
-    model_path, tokenizer, pairs = load_data(args)
+    model_path, tokenizer, pairs = load_pair_data(args)
     # SmolLM2's pad is its EOS <|im_end|>, which ends every response: transformers' classifier
     # reads the reward at the last non-pad token, so it would skip the end-of-turn token (and TRL
     # sets the model's pad from the tokenizer). Pad with what alignlab pads with (<|endoftext|>).

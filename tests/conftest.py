@@ -40,3 +40,23 @@ def tiny_policy_dir(tmp_path_factory, smol_tokenizer):
     make_tiny_lm(len(smol_tokenizer)).save_pretrained(path)
     smol_tokenizer.save_pretrained(path)
     return path
+
+
+BENCH_DIR = __import__("pathlib").Path(__file__).resolve().parents[1] / "bench"
+
+
+def run_bench(script: str, out, *args) -> dict:
+    """Run bench/<script> in a subprocess; check it succeeded, printed exactly one JSON line on
+    stdout (everything else on stderr) and wrote the same JSON to `out`; return it."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(BENCH_DIR / script), "--out", str(out), *map(str, args)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1, proc.stdout
+    report = json.loads(lines[0])
+    assert json.loads(out.read_text()) == report
+    return report

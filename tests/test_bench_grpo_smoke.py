@@ -4,34 +4,20 @@ split that adds up; the observers agree with what each trainer logs itself."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+from conftest import run_bench
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
 SPLIT = ("generation", "scoring", "reference_and_old_passes", "training", "other")
 
 
-def run_bench(policy_dir, out, *args):
-    proc = subprocess.run(
-        [sys.executable, str(BENCH / "grpo_vs_trl.py"), "--model", str(policy_dir), "--prompts", "4",
-         "--max-new-tokens", "8", "--iterations", "1", "--out", str(out), *args],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 1, proc.stdout  # one JSON line on stdout, everything else on stderr
-    report = json.loads(lines[0])
-    assert json.loads(out.read_text()) == report
-    return report
+def run_grpo_bench(policy_dir, out, *args):
+    return run_bench("grpo_vs_trl.py", out, "--model", policy_dir, "--prompts", "4", "--max-new-tokens", "8",
+                     "--iterations", "1", *args)
 
 
 def test_grpo_vs_trl_runs_both_sides_and_reports_a_consistent_split(tiny_policy_dir, tmp_path):
     pytest.importorskip("trl", reason="the benchmark's peer; installed by the test extra")
-    report = run_bench(tiny_policy_dir, tmp_path / "result.json", "--samples", "4")
+    report = run_grpo_bench(tiny_policy_dir, tmp_path / "result.json", "--samples", "4")
     for side in ("alignlab", "trl"):
         r = report[side]
         assert r["completions"] == 16 and r["steps"] == 1  # 4 prompts x 4 samples, one iteration
@@ -64,7 +50,7 @@ def test_grpo_vs_trl_runs_both_sides_and_reports_a_consistent_split(tiny_policy_
 
 
 def test_only_alignlab_with_pairs(tiny_policy_dir, tmp_path):
-    report = run_bench(tiny_policy_dir, tmp_path / "result.json", "--samples", "2", "--only", "alignlab")
+    report = run_grpo_bench(tiny_policy_dir, tmp_path / "result.json", "--samples", "2", "--only", "alignlab")
     assert "trl" not in report and "speedup" not in report
     r = report["alignlab"]
     assert r["completions"] == 8 and r["generate_calls"] == [8] and r["steps"] == 1

@@ -1,33 +1,19 @@
 """The reward-model benchmark (bench/rm_vs_trl.py) end to end on a tiny random model, in seconds:
-all four runs train; alignlab and TRL tokenize identically, start from the same head and agree
+all five runs train; alignlab and TRL tokenize identically, start from the same head and agree
 on the loss; the ensemble cost ratio is reported."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+from conftest import run_bench
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
 RUNS = ("alignlab", "alignlab_checkpointing", "trl", "alignlab_ensemble4_frozen", "alignlab_single_frozen")
 
 
 def test_rm_vs_trl_runs_every_side_and_alignlab_agrees_with_trl(tiny_policy_dir, tmp_path):
     pytest.importorskip("trl", reason="the benchmark's peer; installed by the test extra")
     out = tmp_path / "result.json"
-    proc = subprocess.run(
-        [sys.executable, str(BENCH / "rm_vs_trl.py"), "--model", str(tiny_policy_dir), "--pairs", "8",
-         "--out", str(out)],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 1, proc.stdout  # one JSON line on stdout, everything else on stderr
-    report = json.loads(lines[0])
-    assert json.loads(out.read_text()) == report
+    report = run_bench("rm_vs_trl.py", out, "--model", str(tiny_policy_dir), "--pairs", "8")
     for side in RUNS:
         r = report[side]
         assert r["pairs_per_s"] > 0 and r["seconds"] > 0 and r["peak_rss_mb"] > 0
@@ -57,12 +43,6 @@ def test_rm_vs_trl_runs_every_side_and_alignlab_agrees_with_trl(tiny_policy_dir,
 
 def test_only_ensemble_runs_the_two_frozen_runs(tiny_policy_dir, tmp_path):
     out = tmp_path / "result.json"
-    proc = subprocess.run(
-        [sys.executable, str(BENCH / "rm_vs_trl.py"), "--model", str(tiny_policy_dir), "--pairs", "4",
-         "--only", "ensemble", "--out", str(out)],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    report = json.loads(out.read_text())
+    report = run_bench("rm_vs_trl.py", out, "--model", str(tiny_policy_dir), "--pairs", "4", "--only", "ensemble")
     assert set(RUNS) & set(report) == {"alignlab_ensemble4_frozen", "alignlab_single_frozen"}
     assert report["ensemble4_cost_vs_single"] > 0 and "speedup" not in report and "ensemble4_frozen_vs_full" not in report

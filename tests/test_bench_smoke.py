@@ -3,14 +3,10 @@ sides train, tokenize identically, agree on every reference log-prob and on the 
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from conftest import BENCH_DIR as BENCH, run_bench
 
 
 def test_synthetic_pairs_are_deterministic_and_within_token_ranges(smol_tokenizer):
@@ -32,16 +28,7 @@ def test_synthetic_pairs_are_deterministic_and_within_token_ranges(smol_tokenize
 def test_dpo_vs_trl_runs_both_sides_and_they_agree(tiny_policy_dir, tmp_path):
     pytest.importorskip("trl", reason="the benchmark's peer; installed by the test extra")
     out = tmp_path / "result.json"
-    proc = subprocess.run(
-        [sys.executable, str(BENCH / "dpo_vs_trl.py"), "--model", str(tiny_policy_dir), "--pairs", "8",
-         "--out", str(out)],
-        capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 1, proc.stdout  # one JSON line on stdout, everything else on stderr
-    report = json.loads(lines[0])
-    assert json.loads(out.read_text()) == report
+    report = run_bench("dpo_vs_trl.py", out, "--model", str(tiny_policy_dir), "--pairs", "8")
     for side in ("alignlab", "trl"):
         r = report[side]
         assert r["pairs_per_s"] > 0 and r["seconds"] > 0 and r["peak_rss_mb"] > 0

@@ -164,12 +164,6 @@ def kl_loss(
     return _reduce(kl_estimate(logps, reference_logps.detach(), kind), mask, reduction, normalizer)
 
 
-def entropy_from_logits(logits: Tensor) -> Tensor:
-    """Entropy of softmax(logits) over the last dim, in log space: logsumexp(z) - sum p z."""
-    logz = torch.logsumexp(logits, dim=-1)
-    return logz - (torch.softmax(logits, dim=-1) * logits).sum(-1)
-
-
 def p3o_loss(
     logps_a: Tensor,
     logps_b: Tensor,
