@@ -134,3 +134,15 @@ def test_training_reduces_the_objective(tmp_path):
     losses = [r["loss"] for r in state.history if "loss" in r]
     assert losses[-1] < 0.2 * losses[0]
     assert evals[-1] < 0.5
+
+
+def test_trains_in_train_mode_even_when_handed_an_eval_mode_model(tmp_path):
+    # from_pretrained returns models in eval mode; dropout (and checkpointing) need train mode
+    cfg = _cfg(tmp_path, epochs=1.0)
+    model = ToyModel(dropout=0.5).eval()
+    algorithm = ToyAlgorithm(cfg)
+    modes = []
+    loss = algorithm.loss
+    algorithm.loss = lambda scorer, batch: (modes.append(scorer.training), loss(scorer, batch))[1]
+    _run(cfg, model, algorithm)
+    assert modes and all(modes)
