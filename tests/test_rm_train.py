@@ -160,16 +160,31 @@ def test_cost_objective_orders_harm_and_anchors_the_sign(tmp_path, tiny_encoder_
         train_reward_model(cfg(tmp_path / "b", tiny_encoder_dir, objective="cost", train_data=str(data)))
 
 
-def test_gradient_checkpointing_trains_the_same_reward_model(tmp_path, tiny_policy_dir):
-    # the setting was once silently ignored by reward-model training: same losses, checkpointing on.
-    # (Whether transformers then recomputes anything is its business: with transformers 5.24 a
-    # LlamaDecoderLayer's forward is not recomputed in backward, measured by a hook on its MLP;
-    # see bench/README.md, reward-model memory.)
+def test_gradient_checkpointing_trains_the_same_reward_model_and_saves_fewer_activations(tmp_path, tiny_policy_dir,
+                                                                                       monkeypatch):
+    # The setting was once silently ignored by reward-model training, and later inert because the
+    # loop left the model in eval mode. Count the tensors autograd saves for backward during the
+    # training forwards: checkpointed layers save their inputs only (their own saved tensors go to
+    # the checkpoint's inner hooks, not ours), so the count must drop; the losses stay the same.
+    from alignlab.train.reward import RewardAlgorithm
+
+    loss = RewardAlgorithm.loss
+    saved = {}
+
+    def counting_loss(self, scorer, batch):
+        def pack(t):
+            saved[key] = saved.get(key, 0) + 1
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            return loss(self, scorer, batch)
+
+    monkeypatch.setattr(RewardAlgorithm, "loss", counting_loss)
     runs = {}
-    for on in (False, True):
-        session = train_reward_model(cfg(tmp_path / str(on), tiny_policy_dir, epochs=1.0, gradient_checkpointing=on),
+    for key in (False, True):
+        session = train_reward_model(cfg(tmp_path / str(key), tiny_policy_dir, epochs=1.0, gradient_checkpointing=key),
                                      train_records=pairs(WORDS[:8]))
-        runs[on] = [r["loss"] for r in session.state.history if "loss" in r]
-        backbone = session.model.backbone
-        assert getattr(backbone, "is_gradient_checkpointing", False) == on
+        runs[key] = [r["loss"] for r in session.state.history if "loss" in r]
+        assert getattr(session.model.backbone, "is_gradient_checkpointing", False) == key
     assert runs[True] == pytest.approx(runs[False], abs=1e-5)
+    assert saved[True] < saved[False] / 2, saved

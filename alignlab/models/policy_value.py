@@ -32,11 +32,14 @@ class PolicyValue(nn.Module):
             nn.init.zeros_(self.value_head.bias)
             self.value_head.to(next(model.parameters()).device)
 
-    def forward(self, batch: PackedBatch, *, entropy: bool = False) -> tuple[TokenOutputs, torch.Tensor | None]:
-        """(TokenOutputs for the scored tokens, values (N, critics) or None)."""
-        out = token_outputs(self.model, batch, temperature=self.temperature, keep_hidden=self.value_head is not None,
-                            entropy=entropy, chunk_size=self.chunk_size)
-        values = self.value_head(out.hidden.float()) if self.value_head is not None else None
+    def forward(self, batch: PackedBatch, *, entropy: bool = False, temperature: float | None = None,
+                values: bool = True) -> tuple[TokenOutputs, torch.Tensor | None]:
+        """(TokenOutputs for the scored tokens, values (N, critics) or None). `temperature`
+        overrides the sampling temperature (1.0 for a likelihood); `values=False` skips the critic."""
+        critic = self.value_head if values else None
+        out = token_outputs(self.model, batch, temperature=self.temperature if temperature is None else temperature,
+                            keep_hidden=critic is not None, entropy=entropy, chunk_size=self.chunk_size)
+        values = critic(out.hidden.float()) if critic is not None else None
         out.hidden = None  # not kept alive beyond the value head
         return out, values
 

@@ -68,8 +68,9 @@ class OnlineAlgorithm:
     progress_keys = ("reward/mean", "kl_to_reference")
 
     def __init__(self, cfg: OnlineConfig, *, scorer: PolicyValue, maker: RolloutMaker, tokenizer, train_rows, eval_rows,
-                 eval_rewards, run_dir: Path, pad_token_id: int, controllers: Controllers):
+                 eval_rewards, run_dir: Path, pad_token_id: int, controllers: Controllers, ptx=None):
         self.cfg, self.scorer, self.maker, self.tokenizer = cfg, scorer, maker, tokenizer
+        self.ptx = ptx  # online_ptx.PtxMixer when the pretraining/SFT mixing term is on
         self.train_rows, self.eval_rows, self.eval_rewards = train_rows, eval_rows, eval_rewards
         self.rollout_dir = run_dir / "rollouts"
         self.rollout_dir.mkdir(parents=True, exist_ok=True)
@@ -117,6 +118,9 @@ class OnlineAlgorithm:
             first_pass = len(rows) // self.cfg.ppo_epochs
             mbs = [make_micro_batch(batch, r, self.pad_token_id, entropy=self.cfg.log_entropy and i < first_pass)
                    for i, r in enumerate(rows)]
+            if self.ptx is not None:
+                for i, mb in enumerate(mbs):
+                    mb.ptx = self.ptx.batch(epoch, i)
             self._cache = (epoch, batch, mbs)
         return self._cache[2]
 
@@ -136,6 +140,19 @@ class OnlineAlgorithm:
         return len(mb.rows) * c.max_new_tokens  # constant (Dr. GRPO)
 
     def loss(self, scorer, mb: OnlineMicroBatch):
+        per_example, metrics = self._rl_loss(scorer, mb)
+        if mb.ptx is None:
+            return per_example, metrics
+        # gamma * L_ptx enters the loss with this micro-batch's share of the window's units, so the
+        # loop's sum / n_total leaves exactly gamma * (unit-weighted mean of L_ptx) in the gradient
+        from alignlab.train.online_ptx import ptx_nll
+
+        out, _ = scorer(mb.ptx.to(next(self.scorer.parameters()).device), temperature=1.0, values=False)
+        nll = ptx_nll(out.logps)
+        metrics["ptx_loss"] = nll.detach()
+        return torch.cat([per_example, (self.ptx.coef * nll * self.examples_in(mb)).reshape(1)]), metrics
+
+    def _rl_loss(self, scorer, mb: OnlineMicroBatch):
         c = self.cfg
         device = next(self.scorer.parameters()).device
         out, values = scorer(mb.packed.to(device), entropy=mb.entropy)
@@ -291,9 +308,10 @@ def train_online(cfg: OnlineConfig, *, model=None, tokenizer=None, train_rows=No
     maker = RolloutMaker(cfg, model=model, scorer=scorer, reference_scorer=reference, tokenizer=tokenizer,
                          rewards=rewards, cost=cost, pad_token_id=pad)
     ctl = Controllers(kl_coef=cfg.kl_coef, lagrange=cfg.lagrange_init if cfg.spec.needs_cost else 0.0)
+    ptx = _ptx_mixer(cfg, tokenizer, pad)
     algorithm = OnlineAlgorithm(cfg, scorer=scorer, maker=maker, tokenizer=tokenizer, train_rows=train_rows,
                                 eval_rows=eval_rows, eval_rewards=eval_rewards, run_dir=run_dir, pad_token_id=pad,
-                                controllers=ctl)
+                                controllers=ctl, ptx=ptx)
     loop_cfg = dataclasses.replace(cfg, epochs=float(cfg.iterations))
     before = _eval_before(algorithm, scorer, run_dir)
     start = time.perf_counter()
@@ -301,13 +319,29 @@ def train_online(cfg: OnlineConfig, *, model=None, tokenizer=None, train_rows=No
     loop_seconds = time.perf_counter() - start  # everything: rollouts, updates, evaluations, checkpoints
     final_dir = save_final(model, tokenizer, run_dir / "final", merge_lora=cfg.merge_lora)
     scorer.save_value_head(run_dir / "final" / "value_head.safetensors")
-    summary = {**_summary(cfg, state, run_dir, final_dir, loop_seconds), "eval_before": before}
+    summary = {**_summary(cfg, state, run_dir, final_dir, loop_seconds), "eval_before": before,
+               **(ptx.report if ptx is not None else {})}
     if cfg.spec.needs_cost and cfg.hc_delta:
         from alignlab.train.online_safety import run_safety_test
 
         summary["safety_test"] = run_safety_test(cfg, maker, eval_rows, cost)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
     return summary
+
+
+def _ptx_mixer(cfg: OnlineConfig, tokenizer, pad: int):
+    """The pretraining/SFT mixing term's sampler, or None when it is off (said, when only half set)."""
+    if not cfg.ptx_data:
+        if cfg.ptx_coef > 0:
+            print(f"alignlab: ptx_coef {cfg.ptx_coef} but no ptx_data: no pretraining/SFT mixing term")
+        return None
+    from alignlab.train.online_ptx import PtxMixer
+
+    mixer = PtxMixer(cfg, tokenizer, pad)
+    r = mixer.report["ptx_data"]
+    print(f"alignlab: ptx mixing, gamma {cfg.ptx_coef}, {r['demonstrations']} demonstrations from {cfg.ptx_data}"
+          f" ({r['truncated']} truncated, {r['dropped']} dropped at max_length {cfg.max_length})")
+    return mixer
 
 
 def _eval_before(algorithm: OnlineAlgorithm, scorer, run_dir: Path) -> dict:

@@ -83,6 +83,8 @@ class OnlineMicroBatch:
     rewards: Tensor  # (b,)
     entropy: bool = False
     """Compute entropies on this micro-batch (first pass over a rollout only)."""
+    ptx: PackedBatch | None = None
+    """Demonstrations for the pretraining/SFT mixing term (online_ptx), when it is on."""
 
     def to_bt(self, flat: Tensor) -> Tensor:
         """Packed per-token values (N, ...) -> (b, T, ...) zero-padded."""

@@ -39,7 +39,7 @@ ONLINE_METHODS: dict[str, MethodSpec] = {
 
 # Paper defaults per method, applied before YAML/flags. PPO-max (Secrets of RLHF I) is the
 # `ppo_max` preset: reward normalization and clipping, token-level KL penalty, value clipping,
-# advantage whitening, pretraining-loss mixing when SFT data is given.
+# advantage whitening, pretraining-loss mixing (ptx_coef 1.0) when ptx_data is given.
 METHOD_DEFAULTS: dict[str, dict] = {
     "ppo": {"samples_per_prompt": 1, "kl_mode": "reward", "kl_estimator": "k1", "ppo_epochs": 2},
     "grpo": {"samples_per_prompt": 4, "kl_mode": "loss", "kl_estimator": "k3", "kl_coef": 0.04},
@@ -51,7 +51,7 @@ METHOD_DEFAULTS: dict[str, dict] = {
 }
 PRESETS: dict[str, dict] = {
     "ppo_max": {"reward_normalize": True, "reward_clip": 5.0, "kl_mode": "reward", "kl_estimator": "k1",
-                "value_clip": 0.2, "whiten_advantages": True, "max_grad_norm": 1.0},
+                "value_clip": 0.2, "whiten_advantages": True, "max_grad_norm": 1.0, "ptx_coef": 1.0},
 }
 
 
@@ -100,6 +100,10 @@ class OnlineConfig(TrainConfig):
     par_references: int = field(0, "PAR shaping: reward = mean sigmoid(r - r_ref) over this many reference-policy samples per prompt (0: off)")
     policy_filter: str = field("none", "PF-PPO filtration per prompt group: none | best_of_n | best_random | best_worst")
     mask_truncated: bool = field(False, "leave completions cut off at max_new_tokens out of the loss (DAPO's overlong filtering; advantages still use their rewards)")
+    # pretraining/SFT mixing (InstructGPT's PPO-ptx, part of PPO-max)
+    ptx_data: str = field("", "demonstrations (JSONL: prompt + response, or text) whose NLL is mixed into the loss (empty: off)")
+    ptx_coef: float = field(0.0, "gamma: weight of the demonstrations' token-mean NLL (the ppo_max preset sets 1.0)")
+    ptx_batch_size: int = field(4, "demonstrations per micro-batch of policy updates")
     # safety (ppo_lagrangian)
     cost_threshold: float = field(0.0, "d: the constraint is E[cost] <= d")
     lagrange_init: float = field(1.0, "initial Lagrange multiplier lambda")
@@ -134,6 +138,8 @@ class OnlineConfig(TrainConfig):
             (self.ppo_epochs >= 1, "ppo_epochs must be >= 1"),
             (self.dual_clip == 0 or self.dual_clip > 1, "dual_clip must be 0 (off) or > 1"),
             (0 <= self.hc_delta < 1, "hc_delta must be in [0, 1)"),
+            (self.ptx_coef >= 0 and self.ptx_batch_size >= 1, "ptx_coef must be >= 0 and ptx_batch_size >= 1"),
+            (not self.ptx_data or self.ptx_coef > 0, "ptx_data is set but ptx_coef is 0: set ptx_coef (gamma) > 0"),
         ]
         for ok, message in checks:
             if not ok:

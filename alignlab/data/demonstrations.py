@@ -1,0 +1,112 @@
+"""Demonstrations: text the policy should keep being able to write (SFT data or pretraining text).
+
+Used by the online trainers' pretraining/SFT mixing term (InstructGPT's PPO-ptx, PPO-max). A JSON
+Lines file, one demonstration per line, in one of two shapes:
+
+- `{"prompt": text or message list, "response": text}` (`completion` is accepted for
+  `response`): an SFT example; the loss is on the response tokens (and the end-of-turn token).
+- `{"text": text}`: plain pretraining text; the loss is on every token after the first.
+
+Errors name the file, the line and the field. `encode_demonstrations` applies the run's
+`max_length` with its `truncation` policy and counts what it cut or dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from alignlab.data.errors import DataError
+from alignlab.data.prompts import _prompt_row
+
+RESPONSE_KEYS = ("response", "completion")
+
+
+@dataclass
+class Demonstration:
+    prompt: object | None  # text or message list; None for plain text
+    text: str  # the response, or the whole plain text
+    file: str
+    location: str  # "line N"
+
+
+@dataclass
+class EncodedDemos:
+    blocks: list[tuple[list[int], list[int]]]  # (prefix ids, scored ids); prefix empty for plain text
+    truncated: int = 0
+    dropped: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def report(self) -> dict:
+        return {"demonstrations": len(self.blocks), "truncated": self.truncated, "dropped": self.dropped}
+
+
+def read_demonstrations(path) -> list[Demonstration]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"demonstrations file {path} does not exist")
+    out = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = {"file": str(path), "location": f"line {number}"}
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"not valid JSON ({exc.msg})", **where) from None
+        if not isinstance(row, dict):
+            raise DataError(f"expected a JSON object, got {type(row).__name__}", **where)
+        out.append(_demonstration(row, where))
+    if not out:
+        raise DataError("no demonstrations in the file", file=str(path))
+    return out
+
+
+def _demonstration(row: dict, where: dict) -> Demonstration:
+    if "text" in row and "prompt" not in row:
+        text = row["text"]
+        if not (isinstance(text, str) and text.strip()):
+            raise DataError(f"expected non-empty text, got {text!r}"[:120], field="text", **where)
+        return Demonstration(None, text, where["file"], where["location"])
+    if "prompt" not in row:
+        raise DataError("expected a 'prompt' with a 'response' (SFT) or a 'text' field (plain text)", **where)
+    prompt = _prompt_row(row, where)["prompt"]
+    key = next((k for k in RESPONSE_KEYS if k in row), None)
+    response = row.get(key) if key else None
+    if not (isinstance(response, str) and response.strip()):
+        got = "nothing" if response is None else repr(response)[:80]
+        raise DataError(f"expected non-empty text, got {got}", field=key or "response", **where)
+    return Demonstration(prompt, response, where["file"], where["location"])
+
+
+def encode_demonstrations(tokenizer, demos: list[Demonstration], *, max_length: int,
+                          truncation: str = "error") -> EncodedDemos:
+    """Token blocks for the packer. Over-long demonstrations: `error` names the line; `truncate`
+    keeps the start (the prompt whole, the response cut); `drop` leaves them out. Both counted."""
+    from alignlab.data.tokenize import encode_prompt_response, prompt_encoder
+
+    encoder = prompt_encoder(tokenizer)
+    out = EncodedDemos([])
+    for demo in demos:
+        if demo.prompt is None:
+            prefix, scored = [], encoder.start + list(tokenizer(demo.text, add_special_tokens=False)["input_ids"])
+        else:
+            prefix, scored = encode_prompt_response(tokenizer, demo.prompt, demo.text)
+        if len(prefix) + len(scored) > max_length:
+            room = max_length - len(prefix)
+            if truncation == "error":
+                raise DataError(f"{len(prefix) + len(scored)} tokens, over max_length {max_length} (set truncation: "
+                                "truncate or drop to allow it)", file=demo.file, location=demo.location)
+            if truncation == "drop" or room < (1 if prefix else 2):
+                out.dropped += 1
+                continue
+            scored = scored[:room]
+            out.truncated += 1
+        if not prefix and len(scored) < 2:
+            out.dropped += 1  # one token of plain text: nothing to predict it from
+            continue
+        out.blocks.append((prefix, scored))
+    if not out.blocks:
+        raise ValueError(f"no demonstration is usable within max_length {max_length} ({out.dropped} dropped)")
+    return out
