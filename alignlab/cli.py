@@ -84,7 +84,8 @@ def cmd_train_online(args, rest: list[str]) -> int:
         steps = cfg.iterations * cfg.ppo_epochs * -(-cfg.prompts_per_step * cfg.samples_per_prompt // (cfg.batch_size * cfg.grad_accum))
         print(f"alignlab dry run: {cfg.method} on {cfg.model}; {cfg.iterations} iterations x {cfg.prompts_per_step} prompts"
               f" x {cfg.samples_per_prompt} samples (up to {cfg.max_new_tokens} new tokens), about {steps} optimizer steps;"
-              f" rewards {cfg.reward}; KL {cfg.kl_coef} as {cfg.kl_mode} ({cfg.kl_estimator})")
+              f" rewards {cfg.reward}; KL {cfg.kl_coef} as {cfg.kl_mode} ({cfg.kl_estimator})"
+              + (f"; ptx mixing gamma {cfg.ptx_coef} on {cfg.ptx_data}" if cfg.ptx_data else ""))
         print("settings: " + ", ".join(f"{k}={v!r}" for k, v in to_dict(cfg).items()))
         return 0
     summary = train_online(cfg)
@@ -170,7 +171,7 @@ def cmd_bon(args, rest: list[str]) -> int:
 
     if rest:
         raise ConfigError(f"unknown option(s) for bon: {' '.join(rest)}")
-    source = RewardModelSource(args.rm, how=args.how, progress=True)
+    source = RewardModelSource(args.rm, how=args.how, progress=True, direction=args.direction)
     summary = run_best_of_n(args.policy, source, read_prompts(args.prompts), n=args.n, output=args.output,
                             max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
     print(json.dumps(summary, indent=1))
@@ -254,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     bon.add_argument("--prompts", required=True, help=".jsonl with a `prompt` field per line, or .txt, one per line")
     bon.add_argument("--n", type=int, default=8)
     bon.add_argument("--how", default="mean", help="ensemble aggregation: mean | wco | uwo")
+    bon.add_argument("--direction", help="multi-objective RM: weights over its attributes instead of its gate (DPA), "
+                                         "e.g. helpful=0.8,concise=0.2 or 0.8,0.2")
     bon.add_argument("--max-new-tokens", type=int, default=128)
     bon.add_argument("--temperature", type=float, default=1.0)
     bon.add_argument("--seed", type=int, default=0)

@@ -81,6 +81,20 @@ def test_ratings_objective_regresses_each_attribute(tmp_path, tiny_encoder_dir):
     evals = [r for r in session.state.history if "eval/mse" in r]
     assert session.model.attributes == ("helpful", "safe")
     assert evals[-1]["eval/mse"] < 0.5  # from ~6 at init (targets 1..4)
+    # read along a DPA direction through the reward spec online trainers use: (3, 4) / 5 . attributes
+    from alignlab.rewards.model import RewardModelSource, direction_vector
+    from alignlab.rewards.spec import build_reward_source
+
+    texts, prompts = ["I love tea.", "I hate tea."], ["Tell me about tea."] * 2
+    attrs = RewardModelSource(session.final_dir).score_attributes(prompts, texts)  # (N, A)
+    for spec in (f"rm:{session.final_dir}@helpful=3,safe=4", f"rm:{session.final_dir}@3,4"):
+        got = build_reward_source(spec).score(prompts, texts)
+        assert torch.allclose(got, attrs @ torch.tensor([0.6, 0.8]), atol=1e-5), spec
+    assert direction_vector("safe=2", ("helpful", "safe")) == [0.0, 2.0]
+    with pytest.raises(ValueError, match="unknown attribute"):
+        direction_vector({"kind": 1.0}, ("helpful", "safe"))
+    with pytest.raises(ValueError, match="write numbers"):
+        build_reward_source(f"rm:{session.final_dir}@helpful=high")
 
 
 def test_binary_objective_learns_thumbs_up(tmp_path, tiny_encoder_dir):

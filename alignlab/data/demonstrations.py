@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alignlab.data.errors import DataError
-from alignlab.data.prompts import _prompt_row
+from alignlab.data.prompts import prompt_row
 
 RESPONSE_KEYS = ("response", "completion")
 
@@ -71,7 +71,7 @@ def _demonstration(row: dict, where: dict) -> Demonstration:
         return Demonstration(None, text, where["file"], where["location"])
     if "prompt" not in row:
         raise DataError("expected a 'prompt' with a 'response' (SFT) or a 'text' field (plain text)", **where)
-    prompt = _prompt_row(row, where)["prompt"]
+    prompt = prompt_row(row, where)["prompt"]
     key = next((k for k in RESPONSE_KEYS if k in row), None)
     response = row.get(key) if key else None
     if not (isinstance(response, str) and response.strip()):

@@ -38,11 +38,13 @@ def read_prompt_rows(path) -> list[dict]:
             raise DataError(f"not valid JSON ({exc.msg})", **where) from None
         if not isinstance(row, dict):
             raise DataError(f"expected a JSON object with a 'prompt' field, got {type(row).__name__}", **where)
-        rows.append(_prompt_row(row, where))
+        rows.append(prompt_row(row, where))
     return rows
 
 
-def _prompt_row(row: Mapping[str, Any], where: dict) -> dict:
+def prompt_row(row: Mapping[str, Any], where: dict) -> dict:
+    """One checked row `{prompt, answer?}` from a parsed JSON object; `where` ({file, location})
+    goes into the DataError that names the bad field."""
     prompt = row.get("prompt")
     if isinstance(prompt, list):
         bad = next((i for i, m in enumerate(prompt) if not (isinstance(m, dict) and isinstance(m.get("role"), str)

@@ -11,6 +11,27 @@ from alignlab.models.reward import pack_reward_sequences, pad_encoder_sequences
 from alignlab.rewards.aggregate import aggregate
 
 
+def direction_vector(direction, attributes: Sequence[str]) -> list[float]:
+    """A DPA direction as one weight per attribute, from a list of numbers (in attribute order), a
+    mapping {attribute: weight} (unnamed attributes weigh 0), or their text forms "0.8,0.2" and
+    "helpful=0.8,concise=0.2" (as in the reward spec `rm:DIR@...`)."""
+    if isinstance(direction, str):
+        parts = [p.strip() for p in direction.split(",") if p.strip()]
+        try:
+            if parts and all("=" in p for p in parts):
+                direction = {k.strip(): float(v) for k, v in (p.split("=", 1) for p in parts)}
+            else:
+                direction = [float(p) for p in parts]
+        except ValueError:
+            raise ValueError(f"direction {direction!r}: write numbers (0.8,0.2) or attribute=weight pairs") from None
+    if isinstance(direction, dict):
+        unknown = sorted(set(direction) - set(attributes))
+        if unknown:
+            raise ValueError(f"direction names unknown attribute(s) {unknown}; the model's are {list(attributes)}")
+        return [float(direction.get(a, 0.0)) for a in attributes]
+    return [float(x) for x in direction]
+
+
 class RewardModelSource:
     """`score(prompts, responses)` with a model saved by `alignlab train rm`.
 
@@ -27,7 +48,7 @@ class RewardModelSource:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device)
         if direction is not None:
-            self.model.set_direction(direction)
+            self.model.set_direction(direction_vector(direction, self.model.attributes))
         aggregate(torch.zeros(1, 1), how)
         self.how, self.uwo_coef, self.batch_size, self.max_length = how, uwo_coef, batch_size, max_length
         self.progress = progress

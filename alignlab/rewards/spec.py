@@ -5,6 +5,8 @@
     math                     1 if the response's final answer, written out as a number, equals the
                              prompt's `answer` (math-verify); math:lenient accepts any equal expression
     rm:DIR                   a trained reward model (ensembles aggregated by `how`: mean | wco | uwo)
+    rm:DIR@helpful=0.8,safe=0.2   a multi-objective model read along a direction over its
+                             attributes (DPA; numbers in attribute order work too) instead of its gate
     python:module:function   fn(prompts, responses) -> floats
 
 `WeightedRewards` sums several sources with weights and keeps each source's scores for logging.
@@ -40,9 +42,10 @@ def build_reward_source(spec: str, *, how: str = "mean", answers: dict | None = 
     if kind == "rm":
         from alignlab.rewards.model import RewardModelSource
 
-        if not rest:
+        path, at, direction = rest.rpartition("@") if "@" in rest else (rest, "", "")
+        if not path:
             raise ValueError("reward 'rm:DIR' needs the reward model's folder after 'rm:'")
-        return RewardModelSource(rest, how=how)
+        return RewardModelSource(path, how=how, direction=direction if at else None)
     if kind == "python":
         module, _, name = rest.rpartition(":")
         if not module or not name:
