@@ -21,7 +21,11 @@ def test_bon_overoptimization_writes_curves_for_every_selector(tmp_path, tiny_po
     assert {p["label"] for p in result["points"]} == {"single", "mean", "wco", "uwo", "full"}
     # accuracy of every selector on the held-out labels, and the gold reward's own (the ceiling)
     assert set(result["heldout_accuracy"]) == {"single", "mean", "wco", "uwo", "full"}
-    assert result["heldout_pairs"] == round(0.2 * result["labelled_pairs"])
+    # every pair of each prompt's 6 samples is labelled; 20% of the 12 prompts are held out whole
+    assert result["labelled_pairs"] == 12 * 15 and result["heldout_pairs"] == round(0.2 * 12) * 15
+    rows = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
+    split_prompts = {s: {json.dumps(r["prompt"]) for r in rows if r["split"] == s} for s in ("train", "heldout")}
+    assert len(split_prompts["heldout"]) == 2 and not split_prompts["train"] & split_prompts["heldout"]
     assert all(0.0 <= v <= 1.0 for v in result["heldout_accuracy"].values())
     assert 0.0 <= result["gold_ceiling_heldout"] <= 1.0
     at1 = [p for p in result["points"] if p["n"] == 1]

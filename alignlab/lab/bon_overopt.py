@@ -1,8 +1,9 @@
 """`alignlab lab bon-overoptimization`: does a conservative reward-model ensemble resist
 overoptimization under Best-of-N? (Coste et al. 2023, arXiv:2310.02743; setup of Gao et al. 2022.)
 
-1. sample pairs from the policy on train prompts, label them with a noisy Bradley-Terry annotator
-   driven by the gold reward (VADER sentiment);
+1. sample k responses per train prompt from the policy, label every pair of them (or k/2
+   disjoint pairs) with a noisy Bradley-Terry annotator driven by the gold reward (VADER
+   sentiment); a share of the prompts, with all their pairs, is held out;
 2. train a K-member proxy reward-model ensemble on those labels (alignlab train rm, ensemble K:
    K heads on one frozen backbone), and one fully fine-tuned reward model on the same labels;
 3. held-out pairwise accuracy of every selector against the noisy labels, next to the gold
@@ -17,6 +18,7 @@ Writes pairs.jsonl, bon_overoptimization.json, bon_overoptimization.png and bon_
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -35,8 +37,9 @@ class BoNOveroptConfig:
     rm_model: str = field("embedded-encoder", "reward-model backbone")
     output: str = field("", "output folder (default runs/bon-overopt-<time>)")
     seed: int = field(0, "seed for prompts, sampling, labels and training")
-    train_prompts: int = field(160, "prompts whose sampled pairs label the proxy RM's training data")
-    pairs_per_prompt: int = field(2, "labelled pairs per train prompt")
+    train_prompts: int = field(256, "prompts whose sampled pairs label the proxy RM's training data (and held-out pairs)")
+    pairs_per_prompt: int = field(3, "samples per train prompt / 2 (k = 2 x this responses are sampled)")
+    all_pairs: bool = field(True, "label every pair of a prompt's k samples (k(k-1)/2 comparisons of the same samples), not k/2 disjoint pairs")
     eval_prompts: int = field(32, "held-out prompts for Best-of-N")
     samples: int = field(64, "m samples per held-out prompt (N runs over powers of 2 up to m)")
     max_new_tokens: int = field(40, "max tokens per sampled response")
@@ -44,13 +47,13 @@ class BoNOveroptConfig:
     label_flip: float = field(0.1, "probability that the annotator's choice is flipped")
     ensemble: int = field(4, "proxy ensemble members")
     uwo_coef: float = field(1.0, "lambda of UWO (mean - lambda * variance)")
-    rm_epochs: float = field(8.0, "ensemble epochs (heads on a frozen backbone: cheap)")
+    rm_epochs: float = field(4.0, "ensemble epochs (heads on a frozen backbone)")
     rm_learning_rate: float = field(1e-2, "ensemble (heads) learning rate")
     rm_batch_size: int = field(16, "reward-model batch size")
-    heldout_fraction: float = field(0.2, "share of the labelled pairs held out to measure accuracy")
+    heldout_fraction: float = field(0.2, "share of the train prompts held out, with all their pairs, to measure accuracy")
     full_rm: bool = field(True, "also fine-tune one full reward model (backbone included) on the same labels")
-    full_rm_epochs: float = field(3.0, "full reward model epochs")
-    full_rm_learning_rate: float = field(5e-5, "full reward model learning rate")
+    full_rm_epochs: float = field(2.0, "full reward model epochs")
+    full_rm_learning_rate: float = field(2e-5, "full reward model learning rate")
     generation_batch: int = field(64, "rows per generate call")
 
 
@@ -108,20 +111,31 @@ def build_proxies(cfg, out: Path, policy, tokenizer, task, train_prompts: list) 
 
     k = 2 * cfg.pairs_per_prompt
     sampled = _sample(policy, tokenizer, train_prompts, k, cfg, cfg.seed, "sampling RM training pairs")
-    a = [t for i, t in enumerate(sampled.texts) if i % 2 == 0]
-    b = [t for i, t in enumerate(sampled.texts) if i % 2 == 1]
-    pair_prompts = [train_prompts[sampled.prompt_index[2 * i]] for i in range(len(a))]
+    texts: dict[int, list[str]] = {}
+    for i, t in zip(sampled.prompt_index, sampled.texts):
+        texts.setdefault(i, []).append(t)
+    # held-out prompts, with all their samples: no held-out response or prompt is seen in training
+    order = torch.randperm(len(train_prompts), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    n_eval = max(1, round(cfg.heldout_fraction * len(train_prompts)))
     annotator = BradleyTerryAnnotator(task.gold_reward, temperature=cfg.annotator_temperature,
                                       flip_prob=cfg.label_flip, seed=cfg.seed)
-    records = make_preference_pairs(pair_prompts, a, b, annotator)
+
+    def label(prompt_ids: list[int]) -> list:
+        comparisons = []  # (prompt, a, b)
+        for i in prompt_ids:
+            group = texts.get(i, [])
+            pairs = (itertools.combinations(range(len(group)), 2) if cfg.all_pairs
+                     else ((j, j + 1) for j in range(0, len(group) - 1, 2)))
+            comparisons += [(train_prompts[i], group[x], group[y]) for x, y in pairs]
+        return make_preference_pairs(*map(list, zip(*comparisons)), annotator) if comparisons else []
+
+    heldout, train = label(sorted(order[:n_eval])), label(sorted(order[n_eval:]))
+    records = train + heldout
     gold_chosen, gold_rejected = task.gold_reward([r.chosen for r in records]), task.gold_reward([r.rejected for r in records])
-    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-    n_eval = max(1, round(cfg.heldout_fraction * len(records)))
-    heldout, train = [records[i] for i in order[:n_eval]], [records[i] for i in order[n_eval:]]
     with (out / "pairs.jsonl").open("w", encoding="utf-8") as f:  # the labelled data, for other RMs to train on
-        for r, gc, gr in zip(records, gold_chosen.tolist(), gold_rejected.tolist()):
+        for n, (r, gc, gr) in enumerate(zip(records, gold_chosen.tolist(), gold_rejected.tolist())):
             f.write(json.dumps({"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected, "gold_chosen": gc,
-                                "gold_rejected": gr}) + "\n")
+                                "gold_rejected": gr, "split": "train" if n < len(train) else "heldout"}) + "\n")
     rm_cfg = RMConfig(model=cfg.rm_model, output_dir=str(out / "rm"), ensemble=cfg.ensemble, epochs=cfg.rm_epochs,
                       learning_rate=cfg.rm_learning_rate, batch_size=cfg.rm_batch_size, seed=cfg.seed,
                       warmup_ratio=0.05, max_length=256)
@@ -132,7 +146,7 @@ def build_proxies(cfg, out: Path, policy, tokenizer, task, train_prompts: list) 
                                        learning_rate=cfg.full_rm_learning_rate)
         full_source = RewardModelSource(train_reward_model(full_cfg, train_records=train).final_dir, batch_size=64)
     return Proxies(records, heldout, float((gold_chosen > gold_rejected).float().mean()),
-                   float((gold_chosen[order[:n_eval]] > gold_rejected[order[:n_eval]]).float().mean()),
+                   float((gold_chosen[len(train):] > gold_rejected[len(train):]).float().mean()),
                    source, full_source, _heldout_accuracy(heldout, source, full_source, cfg))
 
 
