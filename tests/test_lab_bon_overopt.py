@@ -55,6 +55,15 @@ def test_bon_command_keeps_the_best_of_n_by_the_reward_model(tmp_path, tiny_poli
     for r in rows:  # the kept completion scores what was recorded, and at least the mean of the n
         assert source.score([r["prompt"]], [r["completion"]]).item() == pytest.approx(r["reward"], abs=1e-4)
         assert r["reward"] >= r["mean_reward_of_n"] - 1e-6
+    # a direction over the attributes (DPA): this model has the one attribute "reward", so any
+    # positive weight picks the same completions; a name it does not have is a clear error
+    steered = tmp_path / "steered.jsonl"
+    assert main(["bon", "--policy", str(tiny_policy_dir), "--rm", str(rm.final_dir), "--prompts", str(prompts),
+                 "--n", "4", "--max-new-tokens", "5", "--output", str(steered), "--direction", "reward=2"]) == 0
+    assert [json.loads(line)["completion"] for line in steered.read_text().splitlines()] == [r["completion"] for r in rows]
+    assert main(["bon", "--policy", str(tiny_policy_dir), "--rm", str(rm.final_dir), "--prompts", str(prompts),
+                 "--direction", "helpful=1"]) == 2
+    assert "unknown attribute(s) ['helpful']" in capsys.readouterr().err
     prompts.write_text('{"prompt": "ok"}\n{"prompt": 7}\n')
     assert main(["bon", "--policy", str(tiny_policy_dir), "--rm", str(rm.final_dir), "--prompts", str(prompts)]) == 2
     assert "line 2, field 'prompt'" in capsys.readouterr().err

@@ -41,7 +41,7 @@ def test_demonstrations_read_sft_and_plain_text_and_name_the_bad_line(tmp_path, 
     prefix, scored = enc.blocks[0]
     assert smol_tokenizer.decode(scored).startswith("Hello there.") and "Hi?" in smol_tokenizer.decode(prefix)
     assert enc.blocks[2][0] == [] and enc.report() == {"demonstrations": 3, "truncated": 0, "dropped": 0}
-    for rows, match in [(["{oops"], "line 1: not valid JSON"),
+    for rows, match in [(["{oops"], "line 1: not valid JSON"), (["[1, 2]"], "line 1: expected a JSON object, got list"),
                         ([{"prompt": "Hi?"}], "line 1, field 'response'"),
                         ([{"prompt": "Hi?", "response": "ok"}, {"text": "  "}], "line 2, field 'text'"),
                         ([{"answer": "4"}], "line 1: expected a 'prompt'"),
@@ -63,11 +63,16 @@ def test_overlong_demonstrations_error_or_are_counted(tmp_path, smol_tokenizer):
     assert dropped.report() == {"demonstrations": 1, "truncated": 0, "dropped": 1}
 
 
-def test_ptx_settings_are_checked_and_ppo_max_turns_the_term_on():
+def test_ptx_settings_are_checked_and_ppo_max_turns_the_term_on(capsys):
+    from alignlab.train.online import _ptx_mixer
+
     with pytest.raises(ConfigError, match="ptx_coef is 0"):
         resolve_online("ppo", flags={"ptx_data": "demos.jsonl"})
-    assert resolve_online("ppo", flags={"preset": "ppo_max"}).ptx_coef == 1.0
-    assert resolve_online("ppo").ptx_coef == 0.0
+    preset = resolve_online("ppo", flags={"preset": "ppo_max"})
+    assert preset.ptx_coef == 1.0 and resolve_online("ppo").ptx_coef == 0.0
+    # gamma without data (the preset alone) trains without the term, and says so
+    assert _ptx_mixer(preset, None, 0) is None
+    assert "no ptx_data: no pretraining/SFT mixing term" in capsys.readouterr().out
 
 
 def run(tmp_path, policy_dir, demos, reward, **overrides):

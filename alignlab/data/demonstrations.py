@@ -13,12 +13,11 @@ Errors name the file, the line and the field. `encode_demonstrations` applies th
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from alignlab.data.errors import DataError
-from alignlab.data.prompts import prompt_row
+from alignlab.data.prompts import json_objects, prompt_row
 
 RESPONSE_KEYS = ("response", "completion")
 
@@ -36,28 +35,18 @@ class EncodedDemos:
     blocks: list[tuple[list[int], list[int]]]  # (prefix ids, scored ids); prefix empty for plain text
     truncated: int = 0
     dropped: int = 0
-    notes: list[str] = field(default_factory=list)
 
     def report(self) -> dict:
         return {"demonstrations": len(self.blocks), "truncated": self.truncated, "dropped": self.dropped}
 
 
 def read_demonstrations(path) -> list[Demonstration]:
+    """Every demonstration of a JSON Lines file (blank lines skipped); the first bad line raises."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"demonstrations file {path} does not exist")
-    out = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        where = {"file": str(path), "location": f"line {number}"}
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"not valid JSON ({exc.msg})", **where) from None
-        if not isinstance(row, dict):
-            raise DataError(f"expected a JSON object, got {type(row).__name__}", **where)
-        out.append(_demonstration(row, where))
+    lines = path.read_text(encoding="utf-8").splitlines()
+    out = [_demonstration(row, where) for row, where in json_objects(path, lines)]
     if not out:
         raise DataError("no demonstrations in the file", file=str(path))
     return out

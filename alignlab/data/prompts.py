@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from alignlab.data.errors import DataError
 
@@ -27,7 +27,12 @@ def read_prompt_rows(path) -> list[dict]:
     lines = path.read_text(encoding="utf-8").splitlines()
     if path.suffix == ".txt":
         return [{"prompt": line} for line in lines if line.strip()]
-    rows = []
+    return [prompt_row(row, where) for row, where in json_objects(path, lines, "with a 'prompt' field")]
+
+
+def json_objects(path: Path, lines: list[str], expected: str = "") -> Iterator[tuple[dict, dict]]:
+    """(object, where) for each non-blank line of a JSON Lines file; `where` ({file, location})
+    is what DataError takes, so the caller's field checks name the line too."""
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -37,9 +42,8 @@ def read_prompt_rows(path) -> list[dict]:
         except json.JSONDecodeError as exc:
             raise DataError(f"not valid JSON ({exc.msg})", **where) from None
         if not isinstance(row, dict):
-            raise DataError(f"expected a JSON object with a 'prompt' field, got {type(row).__name__}", **where)
-        rows.append(prompt_row(row, where))
-    return rows
+            raise DataError(f"expected a JSON object {expected}".rstrip() + f", got {type(row).__name__}", **where)
+        yield row, where
 
 
 def prompt_row(row: Mapping[str, Any], where: dict) -> dict:
