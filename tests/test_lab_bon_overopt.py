@@ -33,6 +33,17 @@ def test_bon_overoptimization_writes_curves_for_every_selector(tmp_path, tiny_po
     for label in ("single", "wco"):  # the proxy's own expected score cannot fall as N grows
         proxy = [p["proxy_reward"] for p in sorted(result["points"], key=lambda p: p["n"]) if p["label"] == label]
         assert proxy == sorted(proxy)
+    for p in result["points"]:  # interval over prompts around each mean; paired differences from the single member
+        assert p["gold_reward_ci"][0] - 1e-9 <= p["gold_reward"] <= p["gold_reward_ci"][1] + 1e-9
+        assert ("minus_single" in p) == (p["label"] != "single")
+    single = {p["n"]: p["gold_reward"] for p in result["points"] if p["label"] == "single"}
+    for p in result["points"]:
+        if p["label"] != "single":
+            assert p["minus_single"] == pytest.approx(p["gold_reward"] - single[p["n"]], abs=1e-9)
+            assert p["minus_single_ci"][0] - 1e-9 <= p["minus_single"] <= p["minus_single_ci"][1] + 1e-9
+    candidates = [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()]
+    assert len(candidates) == 3 * 4 and len(candidates[0]["members"]) == 2
+    assert all(c["wco"] == pytest.approx(min(c["members"]), abs=1e-5) for c in candidates)
     assert (out / "bon_overoptimization.png").is_file()
     assert "Best-of-N" in capsys.readouterr().out
 

@@ -12,7 +12,9 @@ overoptimization under Best-of-N? (Coste et al. 2023, arXiv:2310.02743; setup of
 5. for N = 1, 2, 4, ..., m: the exact expected gold and proxy reward of the sample BoN-N picks
    with a single member, the mean, WCO (min), UWO (mean - lambda var), and the full model —
    against KL(BoN-N) = log N - (N-1)/N.
-Writes pairs.jsonl, bon_overoptimization.json, bon_overoptimization.png and bon_proxy.png.
+Writes pairs.jsonl, candidates.jsonl (every scored Best-of-N sample), bon_overoptimization.json
+(with bootstrap intervals over prompts, and each selector's paired difference from the single
+member), bon_overoptimization.png and bon_proxy.png.
 """
 
 from __future__ import annotations
@@ -76,14 +78,27 @@ def _selectors(members: torch.Tensor, full: torch.Tensor | None, cfg: BoNOveropt
     return out
 
 
-def _curves(gold: torch.Tensor, selectors: dict[str, torch.Tensor]) -> list[dict]:
-    """gold (P, m); selectors {label: (P, m) scores} -> one point per (selector, N)."""
+def _curves(gold: torch.Tensor, selectors: dict[str, torch.Tensor], seed: int = 0) -> list[dict]:
+    """gold (P, m); selectors {label: (P, m) scores} -> one point per (selector, N).
+
+    Every point also carries a 95% bootstrap interval of its gold reward over the P prompts, and
+    every selector other than "single" the paired per-prompt difference of its gold reward from
+    the single member's (`minus_single`) with its interval: prompts are the unit of resampling,
+    so this says whether a selector is above or below the single member beyond prompt noise."""
+    from alignlab.eval.metrics import bootstrap_ci
+
     points, n = [], 1
     while n <= gold.shape[1]:
+        per_prompt = {label: expected_best_of_n(selector, gold, n) for label, selector in selectors.items()}
         for label, selector in selectors.items():
-            points.append({"label": label, "n": n, "kl": best_of_n_kl(n),
-                           "gold_reward": float(expected_best_of_n(selector, gold, n).mean()),
-                           "proxy_reward": float(expected_best_of_n(selector, selector, n).mean())})
+            point = {"label": label, "n": n, "kl": best_of_n_kl(n), "gold_reward": float(per_prompt[label].mean()),
+                     "gold_reward_ci": list(bootstrap_ci(per_prompt[label], seed=seed)),
+                     "proxy_reward": float(expected_best_of_n(selector, selector, n).mean())}
+            if label != "single" and "single" in per_prompt:
+                diff = per_prompt[label] - per_prompt["single"]
+                point["minus_single"] = float(diff.mean())
+                point["minus_single_ci"] = list(bootstrap_ci(diff, seed=seed))
+            points.append(point)
         n *= 2
     return points
 
@@ -170,7 +185,13 @@ def run_bon_overoptimization(cfg: BoNOveroptConfig, *, policy=None, tokenizer=No
     prompts = [eval_prompts[i] for i in samples.prompt_index]
     members = proxies.source.member_scores(prompts, samples.texts).view(-1, P, m)
     full = proxies.full_source.score(prompts, samples.texts).view(P, m) if proxies.full_source is not None else None
-    points = _curves(gold, _selectors(members, full, cfg))
+    selectors = _selectors(members, full, cfg)
+    points = _curves(gold, selectors, seed=cfg.seed)
+    with (out / "candidates.jsonl").open("w", encoding="utf-8") as f:  # every scored sample, for re-analysis
+        for j, (i, text) in enumerate(zip(samples.prompt_index, samples.texts)):
+            f.write(json.dumps({"prompt_index": i, "response": text, "gold": float(gold.view(-1)[j]),
+                                "members": members.flatten(1)[:, j].tolist(),
+                                **{k: float(v.reshape(-1)[j]) for k, v in selectors.items()}}) + "\n")
     result = {
         "points": points,
         "heldout_accuracy": proxies.accuracy,
@@ -215,6 +236,16 @@ def _print(result: dict, out: Path) -> None:
         table.add_row(str(n), f"{best_of_n_kl(n):.2f}", *(f"{row[lab]:+.3f}" for lab in labels))
     console = Console()
     console.print(table)
+    others = [lab for lab in labels if lab != "single"]
+    diffs = Table(title="gold reward minus the single member's, per prompt (95% bootstrap interval over prompts)")
+    diffs.add_column("N")
+    for label in others:
+        diffs.add_column(label, justify="right")
+    for n in sorted({p["n"] for p in result["points"]}):
+        row = {p["label"]: p for p in result["points"] if p["n"] == n}
+        diffs.add_row(str(n), *(f"{row[lab]['minus_single']:+.3f} [{row[lab]['minus_single_ci'][0]:+.3f}, "
+                                f"{row[lab]['minus_single_ci'][1]:+.3f}]" for lab in others))
+    console.print(diffs)
     accuracy = ", ".join(f"{k} {v:.3f}" for k, v in result["heldout_accuracy"].items())
     console.print(f"held-out accuracy on {result['heldout_pairs']} noisy labels: {accuracy}; the gold reward itself: "
                   f"{result['gold_ceiling_heldout']:.3f} (the ceiling)")
