@@ -181,9 +181,11 @@ def cmd_bon(args, rest: list[str]) -> int:
 def cmd_lab(args, rest: list[str]) -> int:
     from alignlab.lab.bon_overopt import BoNOveroptConfig, run_bon_overoptimization
     from alignlab.lab.overopt import OveroptConfig, run_overoptimization
+    from alignlab.lab.rm_accuracy import RMAccuracyConfig, run_rm_accuracy
 
     experiments = {"bon-overoptimization": (BoNOveroptConfig, run_bon_overoptimization),
-                   "overoptimization": (OveroptConfig, run_overoptimization)}
+                   "overoptimization": (OveroptConfig, run_overoptimization),
+                   "rm-accuracy": (RMAccuracyConfig, run_rm_accuracy)}
     if args.experiment not in experiments:
         print(f"error: unknown experiment '{args.experiment}'; available: {', '.join(experiments)}", file=sys.stderr)
         return 2
@@ -264,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     bon.set_defaults(func=cmd_bon)
 
     lab = sub.add_parser("lab", help="measurement experiments with simulated feedback and a known gold reward")
-    lab.add_argument("experiment", help="bon-overoptimization | overoptimization")
+    lab.add_argument("experiment", help="bon-overoptimization | overoptimization | rm-accuracy")
     lab.add_argument("--config", help="YAML of experiment settings (flags override it; --help-settings lists them)")
     lab.set_defaults(func=cmd_lab)
 

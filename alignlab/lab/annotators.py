@@ -154,3 +154,21 @@ def make_preference_pairs(prompts: Sequence[Prompt], a_texts: Sequence[str], b_t
             meta={"p_first": p_first, "chosen_first": bool(first), "p_chosen": p_first if first else 1 - p_first},
         ))
     return records
+
+
+def label_groups(prompts: Sequence[Prompt], groups: Sequence[Sequence[str]], annotator: Annotator, *,
+                 all_pairs: bool = True) -> list[PairwiseRecord]:
+    """Label comparisons among each prompt's responses: `groups[i]` are the responses to
+    `prompts[i]`. all_pairs: every pair of a group (k(k-1)/2 comparisons of the same k
+    responses); otherwise k/2 disjoint pairs (0-1, 2-3, ...; an odd last response is unused).
+    Records come prompt by prompt, in `combinations` order within a prompt."""
+    import itertools
+
+    if len(prompts) != len(groups):
+        raise ValueError(f"label_groups: {len(prompts)} prompts but {len(groups)} response groups")
+    comparisons = []  # (prompt, a, b)
+    for prompt, group in zip(prompts, groups):
+        pairs = (itertools.combinations(range(len(group)), 2) if all_pairs
+                 else ((j, j + 1) for j in range(0, len(group) - 1, 2)))
+        comparisons += [(prompt, group[x], group[y]) for x, y in pairs]
+    return make_preference_pairs(*map(list, zip(*comparisons)), annotator) if comparisons else []

@@ -20,7 +20,6 @@ member), bon_overoptimization.png and bon_proxy.png.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -120,7 +119,7 @@ class Proxies:
 def build_proxies(cfg, out: Path, policy, tokenizer, task, train_prompts: list) -> Proxies:
     """Steps 1-3: sample pairs, label them with the noisy annotator, train the proxies, measure
     their held-out accuracy next to the gold reward's (the ceiling). Writes out/pairs.jsonl."""
-    from alignlab.lab.annotators import BradleyTerryAnnotator, make_preference_pairs
+    from alignlab.lab.annotators import BradleyTerryAnnotator, label_groups
     from alignlab.rewards.model import RewardModelSource
     from alignlab.train.reward import RMConfig, train_reward_model
 
@@ -136,13 +135,8 @@ def build_proxies(cfg, out: Path, policy, tokenizer, task, train_prompts: list) 
                                       flip_prob=cfg.label_flip, seed=cfg.seed)
 
     def label(prompt_ids: list[int]) -> list:
-        comparisons = []  # (prompt, a, b)
-        for i in prompt_ids:
-            group = texts.get(i, [])
-            pairs = (itertools.combinations(range(len(group)), 2) if cfg.all_pairs
-                     else ((j, j + 1) for j in range(0, len(group) - 1, 2)))
-            comparisons += [(train_prompts[i], group[x], group[y]) for x, y in pairs]
-        return make_preference_pairs(*map(list, zip(*comparisons)), annotator) if comparisons else []
+        return label_groups([train_prompts[i] for i in prompt_ids], [texts.get(i, []) for i in prompt_ids],
+                            annotator, all_pairs=cfg.all_pairs)
 
     heldout, train = label(sorted(order[:n_eval])), label(sorted(order[n_eval:]))
     records = train + heldout

@@ -1,0 +1,214 @@
+"""`alignlab lab rm-accuracy`: how close does a reward model trained on noisy simulated labels
+come to the best any model can do on them? Cross-validated over prompts.
+
+1. k responses per prompt of the sentiment task, sampled from the policy (or read back from a
+   `--samples-file`, e.g. the samples.jsonl of an earlier run or the pairs.jsonl of the
+   overoptimization labs);
+2. every pair of a prompt's responses labelled by the noisy Bradley-Terry annotator;
+3. the prompts split into F folds; for each fold, a reward model (`alignlab train rm`, the full
+   MiniLM fine-tune by default) is trained on the pairs of the other folds' prompts and scores the
+   fold's pairs, which it has never seen (neither prompt nor response);
+4. per fold and pooled over all folds (every pair scored exactly once, by the model that did not
+   see its prompt): the model's pairwise accuracy on the noisy labels, the gold reward's own
+   accuracy on them (the ceiling: the annotator's noise, not the model, is all that stops it), the
+   gap, and the model's agreement with the gold order on pairs the gold does not tie. A 95%
+   bootstrap interval of the pooled gap resamples prompts, the unit that the pairs share.
+
+One held-out draw of ~50 prompts is a noisy estimate (all-pairs comparisons share responses);
+cross-validation uses every prompt once. Writes samples.jsonl, pairs.jsonl, rm_accuracy.json.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from alignlab.config import field
+
+
+@dataclass
+class RMAccuracyConfig:
+    policy: str = field("embedded", "policy whose samples are compared")
+    rm_model: str = field("embedded-encoder", "reward-model backbone")
+    output: str = field("", "output folder (default runs/rm-accuracy-<time>)")
+    seed: int = field(0, "seed for prompts, sampling, labels, folds and training")
+    prompts: int = field(256, "sentiment-task train prompts to sample (ignored with samples_file)")
+    samples_per_prompt: int = field(6, "k responses sampled per prompt; every pair of them is labelled")
+    samples_file: str = field("", "reuse responses instead of sampling: JSON Lines of {prompt, response} rows, or of {prompt, chosen, rejected} pairs (their distinct responses per prompt)")
+    max_new_tokens: int = field(40, "max tokens per sampled response")
+    generation_batch: int = field(64, "rows per generate call")
+    annotator_temperature: float = field(0.15, "Bradley-Terry temperature of the simulated annotator")
+    label_flip: float = field(0.1, "probability that the annotator's choice is flipped")
+    folds: int = field(5, "cross-validation folds over prompts (each prompt is held out once)")
+    epochs: float = field(2.0, "reward-model epochs per fold")
+    learning_rate: float = field(2e-5, "reward-model learning rate")
+    batch_size: int = field(16, "reward-model batch size")
+    max_length: int = field(256, "max tokens of prompt + response")
+    freeze_backbone: bool = field(False, "train only the head (a frozen MiniLM) instead of fine-tuning it all")
+
+
+def read_response_groups(path) -> tuple[list, list[list[str]]]:
+    """(prompts, responses per prompt) from a JSON Lines file of {prompt, response} rows (every row
+    kept, repeats included: they are samples) or of {prompt, chosen, rejected} pairs (each distinct
+    response once). Prompts are text or chat message lists, in order of first appearance. Bad rows
+    are a DataError naming the file, line and field."""
+    from alignlab.data.errors import DataError
+    from alignlab.data.prompts import json_objects, prompt_row
+
+    path = Path(path)
+    prompts, groups, index = [], [], {}
+    for row, where in json_objects(path, path.read_text(encoding="utf-8").splitlines(), "with a prompt"):
+        prompt = prompt_row(row, where)["prompt"]
+        key = json.dumps(prompt, sort_keys=True)
+        if key not in index:
+            index[key] = len(prompts)
+            prompts.append(prompt)
+            groups.append([])
+        group = groups[index[key]]
+        fields = ("response",) if "response" in row else ("chosen", "rejected")
+        for name in fields:
+            text = row.get(name)
+            if not isinstance(text, str):
+                raise DataError("expected a string (a row needs `response`, or `chosen` and `rejected`)",
+                                field=name, **where)
+            if name == "response" or text not in group:
+                group.append(text)
+    if not prompts:
+        raise DataError("no rows", file=str(path))
+    return prompts, groups
+
+
+def _gap_interval(model_right: torch.Tensor, gold_right: torch.Tensor, counts: torch.Tensor, seed: int,
+                  n: int = 1000) -> tuple[float, float]:
+    """95% bootstrap interval of the gap sum(gold_right - model_right) / sum(counts), resampling
+    prompts (per-prompt tensors)."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, len(counts), (n, len(counts)), generator=g)
+    gaps = (gold_right[idx].sum(1) - model_right[idx].sum(1)) / counts[idx].sum(1).clamp_min(1)
+    low, high = torch.quantile(gaps.double(), torch.tensor([0.025, 0.975], dtype=torch.float64))
+    return float(low), float(high)
+
+
+def _fold_stats(model: torch.Tensor, gold: torch.Tensor) -> dict:
+    """model/gold: (H, 2) scores of (chosen, rejected) of held-out pairs."""
+    model_right, gold_right = model[:, 0] > model[:, 1], gold[:, 0] > gold[:, 1]
+    untied = gold[:, 0] != gold[:, 1]
+    agree = ((model[:, 0] > model[:, 1]) == gold_right)[untied]
+    return {"pairs": len(model), "accuracy": float(model_right.float().mean()), "ceiling": float(gold_right.float().mean()),
+            "gap": float(gold_right.float().mean() - model_right.float().mean()),
+            "gold_agreement": float(agree.float().mean()) if len(agree) else float("nan")}
+
+
+def run_rm_accuracy(cfg: RMAccuracyConfig, *, policy=None, tokenizer=None) -> dict:
+    from alignlab.lab.annotators import BradleyTerryAnnotator, label_groups
+    from alignlab.lab.sentiment import SentimentTask
+    from alignlab.rewards.model import RewardModelSource
+    from alignlab.train.reward import RMConfig, train_reward_model
+
+    if cfg.folds < 2:
+        raise ValueError(f"folds must be >= 2, got {cfg.folds}")
+    t0 = time.perf_counter()
+    out = Path(cfg.output or f"runs/rm-accuracy-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.mkdir(parents=True, exist_ok=True)
+    task = SentimentTask()
+    if cfg.samples_file:
+        prompts, groups = read_response_groups(cfg.samples_file)
+    else:
+        from alignlab.lab.bon_overopt import _sample
+        from alignlab.models.load import load_policy, load_tokenizer
+
+        prompts, _ = task.split(cfg.prompts, 0, seed=cfg.seed)
+        sampled = _sample(policy or load_policy(cfg.policy), tokenizer or load_tokenizer(cfg.policy), prompts,
+                          cfg.samples_per_prompt, cfg, cfg.seed, "sampling responses")
+        groups = [[] for _ in prompts]
+        for i, text in zip(sampled.prompt_index, sampled.texts):
+            groups[i].append(text)
+    with (out / "samples.jsonl").open("w", encoding="utf-8") as f:
+        for prompt, group in zip(prompts, groups):
+            for text in group:
+                f.write(json.dumps({"prompt": prompt, "response": text}, ensure_ascii=False) + "\n")
+    if len(prompts) < cfg.folds:
+        raise ValueError(f"{len(prompts)} prompts cannot make {cfg.folds} folds")
+
+    annotator = BradleyTerryAnnotator(task.gold_reward, temperature=cfg.annotator_temperature,
+                                      flip_prob=cfg.label_flip, seed=cfg.seed)
+    per_prompt = [label_groups([p], [g], annotator) for p, g in zip(prompts, groups)]
+    flat = [r for records in per_prompt for r in records]
+    gold_flat = torch.stack([task.gold_reward([r.chosen for r in flat]), task.gold_reward([r.rejected for r in flat])], 1)
+    gold, start = [], 0
+    for records in per_prompt:
+        gold.append(gold_flat[start:start + len(records)])
+        start += len(records)
+    order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    fold_of = {i: n % cfg.folds for n, i in enumerate(order)}
+    with (out / "pairs.jsonl").open("w", encoding="utf-8") as f:
+        for i, records in enumerate(per_prompt):
+            for r, (gc, gr) in zip(records, gold[i].tolist()):
+                f.write(json.dumps({"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected, "gold_chosen": gc,
+                                    "gold_rejected": gr, "fold": fold_of[i]}, ensure_ascii=False) + "\n")
+
+    model_scores: list[torch.Tensor | None] = [None] * len(prompts)
+    folds = []
+    for fold in range(cfg.folds):
+        held = [i for i in range(len(prompts)) if fold_of[i] == fold]
+        train = [r for i in range(len(prompts)) if fold_of[i] != fold for r in per_prompt[i]]
+        held_records = [r for i in held for r in per_prompt[i]]
+        if not train or not held_records:
+            raise ValueError(f"fold {fold + 1}: no labelled pairs to {'train on' if not train else 'hold out'} "
+                             "(prompts need at least two responses each)")
+        print(f"fold {fold + 1}/{cfg.folds}: training on {len(train)} pairs, holding out {len(held)} prompts", flush=True)
+        rm_cfg = RMConfig(model=cfg.rm_model, output_dir=str(out / f"rm-fold{fold}"), epochs=cfg.epochs,
+                          learning_rate=cfg.learning_rate, batch_size=cfg.batch_size, seed=cfg.seed, warmup_ratio=0.05,
+                          max_length=cfg.max_length, freeze_backbone=cfg.freeze_backbone)
+        source = RewardModelSource(train_reward_model(rm_cfg, train_records=train).final_dir, batch_size=64,
+                                   max_length=cfg.max_length)
+        scores = source.score([r.prompt for r in held_records] * 2,
+                              [r.chosen for r in held_records] + [r.rejected for r in held_records])
+        scores = torch.stack([scores[:len(held_records)], scores[len(held_records):]], 1).cpu()
+        start = 0
+        for i in held:
+            model_scores[i] = scores[start:start + len(per_prompt[i])]
+            start += len(per_prompt[i])
+        stats = {"fold": fold, "prompts": len(held), "train_pairs": len(train),
+                 **_fold_stats(scores, torch.cat([gold[i] for i in held]))}
+        folds.append(stats)
+        print(f"fold {fold + 1}: accuracy {stats['accuracy']:.3f}, ceiling {stats['ceiling']:.3f}, "
+              f"gap {100 * stats['gap']:.1f} points", flush=True)
+
+    pooled = _fold_stats(torch.cat(model_scores), torch.cat(gold))
+    model_right = torch.tensor([float((s[:, 0] > s[:, 1]).sum()) for s in model_scores])
+    gold_right = torch.tensor([float((g[:, 0] > g[:, 1]).sum()) for g in gold])
+    counts = torch.tensor([float(len(g)) for g in gold])
+    low, high = _gap_interval(model_right, gold_right, counts, cfg.seed)
+    gaps = torch.tensor([f["gap"] for f in folds])
+    result = {"pooled": {**pooled, "gap_ci": [low, high]}, "folds": folds,
+              "fold_gap_mean": float(gaps.mean()), "fold_gap_sd": float(gaps.std()) if len(gaps) > 1 else 0.0,
+              "prompts": len(prompts), "responses": sum(map(len, groups)), "labelled_pairs": len(flat),
+              "seconds": time.perf_counter() - t0, "config": asdict(cfg)}
+    (out / "rm_accuracy.json").write_text(json.dumps(result, indent=1))
+    _print(result, out)
+    return result
+
+
+def _print(result: dict, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Reward-model accuracy on noisy labels vs the gold reward's own (the ceiling), per held-out fold")
+    for name in ("fold", "prompts", "pairs", "accuracy", "ceiling", "gap (points)", "agrees with gold"):
+        table.add_column(name, justify="right")
+    for f in result["folds"]:
+        table.add_row(str(f["fold"] + 1), str(f["prompts"]), str(f["pairs"]), f"{f['accuracy']:.3f}", f"{f['ceiling']:.3f}",
+                      f"{100 * f['gap']:.1f}", f"{f['gold_agreement']:.3f}")
+    p = result["pooled"]
+    table.add_row("all", str(result["prompts"]), str(p["pairs"]), f"{p['accuracy']:.3f}", f"{p['ceiling']:.3f}",
+                  f"{100 * p['gap']:.1f} [{100 * p['gap_ci'][0]:.1f}, {100 * p['gap_ci'][1]:.1f}]",
+                  f"{p['gold_agreement']:.3f}")
+    console = Console()
+    console.print(table)
+    console.print(f"gap across folds: {100 * result['fold_gap_mean']:.1f} ± {100 * result['fold_gap_sd']:.1f} points "
+                  f"(mean ± sd); written: {out / 'rm_accuracy.json'}")

@@ -1,0 +1,75 @@
+"""`alignlab lab rm-accuracy`: cross-validated reward-model accuracy against the gold ceiling."""
+
+import json
+
+import pytest
+import torch
+
+from alignlab.cli import main
+from alignlab.data.errors import DataError
+from alignlab.lab.rm_accuracy import _fold_stats, _gap_interval, read_response_groups
+
+
+def test_fold_stats_by_hand():
+    # pairs (chosen, rejected): the model ranks 1st and 3rd the label's way, the gold 1st, 2nd, 3rd;
+    # the 4th pair is a gold tie, left out of the agreement
+    model = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0], [0.0, 1.0]])
+    gold = torch.tensor([[0.5, 0.1], [0.3, 0.2], [0.4, 0.0], [0.2, 0.2]])
+    s = _fold_stats(model, gold)
+    assert s["accuracy"] == 0.5 and s["ceiling"] == 0.75 and s["gap"] == pytest.approx(0.25)
+    assert s["gold_agreement"] == pytest.approx(2 / 3)  # agrees on pairs 1 and 3 of the 3 untied ones
+
+
+def test_gap_interval_resamples_prompts():
+    # every prompt has the same gap (1 of 4 pairs): the interval is that single value
+    low, high = _gap_interval(torch.tensor([2.0, 1.0]), torch.tensor([3.0, 2.0]), torch.tensor([4.0, 4.0]), seed=0)
+    assert low == pytest.approx(0.25) and high == pytest.approx(0.25)
+    low, high = _gap_interval(torch.tensor([4.0, 0.0, 2.0]), torch.tensor([4.0, 4.0, 2.0]), torch.ones(3) * 4, seed=0)
+    assert 0.0 <= low < 1 / 3 < high <= 1.0
+
+
+def test_read_response_groups_from_samples_and_from_pairs(tmp_path):
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text('{"prompt": "a", "response": "x"}\n{"prompt": "b", "response": "y"}\n'
+                       '{"prompt": "a", "response": "x"}\n\n{"prompt": "a", "response": "z"}\n')
+    prompts, groups = read_response_groups(samples)
+    assert prompts == ["a", "b"] and groups == [["x", "x", "z"], ["y"]]  # samples keep repeats
+    pairs = tmp_path / "pairs.jsonl"
+    chat = [{"role": "user", "content": "a"}]
+    pairs.write_text("\n".join(json.dumps(r) for r in [{"prompt": chat, "chosen": "x", "rejected": "y"},
+                                                       {"prompt": chat, "chosen": "z", "rejected": "x"}]) + "\n")
+    prompts, groups = read_response_groups(pairs)
+    assert prompts == [chat] and groups == [["x", "y", "z"]]  # each distinct response once
+    pairs.write_text('{"prompt": "a", "chosen": "x", "rejected": "y"}\n{"prompt": "a", "chosen": "x"}\n')
+    with pytest.raises(DataError, match=r"line 2.*rejected"):
+        read_response_groups(pairs)
+    pairs.write_text("")
+    with pytest.raises(DataError, match="no rows"):
+        read_response_groups(pairs)
+
+
+def test_rm_accuracy_cross_validates_every_prompt_once(tmp_path, tiny_policy_dir, capsys):
+    out = tmp_path / "cv"
+    args = ["lab", "rm-accuracy", "--policy", str(tiny_policy_dir), "--prompts", "6", "--samples-per-prompt", "3",
+            "--max-new-tokens", "5", "--folds", "3", "--epochs", "1", "--batch-size", "4"]
+    assert main(args + ["--output", str(out)]) == 0
+    result = json.loads((out / "rm_accuracy.json").read_text())
+    assert result["prompts"] == 6 and result["responses"] == 18 and result["labelled_pairs"] == 6 * 3
+    assert len(result["folds"]) == 3 and all(f["prompts"] == 2 for f in result["folds"])
+    assert sum(f["pairs"] for f in result["folds"]) == result["pooled"]["pairs"] == 18
+    assert all(f["train_pairs"] == 12 for f in result["folds"])
+    p = result["pooled"]
+    assert p["gap"] == pytest.approx(p["ceiling"] - p["accuracy"])
+    assert p["gap_ci"][0] - 1e-9 <= p["gap"] <= p["gap_ci"][1] + 1e-9
+    rows = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
+    folds_of_prompt = {}
+    for r in rows:
+        folds_of_prompt.setdefault(json.dumps(r["prompt"]), set()).add(r["fold"])
+    assert len(folds_of_prompt) == 6 and all(len(f) == 1 for f in folds_of_prompt.values())
+    assert "ceiling" in capsys.readouterr().out
+    # the written samples can be reused: same responses, a new seed draws new labels and folds
+    again = tmp_path / "again"
+    assert main(args + ["--output", str(again), "--samples-file", str(out / "samples.jsonl"), "--seed", "1"]) == 0
+    assert (again / "samples.jsonl").read_text() == (out / "samples.jsonl").read_text()
+    assert main(args + ["--output", str(tmp_path / "bad"), "--folds", "1"]) == 2
+    assert "folds must be >= 2" in capsys.readouterr().err
