@@ -39,3 +39,16 @@ def test_pyplot_state_is_untouched(tmp_path):
     before = plt.get_fignums()
     plot_training_curves([{"step": 0, "gold_reward": 0.0, "kl": 0.0}], tmp_path / "x.png")
     assert plt.get_fignums() == before
+
+
+def test_reward_vs_kl_draws_a_band_where_points_carry_intervals(tmp_path):
+    points = [{"label": "wco", "kl": kl, "gold_reward": 0.5 * kl} for kl in (0.0, 1.0, 2.0)]
+    plain = plot_reward_vs_kl(points, tmp_path / "plain.png")
+    banded = plot_reward_vs_kl([{**p, "gold_reward_ci": (p["gold_reward"] - 0.3, p["gold_reward"] + 0.3)} for p in points],
+                               tmp_path / "band.png")
+    assert_png(banded)
+    a, b = matplotlib.image.imread(plain), matplotlib.image.imread(banded)
+    assert a.shape == b.shape and (abs(a - b) > 0.01).any()
+    # one point without an interval: no band for that series, so the plain image comes back
+    partial = plot_reward_vs_kl([{**points[0], "gold_reward_ci": (-0.3, 0.3)}, *points[1:]], tmp_path / "partial.png")
+    assert (matplotlib.image.imread(partial) == a).all()

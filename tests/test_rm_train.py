@@ -202,3 +202,24 @@ def test_gradient_checkpointing_trains_the_same_reward_model_and_saves_fewer_act
         assert getattr(session.model.backbone, "is_gradient_checkpointing", False) == key
     assert runs[True] == pytest.approx(runs[False], abs=1e-5)
     assert saved[True] < saved[False] / 2, saved
+
+
+def test_head_learning_rate_is_its_own_optimizer_group_and_moves_the_head(tmp_path, tiny_encoder_dir):
+    from alignlab.models.reward_io import build_reward_model
+    from alignlab.train.loop import build_optimizer
+
+    model = build_reward_model(str(tiny_encoder_dir))
+    initial = model.head_weight.detach().clone()
+    config = cfg(tmp_path, tiny_encoder_dir, learning_rate=1e-5, head_learning_rate=1e-2)
+    groups = build_optimizer(config, model).param_groups
+    assert [g["lr"] for g in groups] == [1e-5, 1e-2]
+    head = {id(p) for p in model.head_parameters()}
+    assert {id(p) for p in groups[1]["params"]} == head and not head & {id(p) for p in groups[0]["params"]}
+    assert len(build_optimizer(cfg(tmp_path, tiny_encoder_dir), model).param_groups) == 1  # 0: one rate for all
+
+    def head_moved(**kw):  # 5 steps at a backbone's fine-tuning rate; Adam moves a weight about lr per step
+        session = train_reward_model(cfg(tmp_path / str(len(kw)), tiny_encoder_dir, learning_rate=1e-5, max_steps=5, **kw),
+                                     train_records=pairs(WORDS[:12]))
+        return float((session.model.head_weight.detach() - initial).abs().max())
+
+    assert head_moved() < 6e-5 < 1e-2 < head_moved(head_learning_rate=1e-2)

@@ -49,16 +49,21 @@ def plot_reward_vs_kl(points: Sequence[dict], path, *, rewards: Sequence[str] = 
     points: dicts with "kl", the reward keys named in `rewards` (e.g. "gold_reward", "proxy_reward")
     and optionally "label" (e.g. "beta=0.1") to group points into series. `sqrt_kl`: use
     sqrt(KL) as x, the axis on which Gao et al. (arXiv:2210.10760) fit over-optimization curves.
+    A point may carry "<key>_ci" = (low, high); a series whose points all do is drawn with a band.
     """
     fig, (ax,) = _figure(1)
     labels = list(dict.fromkeys(p.get("label", "") for p in points))
     for label in labels:
         for key in rewards:
-            xy = sorted((max(p["kl"], 0.0) ** 0.5 if sqrt_kl else p["kl"], p[key])
-                        for p in points if p.get("label", "") == label and key in p)
-            if xy:
+            series = sorted((max(p["kl"], 0.0) ** 0.5 if sqrt_kl else p["kl"], p[key], p.get(f"{key}_ci"))
+                            for p in points if p.get("label", "") == label and key in p)
+            if series:
                 name = " ".join(s for s in (str(label), key if len(rewards) > 1 else "") if s) or None
-                ax.plot(*zip(*xy), marker="o", markersize=3, label=name)
+                (line,) = ax.plot([x for x, _, _ in series], [y for _, y, _ in series], marker="o", markersize=3,
+                                  label=name)
+                if all(ci is not None for _, _, ci in series):  # a (low, high) interval per point: a band
+                    ax.fill_between([x for x, _, _ in series], [ci[0] for _, _, ci in series],
+                                    [ci[1] for _, _, ci in series], color=line.get_color(), alpha=0.12, linewidth=0)
     ax.set_xlabel("sqrt(KL), sqrt(nats)" if sqrt_kl else "KL(policy || reference), nats")
     ax.set_ylabel(rewards[0].replace("_", " ") if len(rewards) == 1 else "reward")
     ax.grid(alpha=0.3)

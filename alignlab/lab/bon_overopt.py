@@ -55,6 +55,7 @@ class BoNOveroptConfig:
     full_rm: bool = field(True, "also fine-tune one full reward model (backbone included) on the same labels")
     full_rm_epochs: float = field(2.0, "full reward model epochs")
     full_rm_learning_rate: float = field(2e-5, "full reward model learning rate")
+    full_rm_head_learning_rate: float = field(0.0, "full reward model's head learning rate (0: full_rm_learning_rate)")
     generation_batch: int = field(64, "rows per generate call")
 
 
@@ -152,7 +153,8 @@ def build_proxies(cfg, out: Path, policy, tokenizer, task, train_prompts: list) 
     full_source = None
     if cfg.full_rm:
         full_cfg = dataclasses.replace(rm_cfg, output_dir=str(out / "rm-full"), ensemble=1, epochs=cfg.full_rm_epochs,
-                                       learning_rate=cfg.full_rm_learning_rate)
+                                       learning_rate=cfg.full_rm_learning_rate,
+                                       head_learning_rate=cfg.full_rm_head_learning_rate)
         full_source = RewardModelSource(train_reward_model(full_cfg, train_records=train).final_dir, batch_size=64)
     return Proxies(records, heldout, float((gold_chosen > gold_rejected).float().mean()),
                    float((gold_chosen[len(train):] > gold_rejected[len(train):]).float().mean()),

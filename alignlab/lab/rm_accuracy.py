@@ -46,6 +46,7 @@ class RMAccuracyConfig:
     folds: int = field(5, "cross-validation folds over prompts (each prompt is held out once)")
     epochs: float = field(2.0, "reward-model epochs per fold")
     learning_rate: float = field(2e-5, "reward-model learning rate")
+    head_learning_rate: float = field(0.0, "learning rate of the fresh reward head (0: learning_rate)")
     batch_size: int = field(16, "reward-model batch size")
     max_length: int = field(256, "max tokens of prompt + response")
     freeze_backbone: bool = field(False, "train only the head (a frozen MiniLM) instead of fine-tuning it all")
@@ -162,7 +163,8 @@ def run_rm_accuracy(cfg: RMAccuracyConfig, *, policy=None, tokenizer=None) -> di
                              "(prompts need at least two responses each)")
         print(f"fold {fold + 1}/{cfg.folds}: training on {len(train)} pairs, holding out {len(held)} prompts", flush=True)
         rm_cfg = RMConfig(model=cfg.rm_model, output_dir=str(out / f"rm-fold{fold}"), epochs=cfg.epochs,
-                          learning_rate=cfg.learning_rate, batch_size=cfg.batch_size, seed=cfg.seed, warmup_ratio=0.05,
+                          learning_rate=cfg.learning_rate, head_learning_rate=cfg.head_learning_rate,
+                          batch_size=cfg.batch_size, seed=cfg.seed, warmup_ratio=0.05,
                           max_length=cfg.max_length, freeze_backbone=cfg.freeze_backbone)
         source = RewardModelSource(train_reward_model(rm_cfg, train_records=train).final_dir, batch_size=64,
                                    max_length=cfg.max_length)

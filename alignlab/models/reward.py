@@ -111,6 +111,12 @@ class RewardModel(nn.Module):
         if freeze_backbone:
             self.backbone.requires_grad_(False)
 
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The parameters alignlab adds on top of the backbone (heads, bias, gate): the ones a
+        `head_learning_rate` applies to."""
+        extra = [self.head_bias] if self.head_bias is not None else []
+        return [self.head_weight, *extra, *(self.gate.parameters() if self.gate is not None else [])]
+
     def set_direction(self, direction) -> None:
         """Score by a fixed preference direction over attributes (DPA) instead of the gate; the
         vector is normalized to unit length. `None` restores the gate / plain heads."""

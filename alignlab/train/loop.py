@@ -61,10 +61,17 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opt
     if not params:
         raise ValueError("the model has no trainable parameters")
     kwargs = dict(lr=cfg.learning_rate, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
+    groups = params
+    head_lr = getattr(cfg, "head_learning_rate", 0.0)
+    if head_lr and hasattr(model, "head_parameters"):  # a fresh head learning at its own rate (the scheduler scales both)
+        head = {id(p) for p in model.head_parameters()}
+        groups = [{"params": [p for p in params if id(p) not in head]},
+                  {"params": [p for p in params if id(p) in head], "lr": head_lr}]
+        groups = [g for g in groups if g["params"]]
     try:  # fused AdamW: 0.16 s vs 0.40 s per step for the foreach one on CPU (PERF_NOTES 6)
-        return torch.optim.AdamW(params, fused=True, **kwargs)
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
     except (RuntimeError, TypeError):
-        return torch.optim.AdamW(params, **kwargs)
+        return torch.optim.AdamW(groups, **kwargs)
 
 
 def build_scheduler(cfg: TrainConfig, optimizer, total_steps: int):

@@ -27,6 +27,7 @@ class RMConfig(TrainConfig):
     model: str = field("embedded-encoder", "backbone: embedded-encoder (MiniLM-L6, fast on CPU), embedded (SmolLM2-135M), a local folder or hub id")
     objective: str = field("pairwise", "pairwise (Bradley-Terry) | ratings (regress rating attributes) | binary (thumbs-up classifier) | cost (Safe RLHF cost model: pairs with chosen = safer, plus chosen_safe/rejected_safe labels)")
     learning_rate: float = field(5e-5, "peak learning rate")
+    head_learning_rate: float = field(0.0, "peak learning rate of the reward head(s) and gate (0: learning_rate); a fresh head at a backbone's fine-tuning rate barely moves")
     ensemble: int = field(1, "K members: K heads on one shared backbone (frozen when K > 1), each on its own bootstrap weights")
     freeze_backbone: bool = field(False, "train only the heads (implied by ensemble > 1)")
     attributes: list = field([], "ratings objective: attribute names to regress (empty: every attribute found in the data)")
