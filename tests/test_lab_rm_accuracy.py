@@ -57,7 +57,7 @@ def test_rm_accuracy_cross_validates_every_prompt_once(tmp_path, tiny_policy_dir
     assert result["prompts"] == 6 and result["responses"] == 18 and result["labelled_pairs"] == 6 * 3
     assert len(result["folds"]) == 3 and all(f["prompts"] == 2 for f in result["folds"])
     assert sum(f["pairs"] for f in result["folds"]) == result["pooled"]["pairs"] == 18
-    assert all(f["train_pairs"] == 12 for f in result["folds"])
+    assert all(f["train_pairs"] == 12 and f["scored_truncated"] == 0 for f in result["folds"])
     p = result["pooled"]
     assert p["gap"] == pytest.approx(p["ceiling"] - p["accuracy"])
     assert p["gap_ci"][0] - 1e-9 <= p["gap"] <= p["gap_ci"][1] + 1e-9

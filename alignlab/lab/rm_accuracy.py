@@ -176,6 +176,7 @@ def run_rm_accuracy(cfg: RMAccuracyConfig, *, policy=None, tokenizer=None) -> di
             model_scores[i] = scores[start:start + len(per_prompt[i])]
             start += len(per_prompt[i])
         stats = {"fold": fold, "prompts": len(held), "train_pairs": len(train),
+                 "scored_truncated": source.truncated,  # held-out texts over max_length (training's are in its data report)
                  **_fold_stats(scores, torch.cat([gold[i] for i in held]))}
         folds.append(stats)
         print(f"fold {fold + 1}: accuracy {stats['accuracy']:.3f}, ceiling {stats['ceiling']:.3f}, "
