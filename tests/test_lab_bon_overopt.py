@@ -13,8 +13,11 @@ def test_bon_overoptimization_writes_curves_for_every_selector(tmp_path, tiny_po
     code = main(["lab", "bon-overoptimization", "--policy", str(tiny_policy_dir), "--rm-model", "embedded-encoder",
                  "--output", str(out), "--train-prompts", "12", "--eval-prompts", "3", "--samples", "4",
                  "--max-new-tokens", "6", "--ensemble", "2", "--rm-epochs", "1", "--rm-batch-size", "8",
-                 "--full-rm-epochs", "1"])
+                 "--full-rm-epochs", "1", "--full-rm-head-learning-rate", "1e-3"])
     assert code == 0
+    import yaml
+
+    assert yaml.safe_load((out / "rm-full" / "config.yaml").read_text())["head_learning_rate"] == 1e-3
     result = json.loads((out / "bon_overoptimization.json").read_text())
     ns = sorted({p["n"] for p in result["points"]})
     assert ns == [1, 2, 4]

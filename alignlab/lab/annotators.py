@@ -21,6 +21,7 @@ call, exposes `last_annotators` (the id of whoever judged each comparison) and `
 
 from __future__ import annotations
 
+import itertools
 from typing import Callable, Protocol, Sequence
 
 import torch
@@ -162,8 +163,6 @@ def label_groups(prompts: Sequence[Prompt], groups: Sequence[Sequence[str]], ann
     `prompts[i]`. all_pairs: every pair of a group (k(k-1)/2 comparisons of the same k
     responses); otherwise k/2 disjoint pairs (0-1, 2-3, ...; an odd last response is unused).
     Records come prompt by prompt, in `combinations` order within a prompt."""
-    import itertools
-
     if len(prompts) != len(groups):
         raise ValueError(f"label_groups: {len(prompts)} prompts but {len(groups)} response groups")
     comparisons = []  # (prompt, a, b)

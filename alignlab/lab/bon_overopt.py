@@ -28,24 +28,18 @@ from pathlib import Path
 import torch
 
 from alignlab.config import field
+from alignlab.lab.sampling import LabDataConfig, lab_output, sample_texts
 from alignlab.rewards.aggregate import aggregate
 from alignlab.rewards.bon import best_of_n_kl, expected_best_of_n
 
 
 @dataclass
-class BoNOveroptConfig:
-    policy: str = field("embedded", "policy whose samples are selected")
-    rm_model: str = field("embedded-encoder", "reward-model backbone")
-    output: str = field("", "output folder (default runs/bon-overopt-<time>)")
-    seed: int = field(0, "seed for prompts, sampling, labels and training")
+class BoNOveroptConfig(LabDataConfig):
     train_prompts: int = field(256, "prompts whose sampled pairs label the proxy RM's training data (and held-out pairs)")
     pairs_per_prompt: int = field(3, "samples per train prompt / 2 (k = 2 x this responses are sampled)")
     all_pairs: bool = field(True, "label every pair of a prompt's k samples (k(k-1)/2 comparisons of the same samples), not k/2 disjoint pairs")
     eval_prompts: int = field(32, "held-out prompts for Best-of-N")
     samples: int = field(64, "m samples per held-out prompt (N runs over powers of 2 up to m)")
-    max_new_tokens: int = field(40, "max tokens per sampled response")
-    annotator_temperature: float = field(0.15, "Bradley-Terry temperature of the simulated annotator")
-    label_flip: float = field(0.1, "probability that the annotator's choice is flipped")
     ensemble: int = field(4, "proxy ensemble members")
     uwo_coef: float = field(1.0, "lambda of UWO (mean - lambda * variance)")
     rm_epochs: float = field(4.0, "ensemble epochs (heads on a frozen backbone)")
@@ -56,15 +50,6 @@ class BoNOveroptConfig:
     full_rm_epochs: float = field(2.0, "full reward model epochs")
     full_rm_learning_rate: float = field(2e-5, "full reward model learning rate")
     full_rm_head_learning_rate: float = field(0.0, "full reward model's head learning rate (0: full_rm_learning_rate)")
-    generation_batch: int = field(64, "rows per generate call")
-
-
-def _sample(model, tokenizer, prompts, n: int, cfg: BoNOveroptConfig, seed: int, desc: str):
-    from alignlab.rollout.base import SamplingParams
-    from alignlab.rollout.hf import generate_texts
-
-    params = SamplingParams(n=n, temperature=1.0, max_new_tokens=cfg.max_new_tokens, seed=seed)
-    return generate_texts(model, tokenizer, prompts, params, batch_size=cfg.generation_batch, progress=desc)
 
 
 def _selectors(members: torch.Tensor, full: torch.Tensor | None, cfg: BoNOveroptConfig) -> dict[str, torch.Tensor]:
@@ -120,20 +105,20 @@ class Proxies:
 def build_proxies(cfg, out: Path, policy, tokenizer, task, train_prompts: list) -> Proxies:
     """Steps 1-3: sample pairs, label them with the noisy annotator, train the proxies, measure
     their held-out accuracy next to the gold reward's (the ceiling). Writes out/pairs.jsonl."""
-    from alignlab.lab.annotators import BradleyTerryAnnotator, label_groups
+    from alignlab.lab.annotators import label_groups
+    from alignlab.lab.sampling import lab_annotator
     from alignlab.rewards.model import RewardModelSource
     from alignlab.train.reward import RMConfig, train_reward_model
 
     k = 2 * cfg.pairs_per_prompt
-    sampled = _sample(policy, tokenizer, train_prompts, k, cfg, cfg.seed, "sampling RM training pairs")
+    sampled = sample_texts(policy, tokenizer, train_prompts, k, cfg, cfg.seed, "sampling RM training pairs")
     texts: dict[int, list[str]] = {}
     for i, t in zip(sampled.prompt_index, sampled.texts):
         texts.setdefault(i, []).append(t)
     # held-out prompts, with all their samples: no held-out response or prompt is seen in training
     order = torch.randperm(len(train_prompts), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     n_eval = max(1, round(cfg.heldout_fraction * len(train_prompts)))
-    annotator = BradleyTerryAnnotator(task.gold_reward, temperature=cfg.annotator_temperature,
-                                      flip_prob=cfg.label_flip, seed=cfg.seed)
+    annotator = lab_annotator(task, cfg)
 
     def label(prompt_ids: list[int]) -> list:
         return label_groups([train_prompts[i] for i in prompt_ids], [texts.get(i, []) for i in prompt_ids],
@@ -167,15 +152,14 @@ def run_bon_overoptimization(cfg: BoNOveroptConfig, *, policy=None, tokenizer=No
     from alignlab.models.load import load_policy, load_tokenizer
 
     t0 = time.perf_counter()
-    out = Path(cfg.output or f"runs/bon-overopt-{time.strftime('%Y%m%d-%H%M%S')}")
-    out.mkdir(parents=True, exist_ok=True)
+    out = lab_output(cfg, "bon-overopt")
     tokenizer = tokenizer or load_tokenizer(cfg.policy)
     policy = policy or load_policy(cfg.policy)
     task = SentimentTask()
     train_prompts, eval_prompts = task.split(cfg.train_prompts, cfg.eval_prompts, seed=cfg.seed)
     proxies = build_proxies(cfg, out, policy, tokenizer, task, train_prompts)
 
-    samples = _sample(policy, tokenizer, eval_prompts, cfg.samples, cfg, cfg.seed + 1, "sampling Best-of-N candidates")
+    samples = sample_texts(policy, tokenizer, eval_prompts, cfg.samples, cfg, cfg.seed + 1, "sampling Best-of-N candidates")
     P, m = len(eval_prompts), cfg.samples
     gold = task.gold_reward(samples.texts).view(P, m)
     prompts = [eval_prompts[i] for i in samples.prompt_index]

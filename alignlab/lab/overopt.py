@@ -24,6 +24,7 @@ from pathlib import Path
 
 from alignlab.config import field
 from alignlab.lab.bon_overopt import BoNOveroptConfig, build_proxies
+from alignlab.lab.sampling import lab_output
 
 SELECTORS = ("single", "mean", "wco", "uwo", "full")
 
@@ -82,8 +83,7 @@ def run_overoptimization(cfg: OveroptConfig, *, policy_loader=None, tokenizer=No
     if bad:
         raise ValueError(f"unknown selector(s) {bad}; valid: {', '.join(SELECTORS)}")
     t0 = time.perf_counter()
-    out = Path(cfg.output or f"runs/overopt-{time.strftime('%Y%m%d-%H%M%S')}")
-    out.mkdir(parents=True, exist_ok=True)
+    out = lab_output(cfg, "overopt")
     load = policy_loader or (lambda: load_policy(cfg.policy))
     tokenizer = tokenizer or load_tokenizer(cfg.policy)
     task = SentimentTask()

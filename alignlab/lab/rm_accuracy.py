@@ -28,21 +28,14 @@ from pathlib import Path
 import torch
 
 from alignlab.config import field
+from alignlab.lab.sampling import LabDataConfig, lab_annotator, lab_output, sample_texts
 
 
 @dataclass
-class RMAccuracyConfig:
-    policy: str = field("embedded", "policy whose samples are compared")
-    rm_model: str = field("embedded-encoder", "reward-model backbone")
-    output: str = field("", "output folder (default runs/rm-accuracy-<time>)")
-    seed: int = field(0, "seed for prompts, sampling, labels, folds and training")
+class RMAccuracyConfig(LabDataConfig):
     prompts: int = field(256, "sentiment-task train prompts to sample (ignored with samples_file)")
     samples_per_prompt: int = field(6, "k responses sampled per prompt; every pair of them is labelled")
     samples_file: str = field("", "reuse responses instead of sampling: JSON Lines of {prompt, response} rows, or of {prompt, chosen, rejected} pairs (their distinct responses per prompt)")
-    max_new_tokens: int = field(40, "max tokens per sampled response")
-    generation_batch: int = field(64, "rows per generate call")
-    annotator_temperature: float = field(0.15, "Bradley-Terry temperature of the simulated annotator")
-    label_flip: float = field(0.1, "probability that the annotator's choice is flipped")
     folds: int = field(5, "cross-validation folds over prompts (each prompt is held out once)")
     epochs: float = field(2.0, "reward-model epochs per fold")
     learning_rate: float = field(2e-5, "reward-model learning rate")
@@ -83,15 +76,17 @@ def read_response_groups(path) -> tuple[list, list[list[str]]]:
     return prompts, groups
 
 
-def _gap_interval(model_right: torch.Tensor, gold_right: torch.Tensor, counts: torch.Tensor, seed: int,
-                  n: int = 1000) -> tuple[float, float]:
+def _gap_interval(model_right: torch.Tensor, gold_right: torch.Tensor, counts: torch.Tensor,
+                  seed: int) -> tuple[float, float]:
     """95% bootstrap interval of the gap sum(gold_right - model_right) / sum(counts), resampling
     prompts (per-prompt tensors)."""
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, len(counts), (n, len(counts)), generator=g)
-    gaps = (gold_right[idx].sum(1) - model_right[idx].sum(1)) / counts[idx].sum(1).clamp_min(1)
-    low, high = torch.quantile(gaps.double(), torch.tensor([0.025, 0.975], dtype=torch.float64))
-    return float(low), float(high)
+    from alignlab.eval.metrics import bootstrap_ci
+
+    def gap(rows: torch.Tensor) -> float:
+        i = rows.long()
+        return float((gold_right[i].sum() - model_right[i].sum()) / counts[i].sum().clamp_min(1))
+
+    return bootstrap_ci(torch.arange(len(counts)), fn=gap, seed=seed)
 
 
 def _fold_stats(model: torch.Tensor, gold: torch.Tensor) -> dict:
@@ -105,7 +100,7 @@ def _fold_stats(model: torch.Tensor, gold: torch.Tensor) -> dict:
 
 
 def run_rm_accuracy(cfg: RMAccuracyConfig, *, policy=None, tokenizer=None) -> dict:
-    from alignlab.lab.annotators import BradleyTerryAnnotator, label_groups
+    from alignlab.lab.annotators import label_groups
     from alignlab.lab.sentiment import SentimentTask
     from alignlab.rewards.model import RewardModelSource
     from alignlab.train.reward import RMConfig, train_reward_model
@@ -113,17 +108,15 @@ def run_rm_accuracy(cfg: RMAccuracyConfig, *, policy=None, tokenizer=None) -> di
     if cfg.folds < 2:
         raise ValueError(f"folds must be >= 2, got {cfg.folds}")
     t0 = time.perf_counter()
-    out = Path(cfg.output or f"runs/rm-accuracy-{time.strftime('%Y%m%d-%H%M%S')}")
-    out.mkdir(parents=True, exist_ok=True)
+    out = lab_output(cfg, "rm-accuracy")
     task = SentimentTask()
     if cfg.samples_file:
         prompts, groups = read_response_groups(cfg.samples_file)
     else:
-        from alignlab.lab.bon_overopt import _sample
         from alignlab.models.load import load_policy, load_tokenizer
 
         prompts, _ = task.split(cfg.prompts, 0, seed=cfg.seed)
-        sampled = _sample(policy or load_policy(cfg.policy), tokenizer or load_tokenizer(cfg.policy), prompts,
+        sampled = sample_texts(policy or load_policy(cfg.policy), tokenizer or load_tokenizer(cfg.policy), prompts,
                           cfg.samples_per_prompt, cfg, cfg.seed, "sampling responses")
         groups = [[] for _ in prompts]
         for i, text in zip(sampled.prompt_index, sampled.texts):
@@ -135,8 +128,7 @@ def run_rm_accuracy(cfg: RMAccuracyConfig, *, policy=None, tokenizer=None) -> di
     if len(prompts) < cfg.folds:
         raise ValueError(f"{len(prompts)} prompts cannot make {cfg.folds} folds")
 
-    annotator = BradleyTerryAnnotator(task.gold_reward, temperature=cfg.annotator_temperature,
-                                      flip_prob=cfg.label_flip, seed=cfg.seed)
+    annotator = lab_annotator(task, cfg)
     per_prompt = [label_groups([p], [g], annotator) for p, g in zip(prompts, groups)]
     flat = [r for records in per_prompt for r in records]
     gold_flat = torch.stack([task.gold_reward([r.chosen for r in flat]), task.gold_reward([r.rejected for r in flat])], 1)
@@ -189,7 +181,7 @@ def run_rm_accuracy(cfg: RMAccuracyConfig, *, policy=None, tokenizer=None) -> di
     low, high = _gap_interval(model_right, gold_right, counts, cfg.seed)
     gaps = torch.tensor([f["gap"] for f in folds])
     result = {"pooled": {**pooled, "gap_ci": [low, high]}, "folds": folds,
-              "fold_gap_mean": float(gaps.mean()), "fold_gap_sd": float(gaps.std()) if len(gaps) > 1 else 0.0,
+              "fold_gap_mean": float(gaps.mean()), "fold_gap_sd": float(gaps.std()),
               "prompts": len(prompts), "responses": sum(map(len, groups)), "labelled_pairs": len(flat),
               "seconds": time.perf_counter() - t0, "config": asdict(cfg)}
     (out / "rm_accuracy.json").write_text(json.dumps(result, indent=1))
