@@ -51,6 +51,27 @@ def test_bon_overoptimization_writes_curves_for_every_selector(tmp_path, tiny_po
     assert "Best-of-N" in capsys.readouterr().out
 
 
+def test_bon_overoptimization_with_fine_tuned_members(tmp_path, tiny_policy_dir):
+    """members: fine-tuned trains K full models from seeds seed..seed+K-1 and reads them as one ensemble."""
+    import yaml
+
+    out = tmp_path / "lab"
+    assert main(["lab", "bon-overoptimization", "--policy", str(tiny_policy_dir), "--output", str(out),
+                 "--train-prompts", "10", "--eval-prompts", "2", "--samples", "4", "--max-new-tokens", "6",
+                 "--ensemble", "2", "--members", "fine-tuned", "--full-rm-epochs", "1", "--rm-batch-size", "8"]) == 0
+    seeds = [yaml.safe_load((out / f"rm-member{k}" / "config.yaml").read_text())["seed"] for k in range(2)]
+    assert seeds == [0, 1] and not (out / "rm-full").exists() and not (out / "rm").exists()
+    result = json.loads((out / "bon_overoptimization.json").read_text())
+    assert {p["label"] for p in result["points"]} == {"single", "mean", "wco", "uwo"}
+    candidates = [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()]
+    assert all(len(c["members"]) == 2 and c["single"] == c["members"][0] for c in candidates)
+    assert all(c["wco"] == pytest.approx(min(c["members"]), abs=1e-5) for c in candidates)
+    # each member is centered on the training responses (its own zero), so min and variance compare like with like
+    for k in range(2):
+        assert "reward_offset" in json.loads((out / f"rm-member{k}" / "final" / "alignlab_reward.json").read_text())
+    assert main(["lab", "bon-overoptimization", "--members", "copies", "--output", str(tmp_path / "bad")]) == 2
+
+
 def test_bon_command_keeps_the_best_of_n_by_the_reward_model(tmp_path, tiny_policy_dir, capsys):
     from alignlab.data.records import PairwiseRecord
     from alignlab.rewards.model import RewardModelSource

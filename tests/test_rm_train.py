@@ -73,6 +73,46 @@ def test_ensemble_members_share_a_frozen_backbone_and_disagree(tmp_path, tiny_en
     assert 0.0 <= result["ece"] <= 1.0
 
 
+@pytest.mark.parametrize("which", ["encoder", "causal"])
+def test_each_member_is_centered_on_the_training_responses_without_changing_differences(tmp_path, which,
+                                                                                    tiny_encoder_dir, tiny_policy_dir):
+    from alignlab.rewards.model import RewardModelSource
+
+    model = tiny_encoder_dir if which == "encoder" else tiny_policy_dir
+    train = pairs(WORDS[:8])
+    prompts = [p.prompt for p in train] * 2
+    texts = [p.chosen for p in train] + [p.rejected for p in train]
+    scores = {}
+    for center in (True, False):
+        session = train_reward_model(cfg(tmp_path / str(center), model, ensemble=2, learning_rate=3e-2, epochs=2.0,
+                                         center_rewards=center), train_records=train)
+        scores[center] = RewardModelSource(session.final_dir).member_scores(prompts, texts)  # (K, N)
+    raw, centered = scores[False], scores[True]
+    # the uncentered members sit at different, arbitrary levels; centered, each averages 0 on its training responses
+    assert (raw.mean(1) - raw.mean(1)[0]).abs().max() > 1e-3
+    torch.testing.assert_close(centered.mean(1), torch.zeros(2), atol=1e-4, rtol=0)
+    # one constant per member: every difference between two responses (so accuracy and BT probabilities) is kept
+    torch.testing.assert_close(centered - centered[:, :1], raw - raw[:, :1], atol=1e-4, rtol=1e-4)
+    meta = json.loads((tmp_path / "True" / "rm" / "final" / "alignlab_reward.json").read_text())
+    assert len(meta["reward_offset"]) == 2
+
+
+def test_separately_trained_models_read_as_one_ensemble(tmp_path, tiny_encoder_dir):
+    from alignlab.rewards.spec import build_reward_source
+
+    train = pairs(WORDS[:6])
+    dirs = [train_reward_model(cfg(tmp_path / f"s{seed}", tiny_encoder_dir, seed=seed, epochs=1.0),
+                               train_records=train).final_dir for seed in (0, 1)]
+    prompts, texts = [p.prompt for p in train], [p.chosen for p in train]
+    wco = build_reward_source(f"rm:{dirs[0]}+{dirs[1]}", how="wco")
+    members = wco.member_scores(prompts, texts)
+    assert members.shape == (2, len(train)) and not torch.allclose(members[0], members[1])
+    torch.testing.assert_close(wco.score(prompts, texts), members.min(0).values)
+    torch.testing.assert_close(build_reward_source(f"rm:{dirs[0]}+{dirs[1]}").score(prompts, texts), members.mean(0))
+    with pytest.raises(ValueError, match="direction"):
+        build_reward_source(f"rm:{dirs[0]}+{dirs[1]}@1")
+
+
 def test_ratings_objective_regresses_each_attribute(tmp_path, tiny_encoder_dir):
     records = [RatingRecord(prompt=f"Tell me about {t}.", responses=[f"I love {t}.", f"I hate {t}."],
                             ratings=[{"helpful": 4.0, "safe": 1.0}, {"helpful": 1.0, "safe": 3.0}]) for t in WORDS]

@@ -5,7 +5,9 @@ overoptimization under Best-of-N? (Coste et al. 2023, arXiv:2310.02743; setup of
    disjoint pairs) with a noisy Bradley-Terry annotator driven by the gold reward (VADER
    sentiment); a share of the prompts, with all their pairs, is held out;
 2. train a K-member proxy reward-model ensemble on those labels (alignlab train rm, ensemble K:
-   K heads on one frozen backbone), and one fully fine-tuned reward model on the same labels;
+   K heads on one frozen backbone), and one fully fine-tuned reward model on the same labels; or,
+   with `members: fine-tuned`, K fully fine-tuned models from K seeds (Coste et al.'s ensemble);
+   every member is centered on the training responses, so that WCO/UWO compare them on one zero;
 3. held-out pairwise accuracy of every selector against the noisy labels, next to the gold
    reward's own accuracy on them (the best any model can do given the label noise);
 4. sample m responses per held-out prompt; score them with the gold reward and every model;
@@ -41,6 +43,7 @@ class BoNOveroptConfig(LabDataConfig):
     eval_prompts: int = field(32, "held-out prompts for Best-of-N")
     samples: int = field(64, "m samples per held-out prompt (N runs over powers of 2 up to m)")
     ensemble: int = field(4, "proxy ensemble members")
+    members: str = field("heads", "what the members are: heads (K heads on one frozen backbone: cheap, as `train rm --ensemble K`) | fine-tuned (K fully fine-tuned backbones, seeds seed..seed+K-1, with the full RM's settings: Coste et al.'s ensemble, K times the cost; member 0 is then the full RM)")
     uwo_coef: float = field(1.0, "lambda of UWO (mean - lambda * variance)")
     rm_epochs: float = field(4.0, "ensemble epochs (heads on a frozen backbone)")
     rm_learning_rate: float = field(1e-2, "ensemble (heads) learning rate")
@@ -88,6 +91,11 @@ def _curves(gold: torch.Tensor, selectors: dict[str, torch.Tensor], seed: int = 
     return points
 
 
+def _check_members(cfg) -> None:
+    if cfg.members not in ("heads", "fine-tuned"):
+        raise ValueError(f"members must be heads or fine-tuned, got {cfg.members!r}")
+
+
 @dataclass
 class Proxies:
     """The labelled pairs and the proxy reward models trained on them (shared by the lab's
@@ -97,7 +105,7 @@ class Proxies:
     heldout: list
     gold_agrees: float
     ceiling: float
-    source: object  # RewardModelSource of the K-member ensemble
+    source: object  # RewardModelSource (heads) or RewardEnsembleSource (fine-tuned models) of the K members
     full_source: object | None  # RewardModelSource of the fully fine-tuned model
     accuracy: dict
 
@@ -107,9 +115,10 @@ def build_proxies(cfg, out: Path, policy, tokenizer, task, train_prompts: list) 
     their held-out accuracy next to the gold reward's (the ceiling). Writes out/pairs.jsonl."""
     from alignlab.lab.annotators import label_groups
     from alignlab.lab.sampling import lab_annotator
-    from alignlab.rewards.model import RewardModelSource
+    from alignlab.rewards.model import RewardEnsembleSource, RewardModelSource
     from alignlab.train.reward import RMConfig, train_reward_model
 
+    _check_members(cfg)
     k = 2 * cfg.pairs_per_prompt
     sampled = sample_texts(policy, tokenizer, train_prompts, k, cfg, cfg.seed, "sampling RM training pairs")
     texts: dict[int, list[str]] = {}
@@ -134,13 +143,17 @@ def build_proxies(cfg, out: Path, policy, tokenizer, task, train_prompts: list) 
     rm_cfg = RMConfig(model=cfg.rm_model, output_dir=str(out / "rm"), ensemble=cfg.ensemble, epochs=cfg.rm_epochs,
                       learning_rate=cfg.rm_learning_rate, batch_size=cfg.rm_batch_size, seed=cfg.seed,
                       warmup_ratio=0.05, max_length=256)
-    source = RewardModelSource(train_reward_model(rm_cfg, train_records=train).final_dir, batch_size=64)
+    full_cfg = dataclasses.replace(rm_cfg, output_dir=str(out / "rm-full"), ensemble=1, epochs=cfg.full_rm_epochs,
+                                   learning_rate=cfg.full_rm_learning_rate, head_learning_rate=cfg.full_rm_head_learning_rate)
     full_source = None
-    if cfg.full_rm:
-        full_cfg = dataclasses.replace(rm_cfg, output_dir=str(out / "rm-full"), ensemble=1, epochs=cfg.full_rm_epochs,
-                                       learning_rate=cfg.full_rm_learning_rate,
-                                       head_learning_rate=cfg.full_rm_head_learning_rate)
-        full_source = RewardModelSource(train_reward_model(full_cfg, train_records=train).final_dir, batch_size=64)
+    if cfg.members == "fine-tuned":  # K full fine-tunes from different seeds; member 0 is the full RM itself
+        dirs = [train_reward_model(dataclasses.replace(full_cfg, output_dir=str(out / f"rm-member{k}"), seed=cfg.seed + k),
+                                   train_records=train).final_dir for k in range(cfg.ensemble)]
+        source = RewardEnsembleSource(dirs, batch_size=64)
+    else:
+        source = RewardModelSource(train_reward_model(rm_cfg, train_records=train).final_dir, batch_size=64)
+        if cfg.full_rm:
+            full_source = RewardModelSource(train_reward_model(full_cfg, train_records=train).final_dir, batch_size=64)
     return Proxies(records, heldout, float((gold_chosen > gold_rejected).float().mean()),
                    float((gold_chosen[len(train):] > gold_rejected[len(train):]).float().mean()),
                    source, full_source, _heldout_accuracy(heldout, source, full_source, cfg))
@@ -151,6 +164,7 @@ def run_bon_overoptimization(cfg: BoNOveroptConfig, *, policy=None, tokenizer=No
     from alignlab.lab.sentiment import SentimentTask
     from alignlab.models.load import load_policy, load_tokenizer
 
+    _check_members(cfg)
     t0 = time.perf_counter()
     out = lab_output(cfg, "bon-overopt")
     tokenizer = tokenizer or load_tokenizer(cfg.policy)
@@ -185,7 +199,7 @@ def run_bon_overoptimization(cfg: BoNOveroptConfig, *, policy=None, tokenizer=No
     }
     (out / "bon_overoptimization.json").write_text(json.dumps(result, indent=1))
     plot_reward_vs_kl(points, out / "bon_overoptimization.png", rewards=("gold_reward",),
-                      title=f"Best-of-N, {cfg.ensemble}-member proxy ensemble: gold reward")
+                      title=f"Best-of-N, {cfg.ensemble}-member proxy ensemble ({cfg.members}): gold reward")
     plot_reward_vs_kl(points, out / "bon_proxy.png", rewards=("proxy_reward",), title="Best-of-N: proxy reward")
     _print(result, out)
     return result

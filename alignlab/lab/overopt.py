@@ -45,7 +45,8 @@ class OveroptConfig(BoNOveroptConfig):
 def _proxy(selector: str, proxies, cfg: OveroptConfig):
     if selector == "full":
         if proxies.full_source is None:
-            raise ValueError("selector 'full' needs full_rm: true")
+            raise ValueError("selector 'full' needs full_rm: true and members: heads (with members: fine-tuned, "
+                             "'single' is the full fine-tune)")
         return proxies.full_source
     return _Selected(proxies.source, selector, cfg.uwo_coef)
 

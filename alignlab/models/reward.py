@@ -108,6 +108,9 @@ class RewardModel(nn.Module):
         self.head_bias = nn.Parameter(torch.zeros(members, A)) if kind == "encoder" else None
         self.gate = nn.Linear(hidden_size, A) if gating and A > 1 else None
         self.register_buffer("direction", torch.empty(0), persistent=False)
+        # (K, A) subtracted from every attribute reward: each member's zero (set by `center_rewards`
+        # after pairwise training, since Bradley-Terry fixes a member's rewards only up to a constant)
+        self.register_buffer("reward_offset", torch.zeros(members, A), persistent=False)
         if freeze_backbone:
             self.backbone.requires_grad_(False)
 
@@ -156,6 +159,7 @@ class RewardModel(nn.Module):
         attrs = torch.einsum("sh,kha->ska", pooled.float(), self.head_weight)  # (S, K, A)
         if self.head_bias is not None:
             attrs = attrs + self.head_bias
+        attrs = attrs - self.reward_offset
         return self.combine(attrs, prompt.float()), attrs
 
     def combine(self, attrs: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:

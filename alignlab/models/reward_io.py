@@ -4,8 +4,9 @@ Saved layout (`save_reward_model`):
 - causal kind: the folder IS a transformers `*ForSequenceClassification` checkpoint (LoRA merged;
   `num_labels = K*A`, label k*A + a = member k, attribute a; `pad_token_id` set to a token that is
   never the end of a response, so transformers reads the same last token alignlab does), plus
-  `alignlab_reward.json` (kind, members, attributes, objective) and `reward_gate.safetensors` when
-  there is a gate.
+  `alignlab_reward.json` (kind, members, attributes, objective, reward_offset) and
+  `reward_gate.safetensors` when there is a gate. transformers' classifier reads the reward before
+  `reward_offset` (each member's zero, a constant; differences between responses are the same).
 - encoder kind: the encoder's own `save_pretrained` folder plus `reward_heads.safetensors` and
   `alignlab_reward.json`.
 """
@@ -120,6 +121,8 @@ def save_reward_model(model: RewardModel, tokenizer, path, *, objective: str = "
         save_file({k: v.detach().contiguous() for k, v in model.gate.state_dict().items()}, str(path / "reward_gate.safetensors"))
     meta = {"kind": model.kind, "members": K, "attributes": list(model.attributes), "gating": model.gate is not None,
             "objective": objective}
+    if model.reward_offset.any():
+        meta["reward_offset"] = model.reward_offset.tolist()
     (path / META).write_text(json.dumps(meta, indent=1))
     return path
 
@@ -150,4 +153,6 @@ def load_reward_model(path) -> tuple[RewardModel, object, dict]:
         model.load_state_dict(load_file(str(path / "reward_heads.safetensors")), strict=False)
     if model.gate is not None:
         model.gate.load_state_dict(load_file(str(path / "reward_gate.safetensors")))
+    if "reward_offset" in meta:
+        model.reward_offset.copy_(torch.tensor(meta["reward_offset"], dtype=torch.float32).view(K, A))
     return model.eval(), tokenizer, meta

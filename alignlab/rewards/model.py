@@ -102,3 +102,30 @@ class RewardModelSource:
 
     def score(self, prompts, responses) -> Tensor:
         return aggregate(self.member_scores(prompts, responses), self.how, uwo_coef=self.uwo_coef)
+
+
+class RewardEnsembleSource:
+    """Separately trained reward models read as one ensemble: e.g. the same labels fitted from
+    several seeds, as in Coste et al. (2023), whose members differ more than heads on one frozen
+    backbone do. `member_scores` stacks every model's members; `score` aggregates them by `how`
+    (mean | wco | uwo). Members are compared on one scale, so each model should be centered on its
+    training responses (`train rm` does this by default: `center_rewards`)."""
+
+    def __init__(self, paths: Sequence, *, how: str = "mean", uwo_coef: float = 0.5, **kwargs):
+        if not paths:
+            raise ValueError("a reward ensemble needs at least one model folder")
+        aggregate(torch.zeros(1, 1), how)
+        self.sources = [RewardModelSource(p, **kwargs) for p in paths]
+        self.how, self.uwo_coef = how, uwo_coef
+        self.name = "rm:" + "+".join(str(p) for p in paths)
+
+    @property
+    def truncated(self) -> int:
+        return sum(s.truncated for s in self.sources)
+
+    def member_scores(self, prompts, responses) -> Tensor:
+        """(K, N): every model's members, in order."""
+        return torch.cat([s.member_scores(prompts, responses) for s in self.sources], dim=0)
+
+    def score(self, prompts, responses) -> Tensor:
+        return aggregate(self.member_scores(prompts, responses), self.how, uwo_coef=self.uwo_coef)

@@ -5,6 +5,7 @@
     math                     1 if the response's final answer, written out as a number, equals the
                              prompt's `answer` (math-verify); math:lenient accepts any equal expression
     rm:DIR                   a trained reward model (ensembles aggregated by `how`: mean | wco | uwo)
+    rm:DIR1+DIR2+...         separately trained models (e.g. seeds) as one ensemble, aggregated by `how`
     rm:DIR@helpful=0.8,safe=0.2   a multi-objective model read along a direction over its
                              attributes (DPA; numbers in attribute order work too) instead of its gate
     python:module:function   fn(prompts, responses) -> floats
@@ -45,6 +46,12 @@ def build_reward_source(spec: str, *, how: str = "mean", answers: dict | None = 
         path, at, direction = rest.rpartition("@") if "@" in rest else (rest, "", "")
         if not path:
             raise ValueError("reward 'rm:DIR' needs the reward model's folder after 'rm:'")
+        if "+" in path:
+            from alignlab.rewards.model import RewardEnsembleSource
+
+            if at:
+                raise ValueError(f"reward {spec!r}: a direction (@...) reads one multi-objective model, not an ensemble")
+            return RewardEnsembleSource([p for p in path.split("+") if p], how=how)
         return RewardModelSource(path, how=how, direction=direction if at else None)
     if kind == "python":
         module, _, name = rest.rpartition(":")

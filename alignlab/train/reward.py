@@ -35,6 +35,7 @@ class RMConfig(TrainConfig):
     use_margin: bool = field(False, "Llama-2 margin: subtract each pair's `margin` inside the sigmoid")
     label_smoothing: float = field(0.0, "assumed share of flipped labels (BT with label smoothing)")
     center_coef: float = field(0.0, "reward-centering regularizer: coef * (r_chosen + r_rejected)^2")
+    center_rewards: bool = field(True, "pairwise: after training, shift each member's reward to average 0 over the training responses (Bradley-Terry fixes it only up to a constant per member; mean/WCO/UWO compare members on one scale). Differences, accuracy and BT probabilities are unchanged")
     strength_weighting: str = field("none", "use a `strength` in each pair's meta: none | weight (down-weight weak pairs) | flip (flip pairs with strength < 0)")
     max_length: int = field(512, "max tokens of prompt + response (encoders: at most their position limit)")
     truncation: str = field("truncate", "over-long examples: error | truncate (keep prompt end, response start) | drop")
@@ -165,6 +166,37 @@ class RewardAlgorithm:
         return {k: v / n for k, v in totals.items()}
 
 
+@torch.no_grad()
+def center_rewards(model, items: list[Item], pad_token_id: int, *, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+    """Set `model.reward_offset` to each member's mean attribute reward over the distinct
+    sequences (prompt, response) of `items`, so that on those responses every member's rewards
+    average 0: r'_k(x, y) = r_k(x, y) - mean_{(x', y') in D} r_k(x', y'). Bradley-Terry training
+    leaves that constant arbitrary per member (the loss sees only differences), and ensemble
+    aggregations (min, variance) compare members at the same response, so they need one zero.
+    Returns the (K, A) offsets."""
+    from tqdm.auto import tqdm
+
+    seqs = list(dict.fromkeys((tuple(it.prompt_ids), tuple(r)) for it in items for r in it.responses))
+    seqs.sort(key=lambda s: len(s[0]) + len(s[1]))  # little padding
+    was_training = model.training
+    model.eval()
+    model.reward_offset.zero_()
+    total = torch.zeros_like(model.reward_offset, dtype=torch.float64)
+    device = model.head_weight.device
+    for start in tqdm(range(0, len(seqs), batch_size), desc="centering rewards", disable=not progress, dynamic_ncols=True):
+        chunk = [(list(p), list(r)) for p, r in seqs[start : start + batch_size]]
+        if model.kind == "causal":
+            batch = pack_reward_sequences([(p, [(r, j)]) for j, (p, r) in enumerate(chunk)], len(chunk),
+                                          pad_token_id=pad_token_id)
+        else:
+            batch = pad_encoder_sequences(chunk, pad_token_id=pad_token_id)
+        _, attrs = model(batch.to(device))  # (S, K, A)
+        total += attrs.double().sum(0).to(total.device)
+    model.reward_offset.copy_((total / max(len(seqs), 1)).to(model.reward_offset.dtype))
+    model.train(was_training)
+    return model.reward_offset.detach().cpu().clone()
+
+
 def train_reward_model(cfg: RMConfig, *, train_records=None, eval_records=None, dry_run: bool = False):
     """Python API: train a reward model per `cfg`; returns the session (session.final_dir holds it)."""
     from alignlab.train.reward_data import prepare_reward_session
@@ -177,6 +209,9 @@ def train_reward_model(cfg: RMConfig, *, train_records=None, eval_records=None, 
 
     algorithm = RewardAlgorithm(cfg, session.model, items["train"], items["eval"], session.pad_token_id)
     session.state = train_loop(cfg, algorithm, session.model, session.model, session.accelerator, session.run_dir)
+    if cfg.objective == "pairwise" and cfg.center_rewards and items["train"]:
+        offsets = center_rewards(session.model, items["train"], session.pad_token_id, progress=cfg.progress)
+        session.summary["reward_offset"] = offsets.tolist()
     if session.accelerator.is_main_process:
         session.final_dir = save_reward_model(session.model, session.tokenizer, session.run_dir / "final",
                                               objective=cfg.objective)
