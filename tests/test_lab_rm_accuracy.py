@@ -75,6 +75,6 @@ def test_rm_accuracy_cross_validates_every_prompt_once(tmp_path, tiny_policy_dir
     assert (again / "samples.jsonl").read_text() == (out / "samples.jsonl").read_text()
     for run, head_lr in ((out, 0.0), (again, 1e-3)):  # the fold models are trained with the lab's settings
         saved = yaml.safe_load((run / "rm-fold0" / "config.yaml").read_text())
-        assert saved["head_learning_rate"] == head_lr and saved["learning_rate"] == 2e-5
+        assert saved["head_learning_rate"] == head_lr and saved["learning_rate"] == 1e-4
     assert main(args + ["--output", str(tmp_path / "bad"), "--folds", "1"]) == 2
     assert "folds must be >= 2" in capsys.readouterr().err

@@ -50,8 +50,8 @@ class BoNOveroptConfig(LabDataConfig):
     rm_batch_size: int = field(16, "reward-model batch size")
     heldout_fraction: float = field(0.2, "share of the train prompts held out, with all their pairs, to measure accuracy")
     full_rm: bool = field(True, "also fine-tune one full reward model (backbone included) on the same labels")
-    full_rm_epochs: float = field(2.0, "full reward model epochs")
-    full_rm_learning_rate: float = field(2e-5, "full reward model learning rate")
+    full_rm_epochs: float = field(3.0, "full reward model epochs")
+    full_rm_learning_rate: float = field(1e-4, "full reward model learning rate (the rm-accuracy lab's measured best)")
     full_rm_head_learning_rate: float = field(0.0, "full reward model's head learning rate (0: full_rm_learning_rate)")
 
 
