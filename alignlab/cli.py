@@ -123,12 +123,12 @@ def cmd_data_strength(args, rest: list[str]) -> int:
     import json
 
     from alignlab.data.strength import write_strength
-    from alignlab.rewards.model import RewardModelSource
+    from alignlab.rewards.model import load_reward_source
 
     if rest:
         raise ConfigError(f"unknown option(s) for data strength: {' '.join(rest)}")
     output = args.output or str(args.file).rsplit(".", 1)[0] + ".strength.jsonl"
-    summary = write_strength(args.file, output, RewardModelSource(args.rm, progress=True), show=args.show)
+    summary = write_strength(args.file, output, load_reward_source(args.rm, progress=True), show=args.show)
     print(json.dumps(summary, indent=1, ensure_ascii=False))
     return 0
 
@@ -140,15 +140,15 @@ def cmd_eval_rm(args, rest: list[str]) -> int:
     from alignlab.data import load_records
     from alignlab.data.records import PairwiseRecord
     from alignlab.eval.reward_eval import evaluate_pairs
-    from alignlab.rewards.model import RewardModelSource
+    from alignlab.rewards.model import load_reward_source
 
     if rest:
         raise ConfigError(f"unknown option(s) for eval rm: {' '.join(rest)}")
     records = [r for r in load_records(args.data, format=args.format).records if isinstance(r, PairwiseRecord)]
     if not records:
         raise ValueError(f"{args.data}: no pairwise records to evaluate on")
-    source = RewardModelSource(args.model, how=args.how, batch_size=args.batch_size, max_length=args.max_length,
-                               progress=True)
+    source = load_reward_source(args.model, how=args.how, batch_size=args.batch_size, max_length=args.max_length,
+                                progress=True)
     result = evaluate_pairs(source, records, output_dir=args.output)
     if args.consistency:
         from alignlab.eval.consistency import build_contrast_pairs, reward_consistency
@@ -167,11 +167,11 @@ def cmd_bon(args, rest: list[str]) -> int:
     import json
 
     from alignlab.rewards.bon import read_prompts, run_best_of_n
-    from alignlab.rewards.model import RewardModelSource
+    from alignlab.rewards.model import load_reward_source
 
     if rest:
         raise ConfigError(f"unknown option(s) for bon: {' '.join(rest)}")
-    source = RewardModelSource(args.rm, how=args.how, progress=True, direction=args.direction)
+    source = load_reward_source(args.rm, how=args.how, progress=True, direction=args.direction)
     summary = run_best_of_n(args.policy, source, read_prompts(args.prompts), n=args.n, output=args.output,
                             max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
     print(json.dumps(summary, indent=1))
@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     strength = data_sub.add_parser("strength", help="score each pair's preference strength with an RM ensemble")
     strength.add_argument("file")
-    strength.add_argument("--rm", required=True, help="reward model (ensemble) folder from `alignlab train rm --ensemble K`")
+    strength.add_argument("--rm", required=True, help="reward model (ensemble) folder from `alignlab train rm --ensemble K`, or DIR1+DIR2+... (separately trained models as one ensemble)")
     strength.add_argument("--output", help="output jsonl (default FILE.strength.jsonl)")
     strength.add_argument("--show", type=int, default=10, help="how many likely-mislabeled pairs to list")
     strength.set_defaults(func=cmd_data_strength)
@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="evaluate models")
     eval_sub = evaluate.add_subparsers(dest="eval_command", required=True)
     eval_rm = eval_sub.add_parser("rm", help="reward model: accuracy (per subset), calibration, length bias, ensemble disagreement")
-    eval_rm.add_argument("--model", required=True, help="folder written by `alignlab train rm` (its final/)")
+    eval_rm.add_argument("--model", required=True, help="folder written by `alignlab train rm` (its final/), or DIR1+DIR2+... as one ensemble")
     eval_rm.add_argument("--data", required=True, help="held-out preference data (any supported format)")
     eval_rm.add_argument("--format", default="auto")
     eval_rm.add_argument("--how", default="mean", help="ensemble aggregation: mean | wco | uwo")
@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bon = sub.add_parser("bon", help="Best-of-N: sample N responses per prompt, keep the best by a reward model")
     bon.add_argument("--policy", default="embedded", help="policy to sample from")
-    bon.add_argument("--rm", required=True, help="reward model folder (from `alignlab train rm`)")
+    bon.add_argument("--rm", required=True, help="reward model folder (from `alignlab train rm`), or DIR1+DIR2+... as one ensemble")
     bon.add_argument("--prompts", required=True, help=".jsonl with a `prompt` field per line, or .txt, one per line")
     bon.add_argument("--n", type=int, default=8)
     bon.add_argument("--how", default="mean", help="ensemble aggregation: mean | wco | uwo")

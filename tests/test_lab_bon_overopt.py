@@ -90,6 +90,11 @@ def test_bon_command_keeps_the_best_of_n_by_the_reward_model(tmp_path, tiny_poli
     for r in rows:  # the kept completion scores what was recorded, and at least the mean of the n
         assert source.score([r["prompt"]], [r["completion"]]).item() == pytest.approx(r["reward"], abs=1e-4)
         assert r["reward"] >= r["mean_reward_of_n"] - 1e-6
+    # two folders read as one ensemble: the same model twice picks the same completions
+    twice = tmp_path / "twice.jsonl"
+    assert main(["bon", "--policy", str(tiny_policy_dir), "--rm", f"{rm.final_dir}+{rm.final_dir}", "--prompts",
+                 str(prompts), "--n", "4", "--max-new-tokens", "5", "--output", str(twice), "--how", "wco"]) == 0
+    assert [r["completion"] for r in map(json.loads, twice.read_text().splitlines())] == [r["completion"] for r in rows]
     # a direction over the attributes (DPA): this model has the one attribute "reward", so any
     # positive weight picks the same completions; a name it does not have is a clear error
     steered = tmp_path / "steered.jsonl"

@@ -111,6 +111,15 @@ def test_separately_trained_models_read_as_one_ensemble(tmp_path, tiny_encoder_d
     torch.testing.assert_close(build_reward_source(f"rm:{dirs[0]}+{dirs[1]}").score(prompts, texts), members.mean(0))
     with pytest.raises(ValueError, match="direction"):
         build_reward_source(f"rm:{dirs[0]}+{dirs[1]}@1")
+    # eval rm reads the pair as one ensemble: two members, disagreement reported
+    from alignlab.cli import main
+
+    data = tmp_path / "test.jsonl"
+    data.write_text("".join(json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}) + "\n"
+                            for p in pairs(WORDS[12:])))
+    assert main(["eval", "rm", "--model", f"{dirs[0]}+{dirs[1]}", "--data", str(data), "--how", "wco",
+                 "--output", str(tmp_path / "ev")]) == 0
+    assert json.loads((tmp_path / "ev" / "rm_eval.json").read_text())["ensemble"]["members"] == 2
 
 
 def test_ratings_objective_regresses_each_attribute(tmp_path, tiny_encoder_dir):

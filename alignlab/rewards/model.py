@@ -123,9 +123,30 @@ class RewardEnsembleSource:
     def truncated(self) -> int:
         return sum(s.truncated for s in self.sources)
 
+    @property
+    def tokenizer(self):
+        return self.sources[0].tokenizer
+
+    def outputs(self, prompts, responses) -> tuple[Tensor, Tensor]:
+        """(N, K) member rewards and (N, K, A) attribute rewards of every model's members, in order."""
+        parts = [s.outputs(prompts, responses) for s in self.sources]
+        if len({a.shape[-1] for _, a in parts}) > 1:
+            raise ValueError(f"{self.name}: the models score different numbers of attributes")
+        return torch.cat([r for r, _ in parts], dim=1), torch.cat([a for _, a in parts], dim=1)
+
     def member_scores(self, prompts, responses) -> Tensor:
         """(K, N): every model's members, in order."""
-        return torch.cat([s.member_scores(prompts, responses) for s in self.sources], dim=0)
+        return self.outputs(prompts, responses)[0].T
 
     def score(self, prompts, responses) -> Tensor:
         return aggregate(self.member_scores(prompts, responses), self.how, uwo_coef=self.uwo_coef)
+
+
+def load_reward_source(path, *, how: str = "mean", direction=None, **kwargs):
+    """A saved reward model (`DIR`) or several read as one ensemble (`DIR1+DIR2+...`)."""
+    path = str(path)
+    if "+" not in path:
+        return RewardModelSource(path, how=how, direction=direction, **kwargs)
+    if direction is not None:
+        raise ValueError(f"{path}: a direction reads one multi-objective model, not an ensemble of several")
+    return RewardEnsembleSource([p for p in path.split("+") if p], how=how, **kwargs)

@@ -41,18 +41,12 @@ def build_reward_source(spec: str, *, how: str = "mean", answers: dict | None = 
             raise ValueError(f"reward {spec!r}: use math or math:lenient")
         return AnswerReward(answers, literal=rest != "lenient")
     if kind == "rm":
-        from alignlab.rewards.model import RewardModelSource
+        from alignlab.rewards.model import load_reward_source
 
         path, at, direction = rest.rpartition("@") if "@" in rest else (rest, "", "")
         if not path:
             raise ValueError("reward 'rm:DIR' needs the reward model's folder after 'rm:'")
-        if "+" in path:
-            from alignlab.rewards.model import RewardEnsembleSource
-
-            if at:
-                raise ValueError(f"reward {spec!r}: a direction (@...) reads one multi-objective model, not an ensemble")
-            return RewardEnsembleSource([p for p in path.split("+") if p], how=how)
-        return RewardModelSource(path, how=how, direction=direction if at else None)
+        return load_reward_source(path, how=how, direction=direction if at else None)
     if kind == "python":
         module, _, name = rest.rpartition(":")
         if not module or not name:
