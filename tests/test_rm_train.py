@@ -122,6 +122,59 @@ def test_separately_trained_models_read_as_one_ensemble(tmp_path, tiny_encoder_d
     assert json.loads((tmp_path / "ev" / "rm_eval.json").read_text())["ensemble"]["members"] == 2
 
 
+def test_a_lora_reward_model_adapts_all_linear_layers_and_saves_merged(tmp_path, tiny_policy_dir):
+    from alignlab.rewards.model import RewardModelSource
+
+    session = train_reward_model(cfg(tmp_path, tiny_policy_dir, lora=True, lora_r=4, lora_alpha=8, learning_rate=1e-2),
+                                 train_records=pairs(WORDS[:12]), eval_records=pairs(WORDS[12:]))
+    assert any("lora_" in n for n, _ in session.model.backbone.named_parameters())
+    assert [r for r in session.state.history if "eval/accuracy" in r][-1]["eval/accuracy"] == 1.0
+    held = pairs(WORDS[12:])
+    source = RewardModelSource(session.final_dir)  # merged: a plain classifier folder, no adapter files
+    assert not source.model.adapter_names
+    chosen = source.score([p.prompt for p in held], [p.chosen for p in held])
+    assert (chosen > source.score([p.prompt for p in held], [p.rejected for p in held])).all()
+
+
+@pytest.mark.parametrize("which", ["encoder", "causal"])
+def test_lora_members_train_their_own_adapters_on_one_frozen_backbone(tmp_path, which, tiny_encoder_dir,
+                                                                       tiny_policy_dir):
+    from alignlab.rewards.model import RewardModelSource
+
+    model = tiny_encoder_dir if which == "encoder" else tiny_policy_dir
+    session = train_reward_model(cfg(tmp_path, model, ensemble=2, ensemble_kind="lora", lora_r=4, lora_alpha=8,
+                                     learning_rate=1e-2, epochs=4.0),
+                                 train_records=pairs(WORDS[:12]), eval_records=pairs(WORDS[12:]))
+    rm = session.model
+    assert rm.adapter_names == ("member0", "member1")
+    named = dict(rm.backbone.named_parameters())
+    base = [n for n in named if "lora_" not in n]
+    assert base and not any(named[n].requires_grad for n in base)  # one frozen base
+    for k in range(2):  # every member's adapter was trained (LoRA B starts at 0)
+        trained = [p for n, p in named.items() if f"lora_B.member{k}." in n]
+        assert trained and any(p.abs().sum() > 0 for p in trained)
+    evals = [r for r in session.state.history if "eval/accuracy" in r]
+    assert evals[-1]["eval/accuracy"] == 1.0
+    # saved as the base + heads + members/<adapter>/, and loaded back to the same member scores
+    held = pairs(WORDS[12:])
+    prompts, texts = [p.prompt for p in held] * 2, [p.chosen for p in held] + [p.rejected for p in held]
+    source = RewardModelSource(session.final_dir)
+    assert source.model.adapter_names == ("member0", "member1")
+    scores = source.member_scores(prompts, texts)
+    assert scores.shape == (2, len(texts)) and not torch.allclose(scores[0], scores[1])
+    assert (scores[:, : len(held)] > scores[:, len(held):]).all()
+    from alignlab.models.reward import pack_reward_sequences, pad_encoder_sequences
+
+    seqs = source._encode(prompts, texts)
+    batch = (pad_encoder_sequences(seqs, pad_token_id=source.pad_token_id) if which == "encoder" else
+             pack_reward_sequences([(p, [(r, i)]) for i, (p, r) in enumerate(seqs)], len(seqs),
+                                   pad_token_id=source.pad_token_id))
+    rm.eval()
+    with torch.no_grad():
+        in_memory, _ = rm(batch)
+    torch.testing.assert_close(in_memory.T, scores, atol=1e-4, rtol=1e-4)
+
+
 def test_ratings_objective_regresses_each_attribute(tmp_path, tiny_encoder_dir):
     records = [RatingRecord(prompt=f"Tell me about {t}.", responses=[f"I love {t}.", f"I hate {t}."],
                             ratings=[{"helpful": 4.0, "safe": 1.0}, {"helpful": 1.0, "safe": 3.0}]) for t in WORDS]

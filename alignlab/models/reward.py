@@ -11,7 +11,9 @@ optionally mixed into one score by a prompt-conditioned gate (ArmoRM) or a user 
 
 An ensemble is K heads on ONE backbone forward; with `freeze_backbone` the backbone runs without
 grad, so K members cost little more than one (Coste et al. 2023 train full copies; this is the
-cheap variant the issue asks for, diversity coming from head initialization and data order).
+cheap variant, diversity coming from head initialization and bootstrap weights). Or K LoRA
+adapters on one frozen backbone (`adapter_names`), each with its own head: K backbone passes,
+but one copy of the weights, and members that differ in their features, not only their heads.
 """
 
 from __future__ import annotations
@@ -93,10 +95,14 @@ class RewardModel(nn.Module):
 
     def __init__(self, backbone: nn.Module, *, kind: str, hidden_size: int, members: int = 1,
                  attributes: tuple[str, ...] = ("reward",), gating: bool = False, freeze_backbone: bool = False,
-                 seed: int = 0):
+                 seed: int = 0, adapter_names: tuple[str, ...] = ()):
         super().__init__()
         if kind not in ("causal", "encoder"):
             raise ValueError(f"reward model kind must be causal or encoder, got {kind!r}")
+        if adapter_names and (len(adapter_names) != members or gating or freeze_backbone):
+            raise ValueError("LoRA members: one adapter per member, no gate, and the adapters must train")
+        # LoRA members: member k reads the backbone with adapter k active (peft, one frozen base)
+        self.adapter_names = tuple(adapter_names)
         self.backbone, self.kind = backbone, kind
         self.members, self.attributes = members, tuple(attributes)
         self.freeze_backbone = freeze_backbone
@@ -154,9 +160,26 @@ class RewardModel(nn.Module):
             pooled = flat[batch.read_index]
         return pooled, flat[batch.prompt_index]
 
+    def use_adapter(self, name: str) -> None:
+        """Make LoRA member `name` the active adapter. peft's set_adapter also switches the other
+        adapters' requires_grad off, and autograd then drops their gradients from a backward pass
+        that spans several members, so every adapter stays trainable here."""
+        self.backbone.base_model.set_adapter(name)
+        for n, p in self.backbone.named_parameters():
+            if "lora_" in n:
+                p.requires_grad_(True)
+
     def forward(self, batch: RewardBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        pooled, prompt = self.features(batch)
-        attrs = torch.einsum("sh,kha->ska", pooled.float(), self.head_weight)  # (S, K, A)
+        if self.adapter_names:  # one backbone pass per LoRA member, each read by its own head
+            per_member = []
+            for k, name in enumerate(self.adapter_names):
+                self.use_adapter(name)
+                pooled, prompt = self.features(batch)
+                per_member.append(pooled.float() @ self.head_weight[k])  # (S, A)
+            attrs = torch.stack(per_member, dim=1)  # (S, K, A)
+        else:
+            pooled, prompt = self.features(batch)
+            attrs = torch.einsum("sh,kha->ska", pooled.float(), self.head_weight)  # (S, K, A)
         if self.head_bias is not None:
             attrs = attrs + self.head_bias
         attrs = attrs - self.reward_offset

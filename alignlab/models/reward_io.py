@@ -66,16 +66,43 @@ def reward_pad_token_id(tokenizer) -> int:
     raise ValueError("the tokenizer has no special token other than eos to pad with; add a pad token")
 
 
+def _lora_config(lora: dict):
+    from peft import LoraConfig
+
+    targets = "all-linear" if list(lora["target_modules"]) == ["all-linear"] else list(lora["target_modules"])
+    return LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], target_modules=targets)
+
+
+def member_adapter_names(members: int) -> tuple[str, ...]:
+    return tuple(f"member{k}" for k in range(members))
+
+
 def build_reward_model(name: str, *, members: int = 1, attributes=("reward",), gating: bool = False,
-                       freeze_backbone: bool = False, lora: dict | None = None, seed: int = 0) -> RewardModel:
+                       freeze_backbone: bool = False, lora: dict | None = None, seed: int = 0,
+                       lora_members: bool = False) -> RewardModel:
+    """lora_members: the K members are K LoRA adapters (settings `lora`) on one frozen backbone."""
     path = resolve_backbone_path(name)
     kind = backbone_kind(path)
     backbone = load_backbone(path, kind)
-    if lora and not freeze_backbone:
-        from peft import LoraConfig, get_peft_model
+    if lora_members:
+        from peft import get_peft_model
 
-        backbone = get_peft_model(backbone, LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                                                       target_modules=lora["target_modules"]))
+        if not lora:
+            raise ValueError("LoRA members need LoRA settings (r, alpha, dropout, target_modules)")
+        names = member_adapter_names(members)
+        with torch.random.fork_rng(devices=[]):  # each adapter draws its own A matrices from one seeded stream
+            torch.manual_seed(seed)
+            backbone = get_peft_model(backbone, _lora_config(lora), adapter_name=names[0])
+            for extra in names[1:]:
+                backbone.add_adapter(extra, _lora_config(lora))
+        model = RewardModel(backbone, kind=kind, hidden_size=backbone.config.hidden_size, members=members,
+                            attributes=tuple(attributes), seed=seed, adapter_names=names)
+        model.use_adapter(names[0])
+        return model
+    if lora and not freeze_backbone:
+        from peft import get_peft_model
+
+        backbone = get_peft_model(backbone, _lora_config(lora))
     hidden = backbone.config.hidden_size
     return RewardModel(backbone, kind=kind, hidden_size=hidden, members=members, attributes=tuple(attributes),
                        gating=gating, freeze_backbone=freeze_backbone, seed=seed)
@@ -83,6 +110,8 @@ def build_reward_model(name: str, *, members: int = 1, attributes=("reward",), g
 
 def _plain_backbone(model: RewardModel):
     backbone = model.backbone
+    if model.adapter_names:  # LoRA members: the shared base, without any adapter (they are saved apart)
+        return copy.deepcopy(backbone).unload()
     if hasattr(backbone, "merge_and_unload"):  # PEFT: merge a copy, keep training state intact
         backbone = copy.deepcopy(backbone).merge_and_unload()
     return backbone
@@ -123,6 +152,9 @@ def save_reward_model(model: RewardModel, tokenizer, path, *, objective: str = "
             "objective": objective}
     if model.reward_offset.any():
         meta["reward_offset"] = model.reward_offset.tolist()
+    if model.adapter_names:  # peft writes adapter `name` to members/<name>/
+        model.backbone.save_pretrained(str(path / "members"), selected_adapters=list(model.adapter_names))
+        meta["adapters"] = list(model.adapter_names)
     (path / META).write_text(json.dumps(meta, indent=1))
     return path
 
@@ -151,8 +183,25 @@ def load_reward_model(path) -> tuple[RewardModel, object, dict]:
         model = RewardModel(backbone, kind="encoder", hidden_size=backbone.config.hidden_size, members=K,
                             attributes=tuple(meta["attributes"]), gating=meta["gating"])
         model.load_state_dict(load_file(str(path / "reward_heads.safetensors")), strict=False)
+    if meta.get("adapters"):
+        model = _with_member_adapters(model, path, meta)
     if model.gate is not None:
         model.gate.load_state_dict(load_file(str(path / "reward_gate.safetensors")))
     if "reward_offset" in meta:
         model.reward_offset.copy_(torch.tensor(meta["reward_offset"], dtype=torch.float32).view(K, A))
     return model.eval(), tokenizer, meta
+
+
+def _with_member_adapters(model: RewardModel, path: Path, meta: dict) -> RewardModel:
+    """The saved base + heads, with the LoRA member adapters from members/<name>/ on the backbone."""
+    from peft import PeftModel
+
+    names = tuple(meta["adapters"])
+    backbone = PeftModel.from_pretrained(model.backbone, str(path / "members" / names[0]), adapter_name=names[0])
+    for name in names[1:]:
+        backbone.load_adapter(str(path / "members" / name), adapter_name=name)
+    out = RewardModel(backbone, kind=model.kind, hidden_size=backbone.config.hidden_size, members=model.members,
+                      attributes=model.attributes, adapter_names=names)
+    out.head_weight = model.head_weight
+    out.head_bias = model.head_bias
+    return out

@@ -29,7 +29,8 @@ class RMConfig(TrainConfig):
     learning_rate: float = field(5e-5, "peak learning rate")
     head_learning_rate: float = field(0.0, "peak learning rate of the reward head(s) and gate (0: learning_rate); a fresh head at a backbone's fine-tuning rate barely moves")
     ensemble: int = field(1, "K members: K heads on one shared backbone (frozen when K > 1), each on its own bootstrap weights")
-    freeze_backbone: bool = field(False, "train only the heads (implied by ensemble > 1)")
+    ensemble_kind: str = field("heads", "what the K members are: heads (K heads on one frozen backbone, one forward for all) | lora (K LoRA adapters on one frozen backbone, each with its own head: K forwards, one copy of the weights; lora_r/lora_alpha/lora_target_modules apply)")
+    freeze_backbone: bool = field(False, "train only the heads (implied by ensemble > 1 with heads)")
     attributes: list = field([], "ratings objective: attribute names to regress (empty: every attribute found in the data)")
     gating: bool = field(False, "ratings objective: ArmoRM's prompt-conditioned gate mixing the attributes into one score")
     use_margin: bool = field(False, "Llama-2 margin: subtract each pair's `margin` inside the sigmoid")
@@ -46,6 +47,10 @@ class RMConfig(TrainConfig):
             raise ConfigError(f"objective must be one of {OBJECTIVES}")
         if self.ensemble < 1:
             raise ConfigError("ensemble must be >= 1")
+        if self.ensemble_kind not in ("heads", "lora"):
+            raise ConfigError("ensemble_kind must be heads or lora")
+        if self.ensemble_kind == "lora" and (self.freeze_backbone or self.gating):
+            raise ConfigError("ensemble_kind lora trains one adapter per member: no freeze_backbone, no gating")
         if self.strength_weighting not in ("none", "weight", "flip"):
             raise ConfigError("strength_weighting must be none | weight | flip")
         if self.gating and self.objective != "ratings":
@@ -53,7 +58,11 @@ class RMConfig(TrainConfig):
 
     @property
     def frozen(self) -> bool:
-        return self.freeze_backbone or self.ensemble > 1
+        return self.freeze_backbone or (self.ensemble > 1 and self.ensemble_kind == "heads")
+
+    @property
+    def lora_members(self) -> bool:
+        return self.ensemble > 1 and self.ensemble_kind == "lora"
 
 
 @dataclass

@@ -157,19 +157,21 @@ def prepare_reward_session(cfg: RMConfig, *, train_records=None, eval_records=No
     items = {"train": encode_items(cfg, tokenizer, train, attributes, cfg.train_data or "train records", report),
              "eval": encode_items(cfg, tokenizer, evals, attributes, cfg.eval_data or "eval records", report)}
     session.pad_token_id = reward_pad_token_id(tokenizer)
-    lora = dict(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules) if cfg.lora else None
+    lora = (dict(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules)
+            if cfg.lora or cfg.lora_members else None)
     if dry_run:
         session.dry_run_text = "\n".join([
             f"alignlab dry run: reward model ({cfg.objective}) on {cfg.model}",
             f"  {len(items['train'])} train / {len(items['eval'])} eval examples; batch {cfg.batch_size} x {cfg.grad_accum}",
-            f"  ensemble: {cfg.ensemble} head(s) on one {'frozen' if cfg.frozen else 'trained'} backbone",
+            f"  ensemble: {cfg.ensemble} {'LoRA adapter(s)' if cfg.lora_members else 'head(s)'} on one "
+            f"{'frozen' if cfg.frozen or cfg.lora_members else 'trained'} backbone",
             *("  " + line for line in report.lines()),
         ])
         return session, items
     if not items["train"]:
         raise ValueError("no training examples left after loading and filtering: see the data report")
     session.model = build_reward_model(cfg.model, members=cfg.ensemble, attributes=attributes, gating=cfg.gating,
-                                       freeze_backbone=cfg.frozen, lora=lora, seed=cfg.seed)
+                                       freeze_backbone=cfg.frozen, lora=lora, seed=cfg.seed, lora_members=cfg.lora_members)
     if cfg.gradient_checkpointing and not cfg.frozen:  # a frozen backbone keeps no activations anyway
         session.model.backbone.gradient_checkpointing_enable()
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.precision]
