@@ -163,16 +163,20 @@ def test_lora_members_train_their_own_adapters_on_one_frozen_backbone(tmp_path, 
     scores = source.member_scores(prompts, texts)
     assert scores.shape == (2, len(texts)) and not torch.allclose(scores[0], scores[1])
     assert (scores[:, : len(held)] > scores[:, len(held):]).all()
-    from alignlab.models.reward import pack_reward_sequences, pad_encoder_sequences
+    from alignlab.models.reward import score_sequences
 
-    seqs = source._encode(prompts, texts)
-    batch = (pad_encoder_sequences(seqs, pad_token_id=source.pad_token_id) if which == "encoder" else
-             pack_reward_sequences([(p, [(r, i)]) for i, (p, r) in enumerate(seqs)], len(seqs),
-                                   pad_token_id=source.pad_token_id))
     rm.eval()
-    with torch.no_grad():
-        in_memory, _ = rm(batch)
+    in_memory, _ = score_sequences(rm, source._encode(prompts, texts), pad_token_id=source.pad_token_id)
     torch.testing.assert_close(in_memory.T, scores, atol=1e-4, rtol=1e-4)
+
+
+def test_lora_members_are_checked_against_settings_they_cannot_have(tmp_path):
+    from alignlab.config import ConfigError
+
+    for bad in (dict(ensemble_kind="copies"), dict(ensemble_kind="lora", freeze_backbone=True),
+                dict(ensemble_kind="lora", gating=True, objective="ratings")):
+        with pytest.raises(ConfigError, match="ensemble_kind"):
+            RMConfig(output_dir=str(tmp_path), ensemble=2, **bad).validate()
 
 
 def test_ratings_objective_regresses_each_attribute(tmp_path, tiny_encoder_dir):

@@ -69,11 +69,16 @@ def load_policy(name: str, *, dtype: torch.dtype = torch.float32):
     return model
 
 
+def lora_targets(target_modules: list[str]):
+    """peft's `target_modules`: its "all-linear" shorthand is a string, never a list element."""
+    return "all-linear" if list(target_modules) == ["all-linear"] else list(target_modules)
+
+
 def add_lora(model, *, r: int, alpha: int, dropout: float, target_modules: list[str]):
     from peft import LoraConfig, get_peft_model
 
-    targets = "all-linear" if list(target_modules) == ["all-linear"] else list(target_modules)
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=lora_targets(target_modules),
+                        task_type="CAUSAL_LM")
     return get_peft_model(model, config)
 
 

@@ -195,3 +195,27 @@ class RewardModel(nn.Module):
         if attrs.shape[-1] == 1:
             return attrs[..., 0]
         return attrs.mean(-1)
+
+
+@torch.no_grad()
+def score_sequences(model: RewardModel, seqs, *, pad_token_id: int, batch_size: int = 64, progress: str = "",
+                    device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(S, K) member rewards and (S, K, A) attribute rewards of `seqs` [(prompt_ids, response_ids)],
+    in their order, batched by length (little padding) and packed (causal) or padded (encoder).
+    `progress`: a progress-bar label (empty: none)."""
+    from tqdm.auto import tqdm
+
+    device = device or model.head_weight.device
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]) + len(seqs[i][1]))
+    K, A = model.members, len(model.attributes)
+    rewards, attrs = torch.zeros(len(seqs), K), torch.zeros(len(seqs), K, A)
+    for start in tqdm(range(0, len(order), batch_size), desc=progress, disable=not progress, dynamic_ncols=True):
+        idx = order[start : start + batch_size]
+        if model.kind == "causal":
+            batch = pack_reward_sequences([(list(seqs[i][0]), [(list(seqs[i][1]), j)]) for j, i in enumerate(idx)],
+                                          len(idx), pad_token_id=pad_token_id)
+        else:
+            batch = pad_encoder_sequences([(list(seqs[i][0]), list(seqs[i][1])) for i in idx], pad_token_id=pad_token_id)
+        r, a = model(batch.to(device))
+        rewards[idx], attrs[idx] = r.float().cpu(), a.float().cpu()
+    return rewards, attrs

@@ -69,12 +69,10 @@ def reward_pad_token_id(tokenizer) -> int:
 def _lora_config(lora: dict):
     from peft import LoraConfig
 
-    targets = "all-linear" if list(lora["target_modules"]) == ["all-linear"] else list(lora["target_modules"])
-    return LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], target_modules=targets)
+    from alignlab.models.load import lora_targets
 
-
-def member_adapter_names(members: int) -> tuple[str, ...]:
-    return tuple(f"member{k}" for k in range(members))
+    return LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                      target_modules=lora_targets(lora["target_modules"]))
 
 
 def build_reward_model(name: str, *, members: int = 1, attributes=("reward",), gating: bool = False,
@@ -89,7 +87,7 @@ def build_reward_model(name: str, *, members: int = 1, attributes=("reward",), g
 
         if not lora:
             raise ValueError("LoRA members need LoRA settings (r, alpha, dropout, target_modules)")
-        names = member_adapter_names(members)
+        names = tuple(f"member{k}" for k in range(members))
         with torch.random.fork_rng(devices=[]):  # each adapter draws its own A matrices from one seeded stream
             torch.manual_seed(seed)
             backbone = get_peft_model(backbone, _lora_config(lora), adapter_name=names[0])
@@ -171,37 +169,29 @@ def load_reward_model(path) -> tuple[RewardModel, object, dict]:
     meta = json.loads(meta_path.read_text())
     tokenizer = AutoTokenizer.from_pretrained(path)
     K, A = meta["members"], len(meta["attributes"])
+    adapters = tuple(meta.get("adapters", ()))
+
+    def build(backbone) -> RewardModel:
+        if adapters:  # LoRA members: the saved base with each member's adapter from members/<name>/
+            from peft import PeftModel
+
+            backbone = PeftModel.from_pretrained(backbone, str(path / "members" / adapters[0]), adapter_name=adapters[0])
+            for name in adapters[1:]:
+                backbone.load_adapter(str(path / "members" / name), adapter_name=name)
+        return RewardModel(backbone, kind=meta["kind"], hidden_size=backbone.config.hidden_size, members=K,
+                           attributes=tuple(meta["attributes"]), gating=meta["gating"], adapter_names=adapters)
+
     if meta["kind"] == "causal":
         classifier = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
-        backbone = getattr(classifier, classifier.base_model_prefix)
-        model = RewardModel(backbone, kind="causal", hidden_size=backbone.config.hidden_size, members=K,
-                            attributes=tuple(meta["attributes"]), gating=meta["gating"])
+        model = build(getattr(classifier, classifier.base_model_prefix))
         with torch.no_grad():
             model.head_weight.copy_(classifier.score.weight.reshape(K, A, -1).permute(0, 2, 1))
     else:
-        backbone = load_backbone(str(path), "encoder")
-        model = RewardModel(backbone, kind="encoder", hidden_size=backbone.config.hidden_size, members=K,
-                            attributes=tuple(meta["attributes"]), gating=meta["gating"])
+        model = build(load_backbone(str(path), "encoder"))
         model.load_state_dict(load_file(str(path / "reward_heads.safetensors")), strict=False)
-    if meta.get("adapters"):
-        model = _with_member_adapters(model, path, meta)
     if model.gate is not None:
         model.gate.load_state_dict(load_file(str(path / "reward_gate.safetensors")))
     if "reward_offset" in meta:
         model.reward_offset.copy_(torch.tensor(meta["reward_offset"], dtype=torch.float32).view(K, A))
     return model.eval(), tokenizer, meta
 
-
-def _with_member_adapters(model: RewardModel, path: Path, meta: dict) -> RewardModel:
-    """The saved base + heads, with the LoRA member adapters from members/<name>/ on the backbone."""
-    from peft import PeftModel
-
-    names = tuple(meta["adapters"])
-    backbone = PeftModel.from_pretrained(model.backbone, str(path / "members" / names[0]), adapter_name=names[0])
-    for name in names[1:]:
-        backbone.load_adapter(str(path / "members" / name), adapter_name=name)
-    out = RewardModel(backbone, kind=model.kind, hidden_size=backbone.config.hidden_size, members=model.members,
-                      attributes=model.attributes, adapter_names=names)
-    out.head_weight = model.head_weight
-    out.head_bias = model.head_bias
-    return out

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from alignlab.models.reward import pack_reward_sequences, pad_encoder_sequences
+from alignlab.models.reward import score_sequences
 from alignlab.rewards.aggregate import aggregate
 
 
@@ -32,7 +32,28 @@ def direction_vector(direction, attributes: Sequence[str]) -> list[float]:
     return [float(x) for x in direction]
 
 
-class RewardModelSource:
+class _Members:
+    """Reading a source's `outputs` (N, K member rewards; N, K, A attribute rewards) as scores."""
+
+    how: str
+    uwo_coef: float
+
+    def outputs(self, prompts, responses) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def member_scores(self, prompts, responses) -> Tensor:
+        """(K, N)."""
+        return self.outputs(prompts, responses)[0].T
+
+    def score_attributes(self, prompts, responses) -> Tensor:
+        """(N, A) attribute rewards, averaged over members."""
+        return self.outputs(prompts, responses)[1].mean(1)
+
+    def score(self, prompts, responses) -> Tensor:
+        return aggregate(self.member_scores(prompts, responses), self.how, uwo_coef=self.uwo_coef)
+
+
+class RewardModelSource(_Members):
     """`score(prompts, responses)` with a model saved by `alignlab train rm`.
 
     how: mean | wco | uwo — how an ensemble's K members are combined (Coste et al.);
@@ -69,42 +90,17 @@ class RewardModelSource:
             out.append((p, r))
         return out
 
-    @torch.no_grad()
     def outputs(self, prompts: Sequence, responses: Sequence[str]) -> tuple[Tensor, Tensor]:
         """(N, K) member rewards and (N, K, A) attribute rewards."""
-        from tqdm.auto import tqdm
-
         if len(prompts) != len(responses):
             raise ValueError(f"score() needs one prompt per response, got {len(prompts)} and {len(responses)}")
-        seqs = self._encode(prompts, responses)
-        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]) + len(seqs[i][1]))  # little padding
-        K, A = self.model.members, len(self.model.attributes)
-        rewards, attrs = torch.zeros(len(seqs), K), torch.zeros(len(seqs), K, A)
-        starts = range(0, len(order), self.batch_size)
-        for start in tqdm(starts, desc="scoring", disable=not self.progress, dynamic_ncols=True):
-            idx = order[start : start + self.batch_size]
-            if self.model.kind == "causal":
-                batch = pack_reward_sequences([(seqs[i][0], [(seqs[i][1], j)]) for j, i in enumerate(idx)], len(idx),
-                                              pad_token_id=self.pad_token_id)
-            else:
-                batch = pad_encoder_sequences([seqs[i] for i in idx], pad_token_id=self.pad_token_id)
-            r, a = self.model(batch.to(self.device))
-            rewards[idx], attrs[idx] = r.float().cpu(), a.float().cpu()
-        return rewards, attrs
-
-    def member_scores(self, prompts, responses) -> Tensor:
-        """(K, N)."""
-        return self.outputs(prompts, responses)[0].T
-
-    def score_attributes(self, prompts, responses) -> Tensor:
-        """(N, A) attribute rewards, averaged over members."""
-        return self.outputs(prompts, responses)[1].mean(1)
-
-    def score(self, prompts, responses) -> Tensor:
-        return aggregate(self.member_scores(prompts, responses), self.how, uwo_coef=self.uwo_coef)
+        return score_sequences(self.model, self._encode(prompts, responses), pad_token_id=self.pad_token_id,
+                               batch_size=self.batch_size, progress="scoring" if self.progress else "",
+                               device=self.device)
 
 
-class RewardEnsembleSource:
+
+class RewardEnsembleSource(_Members):
     """Separately trained reward models read as one ensemble: e.g. the same labels fitted from
     several seeds, as in Coste et al. (2023), whose members differ more than heads on one frozen
     backbone do. `member_scores` stacks every model's members; `score` aggregates them by `how`
@@ -134,12 +130,6 @@ class RewardEnsembleSource:
             raise ValueError(f"{self.name}: the models score different numbers of attributes")
         return torch.cat([r for r, _ in parts], dim=1), torch.cat([a for _, a in parts], dim=1)
 
-    def member_scores(self, prompts, responses) -> Tensor:
-        """(K, N): every model's members, in order."""
-        return self.outputs(prompts, responses)[0].T
-
-    def score(self, prompts, responses) -> Tensor:
-        return aggregate(self.member_scores(prompts, responses), self.how, uwo_coef=self.uwo_coef)
 
 
 def load_reward_source(path, *, how: str = "mean", direction=None, **kwargs):

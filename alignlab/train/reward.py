@@ -183,25 +183,15 @@ def center_rewards(model, items: list[Item], pad_token_id: int, *, batch_size: i
     leaves that constant arbitrary per member (the loss sees only differences), and ensemble
     aggregations (min, variance) compare members at the same response, so they need one zero.
     Returns the (K, A) offsets."""
-    from tqdm.auto import tqdm
+    from alignlab.models.reward import score_sequences
 
     seqs = list(dict.fromkeys((tuple(it.prompt_ids), tuple(r)) for it in items for r in it.responses))
-    seqs.sort(key=lambda s: len(s[0]) + len(s[1]))  # little padding
     was_training = model.training
     model.eval()
     model.reward_offset.zero_()
-    total = torch.zeros_like(model.reward_offset, dtype=torch.float64)
-    device = model.head_weight.device
-    for start in tqdm(range(0, len(seqs), batch_size), desc="centering rewards", disable=not progress, dynamic_ncols=True):
-        chunk = [(list(p), list(r)) for p, r in seqs[start : start + batch_size]]
-        if model.kind == "causal":
-            batch = pack_reward_sequences([(p, [(r, j)]) for j, (p, r) in enumerate(chunk)], len(chunk),
-                                          pad_token_id=pad_token_id)
-        else:
-            batch = pad_encoder_sequences(chunk, pad_token_id=pad_token_id)
-        _, attrs = model(batch.to(device))  # (S, K, A)
-        total += attrs.double().sum(0).to(total.device)
-    model.reward_offset.copy_((total / max(len(seqs), 1)).to(model.reward_offset.dtype))
+    _, attrs = score_sequences(model, seqs, pad_token_id=pad_token_id, batch_size=batch_size,
+                               progress="centering rewards" if progress else "")
+    model.reward_offset.copy_(attrs.double().mean(0).to(model.reward_offset))
     model.train(was_training)
     return model.reward_offset.detach().cpu().clone()
 
