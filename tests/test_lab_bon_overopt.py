@@ -72,6 +72,57 @@ def test_bon_overoptimization_with_fine_tuned_members(tmp_path, tiny_policy_dir)
     assert main(["lab", "bon-overoptimization", "--members", "copies", "--output", str(tmp_path / "bad")]) == 2
 
 
+def test_bon_overoptimization_reuses_an_earlier_runs_samples(tmp_path, tiny_policy_dir, capsys):
+    """--reuse-samples labels and scores the same responses as an earlier run, without sampling;
+    settings that change the samples are refused, naming them."""
+    common = ["--train-prompts", "10", "--eval-prompts", "2", "--samples", "4", "--max-new-tokens", "6",
+              "--ensemble", "2", "--rm-epochs", "1", "--rm-batch-size", "8", "--full-rm", "false"]
+    first = tmp_path / "first"
+    assert main(["lab", "bon-overoptimization", "--policy", str(tiny_policy_dir), "--output", str(first), *common]) == 0
+    samples = [json.loads(line) for line in (first / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 10 * 6  # every train prompt's k = 6 responses, in sampling order
+
+    def candidates(folder):
+        return [(c["prompt_index"], c["response"], c["gold"]) for c in map(json.loads, (folder / "candidates.jsonl").read_text().splitlines())]
+
+    def responses(folder):
+        rows = [json.loads(line) for line in (folder / "pairs.jsonl").read_text().splitlines()]
+        return {r[k] for r in rows for k in ("chosen", "rejected")}
+
+    second = tmp_path / "second"  # fewer labels (disjoint pairs) of the same responses
+    assert main(["lab", "bon-overoptimization", "--policy", str(tiny_policy_dir), "--output", str(second),
+                 "--reuse-samples", str(first), "--all-pairs", "false", *common]) == 0
+    assert candidates(second) == candidates(first)
+    assert (second / "samples.jsonl").read_text() == (first / "samples.jsonl").read_text()
+    assert json.loads((second / "bon_overoptimization.json").read_text())["labelled_pairs"] == 10 * 3
+    assert responses(second) <= responses(first)
+    fewer = tmp_path / "fewer"  # fewer responses per prompt: the first 2 of each prompt's 6
+    assert main(["lab", "bon-overoptimization", "--policy", str(tiny_policy_dir), "--output", str(fewer),
+                 "--reuse-samples", str(first), "--pairs-per-prompt", "1", *common]) == 0
+    kept = [json.loads(line) for line in (fewer / "samples.jsonl").read_text().splitlines()]
+    assert kept == [s for n, s in enumerate(samples) if n % 6 < 2]
+    result = json.loads((fewer / "bon_overoptimization.json").read_text())
+    assert result["labelled_pairs"] == 10 and result["members_alone"]["n"] == [1, 2, 4]
+    single = [p["gold_reward"] for p in result["points"] if p["label"] == "single"]
+    assert result["members_alone"]["gold_reward"][0] == pytest.approx(single) and len(result["members_alone"]["gold_reward"]) == 2
+    # a run from before samples.jsonl: the distinct responses of its pairs.jsonl
+    (first / "samples.jsonl").unlink()
+    third = tmp_path / "third"
+    assert main(["lab", "bon-overoptimization", "--policy", str(tiny_policy_dir), "--output", str(third),
+                 "--reuse-samples", str(first), *common]) == 0
+    assert candidates(third) == candidates(first) and responses(third) == responses(first)
+    capsys.readouterr()
+    assert main(["lab", "bon-overoptimization", "--policy", str(tiny_policy_dir), "--output", str(tmp_path / "x"),
+                 "--reuse-samples", str(first), *common, "--samples", "8", "--pairs-per-prompt", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "samples: 4 there, 8 here" in err and "pairs_per_prompt: 3 there, 4 here" in err
+    lines = (first / "candidates.jsonl").read_text().splitlines()
+    (first / "candidates.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    assert main(["lab", "bon-overoptimization", "--policy", str(tiny_policy_dir), "--output", str(tmp_path / "y"),
+                 "--reuse-samples", str(first), *common]) == 1  # a data error
+    assert "candidates.jsonl: 7 candidates, expected 2 prompts x 4" in capsys.readouterr().err
+
+
 def test_bon_command_keeps_the_best_of_n_by_the_reward_model(tmp_path, tiny_policy_dir, capsys):
     from alignlab.data.records import PairwiseRecord
     from alignlab.rewards.model import RewardModelSource

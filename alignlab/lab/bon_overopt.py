@@ -53,6 +53,7 @@ class BoNOveroptConfig(LabDataConfig):
     full_rm_epochs: float = field(3.0, "full reward model epochs")
     full_rm_learning_rate: float = field(1e-4, "full reward model learning rate (the rm-accuracy lab's measured best)")
     full_rm_head_learning_rate: float = field(0.0, "full reward model's head learning rate (0: full_rm_learning_rate)")
+    reuse_samples: str = field("", "output folder of an earlier run: label and score its sampled responses (samples.jsonl, or the distinct responses of pairs.jsonl, and candidates.jsonl) instead of sampling again, so that proxies are compared on the same samples; its seed, prompts, samples, policy and max_new_tokens must match, and pairs_per_prompt be at most its (the first 2 x pairs_per_prompt responses of each prompt are used)")
 
 
 def _selectors(members: torch.Tensor, full: torch.Tensor | None, cfg: BoNOveroptConfig) -> dict[str, torch.Tensor]:
@@ -120,10 +121,17 @@ def build_proxies(cfg, out: Path, policy, tokenizer, task, train_prompts: list) 
 
     _check_members(cfg)
     k = 2 * cfg.pairs_per_prompt
-    sampled = sample_texts(policy, tokenizer, train_prompts, k, cfg, cfg.seed, "sampling RM training pairs")
-    texts: dict[int, list[str]] = {}
-    for i, t in zip(sampled.prompt_index, sampled.texts):
-        texts.setdefault(i, []).append(t)
+    if cfg.reuse_samples:
+        texts = dict(enumerate(reused_train_samples(Path(cfg.reuse_samples), train_prompts, k)))
+    else:
+        sampled = sample_texts(policy, tokenizer, train_prompts, k, cfg, cfg.seed, "sampling RM training pairs")
+        texts = {}
+        for i, t in zip(sampled.prompt_index, sampled.texts):
+            texts.setdefault(i, []).append(t)
+    with (out / "samples.jsonl").open("w", encoding="utf-8") as f:  # in sampling order, for --reuse-samples
+        for i in sorted(texts):
+            for t in texts[i]:
+                f.write(json.dumps({"prompt": train_prompts[i], "response": t}, ensure_ascii=False) + "\n")
     # held-out prompts, with all their samples: no held-out response or prompt is seen in training
     order = torch.randperm(len(train_prompts), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     n_eval = max(1, round(cfg.heldout_fraction * len(train_prompts)))
@@ -167,13 +175,18 @@ def run_bon_overoptimization(cfg: BoNOveroptConfig, *, policy=None, tokenizer=No
     _check_members(cfg)
     t0 = time.perf_counter()
     out = lab_output(cfg, "bon-overopt")
-    tokenizer = tokenizer or load_tokenizer(cfg.policy)
-    policy = policy or load_policy(cfg.policy)
     task = SentimentTask()
     train_prompts, eval_prompts = task.split(cfg.train_prompts, cfg.eval_prompts, seed=cfg.seed)
-    proxies = build_proxies(cfg, out, policy, tokenizer, task, train_prompts)
-
-    samples = sample_texts(policy, tokenizer, eval_prompts, cfg.samples, cfg, cfg.seed + 1, "sampling Best-of-N candidates")
+    if cfg.reuse_samples:  # no policy needed: every response is read back
+        check_reusable(Path(cfg.reuse_samples), cfg)
+        proxies = build_proxies(cfg, out, None, None, task, train_prompts)
+        samples = reused_candidates(Path(cfg.reuse_samples), len(eval_prompts), cfg.samples)
+    else:
+        tokenizer = tokenizer or load_tokenizer(cfg.policy)
+        policy = policy or load_policy(cfg.policy)
+        proxies = build_proxies(cfg, out, policy, tokenizer, task, train_prompts)
+        samples = sample_texts(policy, tokenizer, eval_prompts, cfg.samples, cfg, cfg.seed + 1,
+                               "sampling Best-of-N candidates")
     P, m = len(eval_prompts), cfg.samples
     gold = task.gold_reward(samples.texts).view(P, m)
     prompts = [eval_prompts[i] for i in samples.prompt_index]
@@ -186,8 +199,12 @@ def run_bon_overoptimization(cfg: BoNOveroptConfig, *, policy=None, tokenizer=No
             f.write(json.dumps({"prompt_index": i, "response": text, "gold": float(gold.view(-1)[j]),
                                 "members": members.flatten(1)[:, j].tolist(),
                                 **{k: float(v.reshape(-1)[j]) for k, v in selectors.items()}}) + "\n")
+    ns = sorted({p["n"] for p in points})
     result = {
         "points": points,
+        # each member as the single proxy (member 0 is "single"): how much the single-proxy curve owes to the seed
+        "members_alone": {"n": ns, "gold_reward": [[float(expected_best_of_n(members[k], gold, n).mean()) for n in ns]
+                                                    for k in range(members.shape[0])]},
         "heldout_accuracy": proxies.accuracy,
         "gold_ceiling_heldout": proxies.ceiling,
         "rm_heldout_accuracy": proxies.accuracy["mean"],
@@ -203,6 +220,70 @@ def run_bon_overoptimization(cfg: BoNOveroptConfig, *, policy=None, tokenizer=No
     plot_reward_vs_kl(points, out / "bon_proxy.png", rewards=("proxy_reward",), title="Best-of-N: proxy reward")
     _print(result, out)
     return result
+
+
+_SAMPLING_SETTINGS = ("seed", "train_prompts", "eval_prompts", "samples", "policy", "max_new_tokens")
+
+
+def check_reusable(folder: Path, cfg: BoNOveroptConfig) -> None:
+    """The earlier run in `folder` sampled the same prompts the same way, with at least as many
+    responses per train prompt (pairs_per_prompt), or a ValueError says which settings differ."""
+    path = folder / "bon_overoptimization.json"
+    if not path.is_file():
+        raise ValueError(f"reuse_samples: {path} not found (the folder of a finished bon-overoptimization run)")
+    earlier = json.loads(path.read_text())["config"]
+    differ = [f"{k}: {earlier.get(k)!r} there, {getattr(cfg, k)!r} here" for k in _SAMPLING_SETTINGS
+              if earlier.get(k) != getattr(cfg, k)]
+    if earlier.get("pairs_per_prompt", 0) < cfg.pairs_per_prompt:
+        differ.append(f"pairs_per_prompt: {earlier.get('pairs_per_prompt')!r} there, {cfg.pairs_per_prompt!r} here "
+                      "(at most as many as there)")
+    if differ:
+        raise ValueError(f"reuse_samples: {folder} sampled with other settings ({'; '.join(differ)})")
+
+
+def reused_train_samples(folder: Path, prompts: list, k: int) -> list[list[str]]:
+    """The first k responses of each train prompt from an earlier run: its samples.jsonl (in
+    sampling order) or, for runs before that file, the distinct responses of its pairs.jsonl (in
+    order of first appearance). A prompt with fewer than k responses is a DataError."""
+    from alignlab.data.errors import DataError
+    from alignlab.lab.rm_accuracy import read_response_groups
+
+    path = folder / "samples.jsonl" if (folder / "samples.jsonl").is_file() else folder / "pairs.jsonl"
+    found, groups = read_response_groups(path)
+    by_prompt = {json.dumps(p, sort_keys=True): g for p, g in zip(found, groups)}
+    out = []
+    for prompt in prompts:
+        group = by_prompt.get(json.dumps(prompt, sort_keys=True), [])
+        if len(group) < k:
+            raise DataError(f"{len(group)} responses to the train prompt {str(prompt)[:60]!r}, expected {k}",
+                            file=str(path))
+        out.append(group[:k])
+    return out
+
+
+@dataclass
+class _Candidates:
+    prompt_index: list[int]
+    texts: list[str]
+
+
+def reused_candidates(folder: Path, n_prompts: int, m: int) -> _Candidates:
+    """The Best-of-N candidates of an earlier run (candidates.jsonl: m rows per held-out prompt,
+    prompt-major), or a DataError naming the file, line and field."""
+    from alignlab.data.errors import DataError
+    from alignlab.data.prompts import json_objects
+
+    path = folder / "candidates.jsonl"
+    rows = list(json_objects(path, path.read_text(encoding="utf-8").splitlines(), "with a prompt_index and response"))
+    for n, (row, where) in enumerate(rows):
+        if row.get("prompt_index") != n // m:
+            raise DataError(f"expected prompt_index {n // m} ({m} candidates per prompt, prompt-major)",
+                            field="prompt_index", **where)
+        if not isinstance(row.get("response"), str):
+            raise DataError("expected a string", field="response", **where)
+    if len(rows) != n_prompts * m:
+        raise DataError(f"{len(rows)} candidates, expected {n_prompts} prompts x {m}", file=str(path))
+    return _Candidates([r["prompt_index"] for r, _ in rows], [r["response"] for r, _ in rows])
 
 
 def _heldout_accuracy(heldout, source, full_source, cfg: BoNOveroptConfig) -> dict[str, float]:
@@ -240,6 +321,9 @@ def _print(result: dict, out: Path) -> None:
         diffs.add_row(str(n), *(f"{row[lab]['minus_single']:+.3f} [{row[lab]['minus_single_ci'][0]:+.3f}, "
                                 f"{row[lab]['minus_single_ci'][1]:+.3f}]" for lab in others))
     console.print(diffs)
+    alone = result["members_alone"]
+    console.print("each member alone as the proxy, gold reward at N = " + ", ".join(map(str, alone["n"])) + ": "
+                  + "; ".join(" ".join(f"{v:+.3f}" for v in curve) for curve in alone["gold_reward"]))
     accuracy = ", ".join(f"{k} {v:.3f}" for k, v in result["heldout_accuracy"].items())
     console.print(f"held-out accuracy on {result['heldout_pairs']} noisy labels: {accuracy}; the gold reward itself: "
                   f"{result['gold_ceiling_heldout']:.3f} (the ceiling)")
