@@ -76,5 +76,15 @@ def test_rm_accuracy_cross_validates_every_prompt_once(tmp_path, tiny_policy_dir
     for run, head_lr in ((out, 0.0), (again, 1e-3)):  # the fold models are trained with the lab's settings
         saved = yaml.safe_load((run / "rm-fold0" / "config.yaml").read_text())
         assert saved["head_learning_rate"] == head_lr and saved["learning_rate"] == 1e-4
+    # two models per fold from two seeds, scored by their mean; the first one is also reported alone
+    two = tmp_path / "two"
+    assert main(args + ["--output", str(two), "--samples-file", str(out / "samples.jsonl"), "--seeds", "2"]) == 0
+    result2 = json.loads((two / "rm_accuracy.json").read_text())
+    assert yaml.safe_load((two / "rm-fold2-seed1" / "config.yaml").read_text())["seed"] == 1
+    # the first model is the one-seed run's: same labels, folds, seed and data, so the same accuracy
+    assert result2["single_model_pooled"]["accuracy"] == pytest.approx(p["accuracy"])
+    assert all("single_model" in f for f in result2["folds"]) and "single_model_pooled" not in result
+    assert result2["pooled"]["pairs"] == 18
+    assert main(args + ["--output", str(tmp_path / "bad"), "--seeds", "0"]) == 2
     assert main(args + ["--output", str(tmp_path / "bad"), "--folds", "1"]) == 2
     assert "folds must be >= 2" in capsys.readouterr().err

@@ -7,7 +7,9 @@ come to the best any model can do on them? Cross-validated over prompts.
 2. every pair of a prompt's responses labelled by the noisy Bradley-Terry annotator;
 3. the prompts split into F folds; for each fold, a reward model (`alignlab train rm`, the full
    MiniLM fine-tune by default) is trained on the pairs of the other folds' prompts and scores the
-   fold's pairs, which it has never seen (neither prompt nor response);
+   fold's pairs, which it has never seen (neither prompt nor response); with `seeds` K > 1, K
+   models from K seeds are trained and their mean reward scores the pairs (the first model alone
+   is reported too);
 4. per fold and pooled over all folds (every pair scored exactly once, by the model that did not
    see its prompt): the model's pairwise accuracy on the noisy labels, the gold reward's own
    accuracy on them (the ceiling: the annotator's noise, not the model, is all that stops it), the
@@ -20,6 +22,7 @@ cross-validation uses every prompt once. Writes samples.jsonl, pairs.jsonl, rm_a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -43,6 +46,7 @@ class RMAccuracyConfig(LabDataConfig):
     batch_size: int = field(16, "reward-model batch size")
     max_length: int = field(256, "max tokens of prompt + response")
     freeze_backbone: bool = field(False, "train only the head (a frozen MiniLM) instead of fine-tuning it all")
+    seeds: int = field(1, "reward models per fold, from seeds seed..seed+K-1, scored by the mean of their rewards (Coste et al.'s ensemble; K times the training cost); the first model alone is reported too")
 
 
 def read_response_groups(path) -> tuple[list, list[list[str]]]:
@@ -102,11 +106,13 @@ def _fold_stats(model: torch.Tensor, gold: torch.Tensor) -> dict:
 def run_rm_accuracy(cfg: RMAccuracyConfig, *, policy=None, tokenizer=None) -> dict:
     from alignlab.lab.annotators import label_groups
     from alignlab.lab.sentiment import SentimentTask
-    from alignlab.rewards.model import RewardModelSource
+    from alignlab.rewards.model import RewardEnsembleSource
     from alignlab.train.reward import RMConfig, train_reward_model
 
     if cfg.folds < 2:
         raise ValueError(f"folds must be >= 2, got {cfg.folds}")
+    if cfg.seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {cfg.seeds}")
     t0 = time.perf_counter()
     out = lab_output(cfg, "rm-accuracy")
     task = SentimentTask()
@@ -145,6 +151,7 @@ def run_rm_accuracy(cfg: RMAccuracyConfig, *, policy=None, tokenizer=None) -> di
                                     "gold_rejected": gr, "fold": fold_of[i]}, ensure_ascii=False) + "\n")
 
     model_scores: list[torch.Tensor | None] = [None] * len(prompts)
+    single_scores: list[torch.Tensor | None] = [None] * len(prompts)  # the seed-`seed` model alone
     folds = []
     for fold in range(cfg.folds):
         held = [i for i in range(len(prompts)) if fold_of[i] == fold]
@@ -158,35 +165,50 @@ def run_rm_accuracy(cfg: RMAccuracyConfig, *, policy=None, tokenizer=None) -> di
                           learning_rate=cfg.learning_rate, head_learning_rate=cfg.head_learning_rate,
                           batch_size=cfg.batch_size, seed=cfg.seed, warmup_ratio=0.05,
                           max_length=cfg.max_length, freeze_backbone=cfg.freeze_backbone)
-        source = RewardModelSource(train_reward_model(rm_cfg, train_records=train).final_dir, batch_size=64,
-                                   max_length=cfg.max_length)
-        scores = source.score([r.prompt for r in held_records] * 2,
-                              [r.chosen for r in held_records] + [r.rejected for r in held_records])
-        scores = torch.stack([scores[:len(held_records)], scores[len(held_records):]], 1).cpu()
+        dirs = [train_reward_model(dataclasses.replace(rm_cfg, seed=cfg.seed + j, output_dir=str(
+            out / (f"rm-fold{fold}" if j == 0 else f"rm-fold{fold}-seed{cfg.seed + j}"))), train_records=train).final_dir
+                for j in range(cfg.seeds)]
+        source = RewardEnsembleSource(dirs, batch_size=64, max_length=cfg.max_length)
+        members = source.member_scores([r.prompt for r in held_records] * 2,
+                                       [r.chosen for r in held_records] + [r.rejected for r in held_records]).cpu()
+        H = len(held_records)
+        scores = torch.stack([members.mean(0)[:H], members.mean(0)[H:]], 1)  # the mean of the K models
+        single = torch.stack([members[0, :H], members[0, H:]], 1)
         start = 0
         for i in held:
             model_scores[i] = scores[start:start + len(per_prompt[i])]
+            single_scores[i] = single[start:start + len(per_prompt[i])]
             start += len(per_prompt[i])
+        fold_gold = torch.cat([gold[i] for i in held])
         stats = {"fold": fold, "prompts": len(held), "train_pairs": len(train),
                  "scored_truncated": source.truncated,  # held-out texts over max_length (training's are in its data report)
-                 **_fold_stats(scores, torch.cat([gold[i] for i in held]))}
+                 **_fold_stats(scores, fold_gold)}
+        if cfg.seeds > 1:
+            stats["single_model"] = _fold_stats(single, fold_gold)
         folds.append(stats)
         print(f"fold {fold + 1}: accuracy {stats['accuracy']:.3f}, ceiling {stats['ceiling']:.3f}, "
               f"gap {100 * stats['gap']:.1f} points", flush=True)
 
+    gaps = torch.tensor([f["gap"] for f in folds])
+    result = {"pooled": _pooled(model_scores, gold, cfg.seed), "folds": folds,
+              "fold_gap_mean": float(gaps.mean()), "fold_gap_sd": float(gaps.std()),
+              "prompts": len(prompts), "responses": sum(map(len, groups)), "labelled_pairs": len(flat),
+              "seconds": time.perf_counter() - t0, "config": asdict(cfg)}
+    if cfg.seeds > 1:
+        result["single_model_pooled"] = _pooled(single_scores, gold, cfg.seed)
+    (out / "rm_accuracy.json").write_text(json.dumps(result, indent=1))
+    _print(result, out)
+    return result
+
+
+def _pooled(model_scores: list[torch.Tensor], gold: list[torch.Tensor], seed: int) -> dict:
+    """Statistics of every held-out pair at once (per-prompt (pairs, 2) scores), with a 95%
+    bootstrap interval of the gap over prompts."""
     pooled = _fold_stats(torch.cat(model_scores), torch.cat(gold))
     model_right = torch.tensor([float((s[:, 0] > s[:, 1]).sum()) for s in model_scores])
     gold_right = torch.tensor([float((g[:, 0] > g[:, 1]).sum()) for g in gold])
     counts = torch.tensor([float(len(g)) for g in gold])
-    low, high = _gap_interval(model_right, gold_right, counts, cfg.seed)
-    gaps = torch.tensor([f["gap"] for f in folds])
-    result = {"pooled": {**pooled, "gap_ci": [low, high]}, "folds": folds,
-              "fold_gap_mean": float(gaps.mean()), "fold_gap_sd": float(gaps.std()),
-              "prompts": len(prompts), "responses": sum(map(len, groups)), "labelled_pairs": len(flat),
-              "seconds": time.perf_counter() - t0, "config": asdict(cfg)}
-    (out / "rm_accuracy.json").write_text(json.dumps(result, indent=1))
-    _print(result, out)
-    return result
+    return {**pooled, "gap_ci": list(_gap_interval(model_right, gold_right, counts, seed))}
 
 
 def _print(result: dict, out: Path) -> None:
@@ -205,5 +227,9 @@ def _print(result: dict, out: Path) -> None:
                   f"{p['gold_agreement']:.3f}")
     console = Console()
     console.print(table)
+    if "single_model_pooled" in result:
+        s, k = result["single_model_pooled"], result["config"]["seeds"]
+        console.print(f"the table scores with the mean of {k} models per fold; the first model alone: accuracy "
+                      f"{s['accuracy']:.3f}, gap {100 * s['gap']:.1f} [{100 * s['gap_ci'][0]:.1f}, {100 * s['gap_ci'][1]:.1f}] points")
     console.print(f"gap across folds: {100 * result['fold_gap_mean']:.1f} ± {100 * result['fold_gap_sd']:.1f} points "
                   f"(mean ± sd); written: {out / 'rm_accuracy.json'}")
