@@ -44,6 +44,12 @@ def test_bon_overoptimization_writes_curves_for_every_selector(tmp_path, tiny_po
         if p["label"] != "single":
             assert p["minus_single"] == pytest.approx(p["gold_reward"] - single[p["n"]], abs=1e-9)
             assert p["minus_single_ci"][0] - 1e-9 <= p["minus_single"] <= p["minus_single_ci"][1] + 1e-9
+    by = {(p["label"], p["n"]): p for p in result["points"]}  # each doubling's gain, with its interval
+    for (label, n), p in by.items():
+        assert ("gain_from_half" in p) == (n > 1)
+        if n > 1:
+            assert p["gain_from_half"] == pytest.approx(p["gold_reward"] - by[label, n // 2]["gold_reward"], abs=1e-9)
+            assert p["gain_from_half_ci"][0] - 1e-9 <= p["gain_from_half"] <= p["gain_from_half_ci"][1] + 1e-9
     candidates = [json.loads(line) for line in (out / "candidates.jsonl").read_text().splitlines()]
     assert len(candidates) == 3 * 4 and len(candidates[0]["members"]) == 2
     assert all(c["wco"] == pytest.approx(min(c["members"]), abs=1e-5) for c in candidates)

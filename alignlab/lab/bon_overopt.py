@@ -73,10 +73,13 @@ def _curves(gold: torch.Tensor, selectors: dict[str, torch.Tensor], seed: int = 
     Every point also carries a 95% bootstrap interval of its gold reward over the P prompts, and
     every selector other than "single" the paired per-prompt difference of its gold reward from
     the single member's (`minus_single`) with its interval: prompts are the unit of resampling,
-    so this says whether a selector is above or below the single member beyond prompt noise."""
+    so this says whether a selector is above or below the single member beyond prompt noise.
+    Every point with N > 1 also carries the gain in gold reward from N/2 to N (`gain_from_half`,
+    paired per prompt, with its interval): a gain whose interval holds 0 is a flat curve, a
+    negative one a fall."""
     from alignlab.eval.metrics import bootstrap_ci
 
-    points, n = [], 1
+    points, n, previous = [], 1, {}
     while n <= gold.shape[1]:
         per_prompt = {label: expected_best_of_n(selector, gold, n) for label, selector in selectors.items()}
         for label, selector in selectors.items():
@@ -87,7 +90,12 @@ def _curves(gold: torch.Tensor, selectors: dict[str, torch.Tensor], seed: int = 
                 diff = per_prompt[label] - per_prompt["single"]
                 point["minus_single"] = float(diff.mean())
                 point["minus_single_ci"] = list(bootstrap_ci(diff, seed=seed))
+            if n > 1:  # still rising, or flat? the gain of this doubling, paired per prompt
+                gain = per_prompt[label] - previous[label]
+                point["gain_from_half"] = float(gain.mean())
+                point["gain_from_half_ci"] = list(bootstrap_ci(gain, seed=seed))
             points.append(point)
+        previous = per_prompt
         n *= 2
     return points
 
@@ -321,6 +329,15 @@ def _print(result: dict, out: Path) -> None:
         diffs.add_row(str(n), *(f"{row[lab]['minus_single']:+.3f} [{row[lab]['minus_single_ci'][0]:+.3f}, "
                                 f"{row[lab]['minus_single_ci'][1]:+.3f}]" for lab in others))
     console.print(diffs)
+    gains = Table(title="gold reward gained from N/2 to N, per prompt (95% bootstrap interval): ~0 is flat, < 0 a fall")
+    gains.add_column("N")
+    for label in labels:
+        gains.add_column(label, justify="right")
+    for n in sorted({p["n"] for p in result["points"]} - {1}):
+        row = {p["label"]: p for p in result["points"] if p["n"] == n}
+        gains.add_row(str(n), *(f"{row[lab]['gain_from_half']:+.3f} [{row[lab]['gain_from_half_ci'][0]:+.3f}, "
+                                f"{row[lab]['gain_from_half_ci'][1]:+.3f}]" for lab in labels))
+    console.print(gains)
     alone = result["members_alone"]
     console.print("each member alone as the proxy, gold reward at N = " + ", ".join(map(str, alone["n"])) + ": "
                   + "; ".join(" ".join(f"{v:+.3f}" for v in curve) for curve in alone["gold_reward"]))
