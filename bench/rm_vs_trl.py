@@ -1,5 +1,6 @@
 """Reward-model training throughput and memory: alignlab vs TRL's RewardTrainer, same backbone,
-data and settings; plus the cost of an alignlab ensemble of 4 heads on one frozen backbone.
+data and settings; plus the cost of an alignlab ensemble of 4 members on one frozen backbone, as
+heads and as LoRA adapters.
 
 Both sides train the same backbone as a sequence classifier (one scalar reward read at the last
 response token, <|im_end|>) on the same synthetic preference pairs for one epoch with the plain
@@ -12,6 +13,7 @@ peak RSS is its own. Prints one JSON line and writes it to --out.
 
     python bench/rm_vs_trl.py                      # everything (see bench/README.md)
     python bench/rm_vs_trl.py --only ensemble      # alignlab: 4 heads vs 1 head, backbone frozen
+    python bench/rm_vs_trl.py --only lora          # alignlab: 4 LoRA-adapter members vs 1 LoRA adapter
     python bench/rm_vs_trl.py --model DIR --pairs 8 --only trl
 
 Token ids: alignlab builds a sequence as chat-template(prompt, generation prompt) + response +
@@ -44,9 +46,15 @@ ALIGNLAB_RUNS = {
     "alignlab_checkpointing": {"ensemble": 1, "freeze_backbone": False, "gradient_checkpointing": True},
     "alignlab_ensemble4_frozen": {"ensemble": 4, "freeze_backbone": True},
     "alignlab_single_frozen": {"ensemble": 1, "freeze_backbone": True},
+    # members as LoRA adapters (each its own head) on one frozen backbone, vs one LoRA adapter
+    "alignlab_ensemble4_lora": {"ensemble": 4, "ensemble_kind": "lora"},
+    "alignlab_single_lora": {"ensemble": 1, "lora": True},
 }
-SIDES = ("alignlab", "alignlab_checkpointing", "trl", "alignlab_ensemble4_frozen", "alignlab_single_frozen")
-ONLY = {"alignlab": ("alignlab", "alignlab_checkpointing"), "trl": ("trl",), "ensemble": ("alignlab_ensemble4_frozen", "alignlab_single_frozen")}
+SIDES = ("alignlab", "alignlab_checkpointing", "trl", "alignlab_ensemble4_frozen", "alignlab_single_frozen",
+         "alignlab_ensemble4_lora", "alignlab_single_lora")
+ONLY = {"alignlab": ("alignlab", "alignlab_checkpointing"), "trl": ("trl",),
+        "ensemble": ("alignlab_ensemble4_frozen", "alignlab_single_frozen"),
+        "lora": ("alignlab_ensemble4_lora", "alignlab_single_lora")}
 ENSEMBLE_COST_TARGET = 1.5  # issue 3: four frozen-backbone heads cost at most 1.5x one
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "rm_vs_trl.json"
 
@@ -60,7 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--learning-rate", type=float, default=1e-5)
     p.add_argument("--seed", type=int, default=0, help="seed of the data, the reward head and both trainers")
     p.add_argument("--only", choices=tuple(ONLY), help="alignlab | trl: that side of the comparison only; "
-                                                        "ensemble: the two frozen-backbone alignlab runs only")
+                                                        "ensemble: the two frozen-backbone alignlab runs only; "
+                                                        "lora: the two LoRA runs only")
     add_runner_args(p, SIDES, DEFAULT_OUT)
     return p.parse_args(argv)
 
@@ -106,7 +115,7 @@ def run_alignlab(args, side: str) -> dict:
     ids = [[item.prompt_ids + response for response in item.responses] for item in seen["items"]]
     return side_result(args, session.summary["train_seconds"], wall, losses, ids, seen["head"],
                        worker_setup(tokenizer, pairs), members=cfg.ensemble, frozen_backbone=cfg.frozen,
-                       gradient_checkpointing=cfg.gradient_checkpointing)
+                       lora=cfg.lora or cfg.lora_members, gradient_checkpointing=cfg.gradient_checkpointing)
 
 
 def alignlab_initial_head(hidden_size: int, seed: int):
@@ -205,6 +214,17 @@ def compare_ensemble(results: dict[str, dict]) -> dict:
     return out
 
 
+def compare_lora(results: dict[str, dict]) -> dict:
+    """Seconds ratio of 4 LoRA-adapter members vs one LoRA adapter (each member is its own pass
+    through the backbone, so about K by construction; measured here), and both vs full fine-tuning."""
+    four, one = results["alignlab_ensemble4_lora"]["seconds"], results["alignlab_single_lora"]["seconds"]
+    out = {"lora_ensemble4_cost_vs_single": four / one}
+    if "alignlab" in results:
+        full = results["alignlab"]["seconds"]
+        out.update(lora_ensemble4_vs_full=four / full, lora_single_vs_full=one / full)
+    return out
+
+
 def setup_info(args, side_setup: dict) -> dict:
     return {
         "model": args.model, "pairs": args.pairs, "batch_size": args.batch_size, "max_length": args.max_length,
@@ -240,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         report["memory_ratio_checkpointing"] = a["peak_rss_mb"] / t["peak_rss_mb"]
     if "alignlab_ensemble4_frozen" in results:
         report.update(compare_ensemble(results))
+    if "alignlab_ensemble4_lora" in results:
+        report.update(compare_lora(results))
     report["setup"] = setup_info(args, results[sides[0]]["_setup"])
     print(json.dumps(report), flush=True)
     write_json(args.out, report)

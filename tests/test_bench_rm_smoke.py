@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 from conftest import run_bench
 
-RUNS = ("alignlab", "alignlab_checkpointing", "trl", "alignlab_ensemble4_frozen", "alignlab_single_frozen")
+RUNS = ("alignlab", "alignlab_checkpointing", "trl", "alignlab_ensemble4_frozen", "alignlab_single_frozen",
+        "alignlab_ensemble4_lora", "alignlab_single_lora")
 
 
 def test_rm_vs_trl_runs_every_side_and_alignlab_agrees_with_trl(tiny_policy_dir, tmp_path):
@@ -31,6 +32,10 @@ def test_rm_vs_trl_runs_every_side_and_alignlab_agrees_with_trl(tiny_policy_dir,
     four, one = (report[side]["seconds"] for side in ("alignlab_ensemble4_frozen", "alignlab_single_frozen"))
     assert report["ensemble4_cost_vs_single"] == pytest.approx(four / one)
     assert report["ensemble4_frozen_vs_full"] == pytest.approx(four / report["alignlab"]["seconds"])
+    lora4, lora1 = report["alignlab_ensemble4_lora"], report["alignlab_single_lora"]
+    assert lora4["members"] == 4 and lora1["members"] == 1 and lora4["lora"] and lora1["lora"]
+    assert not report["alignlab"]["lora"] and not lora4["frozen_backbone"]
+    assert report["lora_ensemble4_cost_vs_single"] == pytest.approx(lora4["seconds"] / lora1["seconds"])
     # Same ids, same backbone, same head: the first step's loss (before any update) is the same
     # number on both sides, and with the same data order (seed 0) every step's is.
     assert report["token_ids_identical"] and report["pairs_with_different_ids"] == 0
@@ -46,3 +51,11 @@ def test_only_ensemble_runs_the_two_frozen_runs(tiny_policy_dir, tmp_path):
     report = run_bench("rm_vs_trl.py", out, "--model", str(tiny_policy_dir), "--pairs", "4", "--only", "ensemble")
     assert set(RUNS) & set(report) == {"alignlab_ensemble4_frozen", "alignlab_single_frozen"}
     assert report["ensemble4_cost_vs_single"] > 0 and "speedup" not in report and "ensemble4_frozen_vs_full" not in report
+    assert "lora_ensemble4_cost_vs_single" not in report
+
+
+def test_only_lora_runs_the_two_lora_runs(tiny_policy_dir, tmp_path):
+    out = tmp_path / "result.json"
+    report = run_bench("rm_vs_trl.py", out, "--model", str(tiny_policy_dir), "--pairs", "4", "--only", "lora")
+    assert set(RUNS) & set(report) == {"alignlab_ensemble4_lora", "alignlab_single_lora"}
+    assert report["lora_ensemble4_cost_vs_single"] > 0 and "lora_ensemble4_vs_full" not in report
