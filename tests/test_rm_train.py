@@ -244,6 +244,13 @@ def test_data_strength_flags_the_mislabeled_pair_and_training_can_flip_it(tmp_pa
     assert [s["where"].endswith("line 2") for s in summary["likely_mislabeled"]] == [True]
     scored = [json.loads(line) for line in out.read_text().splitlines()]
     assert scored[1]["strength"] < 0 < min(s["strength"] for i, s in enumerate(scored) if i != 1)
+    # separately trained models as one ensemble (DIR1+DIR2): the same model twice has the same votes and gaps
+    twice = tmp_path / "s2.jsonl"
+    assert main(["data", "strength", str(data), "--rm", f"{session.final_dir}+{session.final_dir}",
+                 "--output", str(twice)]) == 0
+    assert json.loads(capsys.readouterr().out)["likely_mislabeled"] == summary["likely_mislabeled"]
+    again = [json.loads(line) for line in twice.read_text().splitlines()]
+    assert [r["strength"] for r in again] == pytest.approx([r["strength"] for r in scored], abs=1e-5)
 
     from alignlab.data import load_records
     from alignlab.train.reward_data import encode_items
