@@ -164,3 +164,20 @@ def test_bon_command_keeps_the_best_of_n_by_the_reward_model(tmp_path, tiny_poli
     prompts.write_text('{"prompt": "ok"}\n{"prompt": 7}\n')
     assert main(["bon", "--policy", str(tiny_policy_dir), "--rm", str(rm.final_dir), "--prompts", str(prompts)]) == 2
     assert "line 2, field 'prompt'" in capsys.readouterr().err
+
+
+def test_reuse_checks_the_settings_that_made_the_samples(tmp_path):
+    """Train samples need the same policy and length; Best-of-N candidates also the same prompts
+    and samples. An overoptimization run's folder serves as well as a Best-of-N run's."""
+    from alignlab.lab.bon_overopt import _CANDIDATE_SAMPLING, _TRAIN_SAMPLING, BoNOveroptConfig, check_reusable
+    from alignlab.lab.overopt import OveroptConfig
+
+    with pytest.raises(ValueError, match="no bon_overoptimization.json or overoptimization.json"):
+        check_reusable(tmp_path, BoNOveroptConfig(), _TRAIN_SAMPLING)
+    (tmp_path / "overoptimization.json").write_text(json.dumps({"config": {**vars(OveroptConfig(seed=3))}}))
+    check_reusable(tmp_path, OveroptConfig(seed=5), _TRAIN_SAMPLING)  # new labels of the same samples
+    with pytest.raises(ValueError, match="seed: 3 there, 5 here"):
+        check_reusable(tmp_path, BoNOveroptConfig(seed=5), _CANDIDATE_SAMPLING)
+    with pytest.raises(ValueError, match="max_new_tokens: 40 there, 20 here"):
+        check_reusable(tmp_path, OveroptConfig(seed=3, max_new_tokens=20), _TRAIN_SAMPLING)
+    check_reusable(tmp_path, OveroptConfig(seed=3, pairs_per_prompt=1), _TRAIN_SAMPLING)  # fewer responses: fine

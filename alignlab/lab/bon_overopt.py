@@ -53,7 +53,7 @@ class BoNOveroptConfig(LabDataConfig):
     full_rm_epochs: float = field(3.0, "full reward model epochs")
     full_rm_learning_rate: float = field(1e-4, "full reward model learning rate (the rm-accuracy lab's measured best)")
     full_rm_head_learning_rate: float = field(0.0, "full reward model's head learning rate (0: full_rm_learning_rate)")
-    reuse_samples: str = field("", "output folder of an earlier run: label and score its sampled responses (samples.jsonl, or the distinct responses of pairs.jsonl, and candidates.jsonl) instead of sampling again, so that proxies are compared on the same samples; its seed, prompts, samples, policy and max_new_tokens must match, and pairs_per_prompt be at most its (the first 2 x pairs_per_prompt responses of each prompt are used)")
+    reuse_samples: str = field("", "output folder of an earlier run: label (and, for Best-of-N, score) its sampled responses (samples.jsonl, or the distinct responses of pairs.jsonl; candidates.jsonl) instead of sampling again, so that proxies are compared on the same samples; policy and max_new_tokens must match, for Best-of-N also seed, prompts and samples, and pairs_per_prompt be at most its (the first 2 x pairs_per_prompt responses of each prompt are used)")
 
 
 def _selectors(members: torch.Tensor, full: torch.Tensor | None, cfg: BoNOveroptConfig) -> dict[str, torch.Tensor]:
@@ -130,6 +130,7 @@ def build_proxies(cfg, out: Path, policy, tokenizer, task, train_prompts: list) 
     _check_members(cfg)
     k = 2 * cfg.pairs_per_prompt
     if cfg.reuse_samples:
+        check_reusable(Path(cfg.reuse_samples), cfg, _TRAIN_SAMPLING)
         texts = dict(enumerate(reused_train_samples(Path(cfg.reuse_samples), train_prompts, k)))
     else:
         sampled = sample_texts(policy, tokenizer, train_prompts, k, cfg, cfg.seed, "sampling RM training pairs")
@@ -186,7 +187,7 @@ def run_bon_overoptimization(cfg: BoNOveroptConfig, *, policy=None, tokenizer=No
     task = SentimentTask()
     train_prompts, eval_prompts = task.split(cfg.train_prompts, cfg.eval_prompts, seed=cfg.seed)
     if cfg.reuse_samples:  # no policy needed: every response is read back
-        check_reusable(Path(cfg.reuse_samples), cfg)
+        check_reusable(Path(cfg.reuse_samples), cfg, _CANDIDATE_SAMPLING)
         proxies = build_proxies(cfg, out, None, None, task, train_prompts)
         samples = reused_candidates(Path(cfg.reuse_samples), len(eval_prompts), cfg.samples)
     else:
@@ -230,17 +231,20 @@ def run_bon_overoptimization(cfg: BoNOveroptConfig, *, policy=None, tokenizer=No
     return result
 
 
-_SAMPLING_SETTINGS = ("seed", "train_prompts", "eval_prompts", "samples", "policy", "max_new_tokens")
+_TRAIN_SAMPLING = ("policy", "max_new_tokens")  # the train prompts themselves are checked one by one
+_CANDIDATE_SAMPLING = ("seed", "train_prompts", "eval_prompts", "samples", "policy", "max_new_tokens")
 
 
-def check_reusable(folder: Path, cfg: BoNOveroptConfig) -> None:
-    """The earlier run in `folder` sampled the same prompts the same way, with at least as many
-    responses per train prompt (pairs_per_prompt), or a ValueError says which settings differ."""
-    path = folder / "bon_overoptimization.json"
-    if not path.is_file():
-        raise ValueError(f"reuse_samples: {path} not found (the folder of a finished bon-overoptimization run)")
-    earlier = json.loads(path.read_text())["config"]
-    differ = [f"{k}: {earlier.get(k)!r} there, {getattr(cfg, k)!r} here" for k in _SAMPLING_SETTINGS
+def check_reusable(folder: Path, cfg, settings: tuple[str, ...]) -> None:
+    """The earlier run in `folder` (bon-overoptimization or overoptimization) sampled with the same
+    `settings`, and at least as many responses per train prompt (pairs_per_prompt), or a
+    ValueError says which settings differ."""
+    found = [folder / name for name in ("bon_overoptimization.json", "overoptimization.json") if (folder / name).is_file()]
+    if not found:
+        raise ValueError(f"reuse_samples: no bon_overoptimization.json or overoptimization.json in {folder} "
+                         "(the folder of a finished run)")
+    earlier = json.loads(found[0].read_text())["config"]
+    differ = [f"{k}: {earlier.get(k)!r} there, {getattr(cfg, k)!r} here" for k in settings
               if earlier.get(k) != getattr(cfg, k)]
     if earlier.get("pairs_per_prompt", 0) < cfg.pairs_per_prompt:
         differ.append(f"pairs_per_prompt: {earlier.get('pairs_per_prompt')!r} there, {cfg.pairs_per_prompt!r} here "
