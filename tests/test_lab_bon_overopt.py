@@ -111,6 +111,15 @@ def test_bon_overoptimization_reuses_an_earlier_runs_samples(tmp_path, tiny_poli
     assert result["labelled_pairs"] == 10 and result["members_alone"]["n"] == [1, 2, 4]
     single = [p["gold_reward"] for p in result["points"] if p["label"] == "single"]
     assert result["members_alone"]["gold_reward"][0] == pytest.approx(single) and len(result["members_alone"]["gold_reward"]) == 2
+    # each selector against the average member alone: its gold minus the mean of the members' own curves
+    gold = {(p["label"], p["n"]): p["gold_reward"] for p in result["points"]}
+    alone = result["members_alone"]["gold_reward"]
+    for v in result["versus_average_member"]:
+        i = result["members_alone"]["n"].index(v["n"])
+        average = sum(curve[i] for curve in alone) / len(alone)
+        assert v["minus_average_member"] == pytest.approx(gold[v["label"], v["n"]] - average, abs=1e-6)
+        assert v["minus_average_member_ci"][0] - 1e-9 <= v["minus_average_member"] <= v["minus_average_member_ci"][1] + 1e-9
+    assert {(v["label"], v["n"]) for v in result["versus_average_member"]} == {(l, n) for l in ("mean", "wco", "uwo") for n in (1, 2, 4)}
     # a run from before samples.jsonl: the distinct responses of its pairs.jsonl
     (first / "samples.jsonl").unlink()
     third = tmp_path / "third"

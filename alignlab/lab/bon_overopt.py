@@ -100,6 +100,23 @@ def _curves(gold: torch.Tensor, selectors: dict[str, torch.Tensor], seed: int = 
     return points
 
 
+def _versus_average_member(gold: torch.Tensor, members: torch.Tensor, selectors: dict, seed: int = 0) -> list[dict]:
+    """Each ensemble selector's expected BoN gold minus that of the average member alone (every
+    member as the single proxy, averaged), paired per prompt with a 95% bootstrap interval: the
+    comparison that does not hang on which seed is member 0."""
+    from alignlab.eval.metrics import bootstrap_ci
+
+    out, n = [], 1
+    while n <= gold.shape[1]:
+        alone = torch.stack([expected_best_of_n(m, gold, n) for m in members]).mean(0)
+        for label in ("mean", "wco", "uwo"):
+            diff = expected_best_of_n(selectors[label], gold, n) - alone
+            out.append({"label": label, "n": n, "minus_average_member": float(diff.mean()),
+                        "minus_average_member_ci": list(bootstrap_ci(diff, seed=seed))})
+        n *= 2
+    return out
+
+
 def _check_members(cfg) -> None:
     if cfg.members not in ("heads", "fine-tuned"):
         raise ValueError(f"members must be heads or fine-tuned, got {cfg.members!r}")
@@ -214,6 +231,7 @@ def run_bon_overoptimization(cfg: BoNOveroptConfig, *, policy=None, tokenizer=No
         # each member as the single proxy (member 0 is "single"): how much the single-proxy curve owes to the seed
         "members_alone": {"n": ns, "gold_reward": [[float(expected_best_of_n(members[k], gold, n).mean()) for n in ns]
                                                     for k in range(members.shape[0])]},
+        "versus_average_member": _versus_average_member(gold, members, selectors, seed=cfg.seed),
         "heldout_accuracy": proxies.accuracy,
         "gold_ceiling_heldout": proxies.ceiling,
         "rm_heldout_accuracy": proxies.accuracy["mean"],
@@ -345,6 +363,15 @@ def _print(result: dict, out: Path) -> None:
     alone = result["members_alone"]
     console.print("each member alone as the proxy, gold reward at N = " + ", ".join(map(str, alone["n"])) + ": "
                   + "; ".join(" ".join(f"{v:+.3f}" for v in curve) for curve in alone["gold_reward"]))
+    versus = Table(title="gold reward minus the average member alone's, per prompt (95% bootstrap interval)")
+    versus.add_column("N")
+    for label in ("mean", "wco", "uwo"):
+        versus.add_column(label, justify="right")
+    for n in alone["n"]:
+        row = {p["label"]: p for p in result["versus_average_member"] if p["n"] == n}
+        versus.add_row(str(n), *(f"{row[lab]['minus_average_member']:+.3f} [{row[lab]['minus_average_member_ci'][0]:+.3f}, "
+                                 f"{row[lab]['minus_average_member_ci'][1]:+.3f}]" for lab in ("mean", "wco", "uwo")))
+    console.print(versus)
     accuracy = ", ".join(f"{k} {v:.3f}" for k, v in result["heldout_accuracy"].items())
     console.print(f"held-out accuracy on {result['heldout_pairs']} noisy labels: {accuracy}; the gold reward itself: "
                   f"{result['gold_ceiling_heldout']:.3f} (the ceiling)")
