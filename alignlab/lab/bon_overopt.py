@@ -100,21 +100,23 @@ def _curves(gold: torch.Tensor, selectors: dict[str, torch.Tensor], seed: int = 
     return points
 
 
-def _versus_average_member(gold: torch.Tensor, members: torch.Tensor, selectors: dict, seed: int = 0) -> list[dict]:
-    """Each ensemble selector's expected BoN gold minus that of the average member alone (every
-    member as the single proxy, averaged), paired per prompt with a 95% bootstrap interval: the
-    comparison that does not hang on which seed is member 0."""
+def _members_alone(gold: torch.Tensor, members: torch.Tensor, selectors: dict, seed: int = 0) -> dict:
+    """Each member alone as the single proxy (member 0 is "single"): its expected BoN gold at
+    every N (`gold_reward`, one curve per member), and each ensemble selector's gold minus the
+    average member alone's, paired per prompt with a 95% bootstrap interval
+    (`versus_average_member`): the comparison that does not hang on which seed is member 0."""
     from alignlab.eval.metrics import bootstrap_ci
 
-    out, n = [], 1
-    while n <= gold.shape[1]:
-        alone = torch.stack([expected_best_of_n(m, gold, n) for m in members]).mean(0)
+    ns = [2 ** i for i in range(gold.shape[1].bit_length()) if 2 ** i <= gold.shape[1]]
+    curves, versus = [], []
+    for n in ns:
+        alone = torch.stack([expected_best_of_n(m, gold, n) for m in members])  # (K, P)
+        curves.append(alone.mean(1).tolist())
         for label in ("mean", "wco", "uwo"):
-            diff = expected_best_of_n(selectors[label], gold, n) - alone
-            out.append({"label": label, "n": n, "minus_average_member": float(diff.mean()),
-                        "minus_average_member_ci": list(bootstrap_ci(diff, seed=seed))})
-        n *= 2
-    return out
+            diff = expected_best_of_n(selectors[label], gold, n) - alone.mean(0)
+            versus.append({"label": label, "n": n, "minus_average_member": float(diff.mean()),
+                           "minus_average_member_ci": list(bootstrap_ci(diff, seed=seed))})
+    return {"n": ns, "gold_reward": [list(c) for c in zip(*curves)], "versus_average_member": versus}
 
 
 def _check_members(cfg) -> None:
@@ -145,6 +147,8 @@ def build_proxies(cfg, out: Path, policy, tokenizer, task, train_prompts: list) 
     from alignlab.train.reward import RMConfig, train_reward_model
 
     _check_members(cfg)
+    from alignlab.lab.rm_accuracy import write_response_groups
+
     k = 2 * cfg.pairs_per_prompt
     if cfg.reuse_samples:
         check_reusable(Path(cfg.reuse_samples), cfg, _TRAIN_SAMPLING)
@@ -154,10 +158,8 @@ def build_proxies(cfg, out: Path, policy, tokenizer, task, train_prompts: list) 
         texts = {}
         for i, t in zip(sampled.prompt_index, sampled.texts):
             texts.setdefault(i, []).append(t)
-    with (out / "samples.jsonl").open("w", encoding="utf-8") as f:  # in sampling order, for --reuse-samples
-        for i in sorted(texts):
-            for t in texts[i]:
-                f.write(json.dumps({"prompt": train_prompts[i], "response": t}, ensure_ascii=False) + "\n")
+    # in sampling order, for --reuse-samples
+    write_response_groups(out / "samples.jsonl", train_prompts, [texts.get(i, []) for i in range(len(train_prompts))])
     # held-out prompts, with all their samples: no held-out response or prompt is seen in training
     order = torch.randperm(len(train_prompts), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     n_eval = max(1, round(cfg.heldout_fraction * len(train_prompts)))
@@ -225,13 +227,11 @@ def run_bon_overoptimization(cfg: BoNOveroptConfig, *, policy=None, tokenizer=No
             f.write(json.dumps({"prompt_index": i, "response": text, "gold": float(gold.view(-1)[j]),
                                 "members": members.flatten(1)[:, j].tolist(),
                                 **{k: float(v.reshape(-1)[j]) for k, v in selectors.items()}}) + "\n")
-    ns = sorted({p["n"] for p in points})
+    alone = _members_alone(gold, members, selectors, seed=cfg.seed)
     result = {
         "points": points,
-        # each member as the single proxy (member 0 is "single"): how much the single-proxy curve owes to the seed
-        "members_alone": {"n": ns, "gold_reward": [[float(expected_best_of_n(members[k], gold, n).mean()) for n in ns]
-                                                    for k in range(members.shape[0])]},
-        "versus_average_member": _versus_average_member(gold, members, selectors, seed=cfg.seed),
+        "members_alone": {"n": alone["n"], "gold_reward": alone["gold_reward"]},
+        "versus_average_member": alone["versus_average_member"],
         "heldout_accuracy": proxies.accuracy,
         "gold_ceiling_heldout": proxies.ceiling,
         "rm_heldout_accuracy": proxies.accuracy["mean"],

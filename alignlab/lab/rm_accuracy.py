@@ -80,6 +80,15 @@ def read_response_groups(path) -> tuple[list, list[list[str]]]:
     return prompts, groups
 
 
+def write_response_groups(path, prompts: list, groups: list[list[str]]) -> None:
+    """{prompt, response} JSON Lines, prompt by prompt, in each group's order: what
+    `read_response_groups` reads back."""
+    with Path(path).open("w", encoding="utf-8") as f:
+        for prompt, group in zip(prompts, groups):
+            for text in group:
+                f.write(json.dumps({"prompt": prompt, "response": text}, ensure_ascii=False) + "\n")
+
+
 def _gap_interval(model_right: torch.Tensor, gold_right: torch.Tensor, counts: torch.Tensor,
                   seed: int) -> tuple[float, float]:
     """95% bootstrap interval of the gap sum(gold_right - model_right) / sum(counts), resampling
@@ -127,10 +136,7 @@ def run_rm_accuracy(cfg: RMAccuracyConfig, *, policy=None, tokenizer=None) -> di
         groups = [[] for _ in prompts]
         for i, text in zip(sampled.prompt_index, sampled.texts):
             groups[i].append(text)
-    with (out / "samples.jsonl").open("w", encoding="utf-8") as f:
-        for prompt, group in zip(prompts, groups):
-            for text in group:
-                f.write(json.dumps({"prompt": prompt, "response": text}, ensure_ascii=False) + "\n")
+    write_response_groups(out / "samples.jsonl", prompts, groups)
     if len(prompts) < cfg.folds:
         raise ValueError(f"{len(prompts)} prompts cannot make {cfg.folds} folds")
 
