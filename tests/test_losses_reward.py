@@ -33,6 +33,27 @@ def test_bradley_terry_plain_is_log_sigmoid_and_weights_average():
         bradley_terry(rc, rr, label_smoothing=0.5)
 
 
+def test_bradley_terry_flip_rate_by_hand_and_bounded():
+    rc, rr = torch.tensor([2.0, 0.0, -30.0]), torch.tensor([0.0, 0.0, 0.0])
+    losses, _ = bradley_terry(rc, rr, flip_rate=0.1, per_example=True)
+    # d = 2: 0.9 * sigmoid(2) + 0.1 * sigmoid(-2) = 0.9 * 0.880797 + 0.1 * 0.119203 = 0.804637
+    assert losses[0].item() == pytest.approx(-math.log(0.804637), abs=1e-5)
+    assert losses[1].item() == pytest.approx(math.log(2), abs=1e-6)  # d = 0: 1/2 whatever the flip rate
+    # a pair the model contradicts by 30 costs at most -log(0.1): read as a flipped label, no longer pulled
+    assert losses[2].item() == pytest.approx(-math.log(0.1), abs=1e-5)
+    rc = torch.tensor([-30.0], requires_grad=True)
+    bradley_terry(rc, torch.tensor([0.0]), flip_rate=0.1)[0].backward()
+    assert abs(rc.grad.item()) < 1e-6
+    rc.grad = None
+    bradley_terry(rc, torch.tensor([0.0]), label_smoothing=0.1)[0].backward()
+    assert rc.grad.item() == pytest.approx(-0.9, abs=1e-5)  # smoothing still pulls with weight 1 - eps
+    assert_flip_zero = bradley_terry(torch.tensor([0.7]), torch.tensor([0.2]), flip_rate=0.0)[0]
+    assert assert_flip_zero.item() == pytest.approx(-_log_sigmoid(0.5), abs=1e-6)
+    for bad in ({"flip_rate": 0.5}, {"flip_rate": 0.1, "label_smoothing": 0.1}):
+        with pytest.raises(ValueError, match="flip_rate"):
+            bradley_terry(rc, torch.tensor([0.0]), **bad)
+
+
 def test_bradley_terry_prefers_larger_chosen_reward_and_gradient_sign():
     rc = torch.tensor([0.3], requires_grad=True)
     loss, _ = bradley_terry(rc, torch.tensor([0.0]))

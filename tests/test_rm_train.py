@@ -336,3 +336,12 @@ def test_head_learning_rate_is_its_own_optimizer_group_and_moves_the_head(tmp_pa
         return float((session.model.head_weight.detach() - initial).abs().max())
 
     assert head_moved() < 6e-5 < 1e-2 < head_moved(head_learning_rate=1e-2)
+
+
+def test_label_noise_options_are_checked(tmp_path):
+    from alignlab.config import ConfigError
+
+    for bad, match in ((dict(flip_rate=0.1, label_smoothing=0.1), "set one"), (dict(flip_rate=0.5), "flip_rate")):
+        with pytest.raises(ConfigError, match=match):
+            RMConfig(output_dir=str(tmp_path), **bad).validate()
+    RMConfig(output_dir=str(tmp_path), flip_rate=0.1).validate()

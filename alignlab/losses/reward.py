@@ -3,6 +3,8 @@ pointwise rating regression, and binary (thumbs-up) classification. Pure functio
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -16,6 +18,7 @@ def bradley_terry(
     *,
     margin: Tensor | None = None,
     label_smoothing: float = 0.0,
+    flip_rate: float = 0.0,
     center_coef: float = 0.0,
     weights: Tensor | None = None,
     per_example: bool = False,
@@ -27,9 +30,19 @@ def bradley_terry(
         d     = r(x, y_c) - r(x, y_r) - m              m: per-pair margin (0 when None)
         loss  = -(1 - eps) log sigmoid(d) - eps log sigmoid(-d) + eta (r(x, y_c) + r(x, y_r))^2
 
+    or, with flip_rate rho > 0, the likelihood of a label that an annotator flips with probability
+    rho (forward noise correction, Patrini et al. 2017, arXiv:1609.03683):
+
+        loss  = -log( (1 - rho) sigmoid(d) + rho sigmoid(-d) ) + eta (r(x, y_c) + r(x, y_r))^2
+
+    Label smoothing keeps pulling a pair towards its (possibly flipped) label with weight 1 - eps
+    however confident the model already is the other way; the flip likelihood is bounded (at most
+    -log rho), so a pair the model confidently contradicts stops pulling: read as a flipped label.
+
     chosen_rewards/rejected_rewards: (B,) scalar rewards r. margin: (B,) m >= 0, larger for
     clearer preferences (Llama 2 uses a Likert-derived step). label_smoothing: eps in [0, 0.5),
-    the assumed share of flipped labels. center_coef: eta, pulls the mean reward of each pair to 0
+    the assumed share of flipped labels. flip_rate: rho in [0, 0.5), the flip probability of the
+    noise model above (exclusive with label_smoothing). center_coef: eta, pulls the mean reward of each pair to 0
     so that rewards from different prompts are comparable. weights: (B,) per-pair weights
     (preference-strength weighting); the mean is weighted, sum(w * l) / sum(w).
 
@@ -38,9 +51,16 @@ def bradley_terry(
     """
     if not 0.0 <= label_smoothing < 0.5:
         raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    if not 0.0 <= flip_rate < 0.5:
+        raise ValueError(f"flip_rate must be in [0, 0.5), got {flip_rate}")
+    if flip_rate and label_smoothing:
+        raise ValueError("label_smoothing and flip_rate are two models of the same label noise: set one")
     diff = chosen_rewards - rejected_rewards  # (B,)
     d = diff - margin if margin is not None else diff
-    losses = -(1.0 - label_smoothing) * F.logsigmoid(d) - label_smoothing * F.logsigmoid(-d)
+    if flip_rate:
+        losses = -torch.logaddexp(math.log1p(-flip_rate) + F.logsigmoid(d), math.log(flip_rate) + F.logsigmoid(-d))
+    else:
+        losses = -(1.0 - label_smoothing) * F.logsigmoid(d) - label_smoothing * F.logsigmoid(-d)
     if center_coef:
         losses = losses + center_coef * (chosen_rewards + rejected_rewards) ** 2
     metrics = {

@@ -35,6 +35,7 @@ class RMConfig(TrainConfig):
     gating: bool = field(False, "ratings objective: ArmoRM's prompt-conditioned gate mixing the attributes into one score")
     use_margin: bool = field(False, "Llama-2 margin: subtract each pair's `margin` inside the sigmoid")
     label_smoothing: float = field(0.0, "assumed share of flipped labels (BT with label smoothing)")
+    flip_rate: float = field(0.0, "pairwise: probability that an annotator flipped a label, in the BT likelihood itself (bounded loss: a pair the model confidently contradicts stops pulling); exclusive with label_smoothing")
     center_coef: float = field(0.0, "reward-centering regularizer: coef * (r_chosen + r_rejected)^2")
     center_rewards: bool = field(True, "pairwise: after training, shift each member's reward to average 0 over the training responses (Bradley-Terry fixes it only up to a constant per member; mean/WCO/UWO compare members on one scale). Differences, accuracy and BT probabilities are unchanged")
     strength_weighting: str = field("none", "use a `strength` in each pair's meta: none | weight (down-weight weak pairs) | flip (flip pairs with strength < 0)")
@@ -55,6 +56,10 @@ class RMConfig(TrainConfig):
             raise ConfigError("strength_weighting must be none | weight | flip")
         if self.gating and self.objective != "ratings":
             raise ConfigError("gating mixes rating attributes: it needs objective: ratings")
+        if not 0.0 <= self.flip_rate < 0.5 or not 0.0 <= self.label_smoothing < 0.5:
+            raise ConfigError("flip_rate and label_smoothing must be in [0, 0.5)")
+        if self.flip_rate and self.label_smoothing:
+            raise ConfigError("label_smoothing and flip_rate are two models of the same label noise: set one")
 
     @property
     def frozen(self) -> bool:
@@ -135,8 +140,8 @@ class RewardAlgorithm:
             if self.cfg.objective == "pairwise":
                 margin = targets[:, 0] if self.cfg.use_margin else None
                 loss, m = bradley_terry(rewards[:B, k], rewards[B:, k], margin=margin,
-                                        label_smoothing=self.cfg.label_smoothing, center_coef=self.cfg.center_coef,
-                                        per_example=True)
+                                        label_smoothing=self.cfg.label_smoothing, flip_rate=self.cfg.flip_rate,
+                                        center_coef=self.cfg.center_coef, per_example=True)
             elif self.cfg.objective == "cost":
                 unsafe = targets > 0.5  # (B, 2): chosen, rejected
                 loss, m = cost_model_loss(rewards[:B, k], rewards[B:, k], unsafe[:, 0], unsafe[:, 1], per_example=True)
