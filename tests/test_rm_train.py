@@ -170,6 +170,44 @@ def test_lora_members_train_their_own_adapters_on_one_frozen_backbone(tmp_path, 
     torch.testing.assert_close(in_memory.T, scores, atol=1e-4, rtol=1e-4)
 
 
+def test_lora_members_back_propagate_one_member_at_a_time_to_the_same_gradient(tmp_path, tiny_encoder_dir):
+    from alignlab.train.reward import RewardAlgorithm
+    from alignlab.train.reward_data import prepare_reward_session
+
+    c = cfg(tmp_path, tiny_encoder_dir, ensemble=3, ensemble_kind="lora", lora_r=4, lora_alpha=8)
+    session, items = prepare_reward_session(c, train_records=pairs(WORDS[:12]))
+    with torch.no_grad():  # LoRA B starts at 0: make every adapter matter
+        for n, p in session.model.backbone.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    algo = RewardAlgorithm(c, session.model, items["train"], [], session.pad_token_id)
+    batch = algo.micro_batches(0)[0]
+    assert algo.parts(batch) == 3
+    params = [p for p in session.model.parameters() if p.requires_grad]
+
+    def grads(parts):
+        for p in params:
+            p.grad = None
+        total, metrics = 0.0, {}
+        for part in parts:
+            per_example, m = algo.loss(session.model, batch, part=part)
+            per_example.sum().backward()
+            total += float(per_example.sum())
+            for k, v in m.items():
+                metrics[k] = metrics.get(k, 0.0) + float(v)
+        return [p.grad.clone() for p in params], total, metrics
+
+    whole, whole_loss, whole_metrics = grads([None])
+    split, split_loss, split_metrics = grads([0, 1, 2])
+    assert split_loss == pytest.approx(whole_loss, rel=1e-5)
+    assert split_metrics == pytest.approx(whole_metrics, rel=1e-5)
+    for a, b in zip(whole, split):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert sum(int(g.abs().sum() > 0) for g in split) == len(split)  # every adapter and head got its gradient
+    heads = RewardAlgorithm(cfg(tmp_path, tiny_encoder_dir, ensemble=3), session.model, items["train"], [], 0)
+    assert heads.parts(batch) == 1  # heads share one forward: no split
+
+
 def test_lora_members_are_checked_against_settings_they_cannot_have(tmp_path):
     from alignlab.config import ConfigError
 

@@ -169,20 +169,25 @@ class RewardModel(nn.Module):
             if "lora_" in n:
                 p.requires_grad_(True)
 
-    def forward(self, batch: RewardBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, batch: RewardBatch, member: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(S, K) scores and (S, K, A) attribute rewards; with `member` k, member k's alone, as
+        (S, 1) and (S, 1, A) (LoRA members: one backbone pass, so that a trainer can back-propagate
+        member by member and hold one member's activations at a time)."""
+        ks = range(self.members) if member is None else [member]
+        sel = slice(None) if member is None else slice(member, member + 1)
         if self.adapter_names:  # one backbone pass per LoRA member, each read by its own head
             per_member = []
-            for k, name in enumerate(self.adapter_names):
-                self.use_adapter(name)
+            for k in ks:
+                self.use_adapter(self.adapter_names[k])
                 pooled, prompt = self.features(batch)
                 per_member.append(pooled.float() @ self.head_weight[k])  # (S, A)
             attrs = torch.stack(per_member, dim=1)  # (S, K, A)
         else:
             pooled, prompt = self.features(batch)
-            attrs = torch.einsum("sh,kha->ska", pooled.float(), self.head_weight)  # (S, K, A)
+            attrs = torch.einsum("sh,kha->ska", pooled.float(), self.head_weight[sel])  # (S, K, A)
         if self.head_bias is not None:
-            attrs = attrs + self.head_bias
-        attrs = attrs - self.reward_offset
+            attrs = attrs + self.head_bias[sel]
+        attrs = attrs - self.reward_offset[sel]
         return self.combine(attrs, prompt.float()), attrs
 
     def combine(self, attrs: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:

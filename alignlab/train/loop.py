@@ -36,7 +36,10 @@ class Algorithm(Protocol):
     def examples_in(self, batch: Any) -> int: ...
 
     def loss(self, scorer: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Per-example losses (n,) and metrics (batch means of scalars)."""
+        """Per-example losses (n,) and metrics (batch means of scalars). An algorithm may also
+        define `parts(batch) -> P`: the loop then calls `loss(scorer, batch, part=j)` for j < P and
+        back-propagates each part before computing the next (the parts' losses and metrics add up
+        to the batch's), so that one part's activations are held at a time."""
 
     def evaluate(self, scorer: torch.nn.Module) -> dict[str, float]: ...
 
@@ -164,17 +167,19 @@ def _one_step(cfg, algorithm, scorer, params, optimizer, scheduler, accelerator,
     totals: dict[str, float] = {}
     loss_sum = 0.0
     for i, batch in enumerate(window):
-        sync = i == len(window) - 1
-        with accelerator.no_sync(scorer) if not sync else _nullcontext(), accelerator.autocast():
-            per_example, metrics = algorithm.loss(scorer, batch)
-        if not torch.isfinite(per_example).all():
-            raise TrainingAborted(
-                f"non-finite loss at step {state.step + 1} (epoch {state.epoch}, micro-batch {state.micro + i});"
-                " stopping. The last good checkpoint is kept; lower the learning rate or check the data."
-            )
-        accelerator.backward(per_example.sum() / n_total)
-        loss_sum += float(per_example.detach().sum())
-        _weighted_add(totals, metrics, algorithm.examples_in(batch))
+        parts = algorithm.parts(batch) if hasattr(algorithm, "parts") else 1
+        for j in range(parts):
+            sync = i == len(window) - 1 and j == parts - 1
+            with accelerator.no_sync(scorer) if not sync else _nullcontext(), accelerator.autocast():
+                per_example, metrics = algorithm.loss(scorer, batch) if parts == 1 else algorithm.loss(scorer, batch, part=j)
+            if not torch.isfinite(per_example).all():
+                raise TrainingAborted(
+                    f"non-finite loss at step {state.step + 1} (epoch {state.epoch}, micro-batch {state.micro + i});"
+                    " stopping. The last good checkpoint is kept; lower the learning rate or check the data."
+                )
+            accelerator.backward(per_example.sum() / n_total)
+            loss_sum += float(per_example.detach().sum())
+            _weighted_add(totals, metrics, algorithm.examples_in(batch))
     max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
     grad_norm = float(accelerator.clip_grad_norm_(params, max_norm))
     if math.isfinite(grad_norm):

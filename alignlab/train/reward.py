@@ -130,9 +130,9 @@ class RewardAlgorithm:
     def examples_in(self, batch: RMBatch) -> int:
         return len(batch.indices)
 
-    def _member_losses(self, model, batch: RMBatch):
+    def _member_losses(self, model, batch: RMBatch, member: int | None = None):
         device = self.model.head_weight.device
-        rewards, attrs = model(batch.rewards_input.to(device))  # (S, K), (S, K, A)
+        rewards, attrs = model(batch.rewards_input.to(device), member=member)  # (S, K), (S, K, A); K = 1 with member
         B, K = len(batch.indices), rewards.shape[1]
         targets = batch.targets.to(device)
         per_member, metrics = [], {}
@@ -160,10 +160,22 @@ class RewardAlgorithm:
                 metrics[name] = metrics.get(name, 0.0) + v / K
         return torch.stack(per_member, dim=1), rewards, metrics  # (B, K)
 
-    def loss(self, scorer, batch: RMBatch):
-        losses, _, metrics = self._member_losses(scorer, batch)
-        w = self.bootstrap[batch.indices].to(losses.device) * batch.weights[:, None].to(losses.device)
-        return (losses * w).mean(dim=1), metrics
+    def parts(self, batch: RMBatch) -> int:
+        """LoRA members: one loss part per member, each back-propagated before the next member's
+        forward, so that one member's activations are held at a time (the sum of the parts is the
+        loss of all members at once, and so is the gradient). Heads share one forward: one part."""
+        return self.cfg.ensemble if self.cfg.lora_members else 1
+
+    def loss(self, scorer, batch: RMBatch, part: int | None = None):
+        """Per-example loss, the mean over members of each member's bootstrap-weighted loss; with
+        `part` k, member k's share of it (its loss / K) and metrics."""
+        losses, _, metrics = self._member_losses(scorer, batch, member=part)
+        cols = slice(None) if part is None else slice(part, part + 1)
+        w = self.bootstrap[batch.indices][:, cols].to(losses.device) * batch.weights[:, None].to(losses.device)
+        if part is None:
+            return (losses * w).mean(dim=1), metrics
+        K = self.cfg.ensemble
+        return (losses * w)[:, 0] / K, {k: v / K for k, v in metrics.items()}
 
     def evaluate(self, scorer) -> dict[str, float]:
         if not self.eval_items:
