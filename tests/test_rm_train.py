@@ -367,6 +367,8 @@ def test_head_learning_rate_is_its_own_optimizer_group_and_moves_the_head(tmp_pa
     head = {id(p) for p in model.head_parameters()}
     assert {id(p) for p in groups[1]["params"]} == head and not head & {id(p) for p in groups[0]["params"]}
     assert len(build_optimizer(cfg(tmp_path, tiny_encoder_dir), model).param_groups) == 1  # 0: one rate for all
+    with pytest.raises(ValueError, match="no head_parameters"):  # never silently one rate for all
+        build_optimizer(config, torch.nn.Linear(2, 2))
 
     def head_moved(**kw):  # 5 steps at a backbone's fine-tuning rate; Adam moves a weight about lr per step
         session = train_reward_model(cfg(tmp_path / str(len(kw)), tiny_encoder_dir, learning_rate=1e-5, max_steps=5, **kw),

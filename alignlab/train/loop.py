@@ -66,7 +66,10 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opt
     kwargs = dict(lr=cfg.learning_rate, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
     groups = params
     head_lr = getattr(cfg, "head_learning_rate", 0.0)
-    if head_lr and hasattr(model, "head_parameters"):  # a fresh head learning at its own rate (the scheduler scales both)
+    if head_lr:  # a fresh head learning at its own rate (the scheduler scales both)
+        if not callable(getattr(model, "head_parameters", None)):
+            raise ValueError(f"head_learning_rate is set but {type(model).__name__} has no head_parameters() "
+                             "to apply it to (only reward models have a fresh head)")
         head = {id(p) for p in model.head_parameters()}
         groups = [{"params": [p for p in params if id(p) not in head]},
                   {"params": [p for p in params if id(p) in head], "lr": head_lr}]
