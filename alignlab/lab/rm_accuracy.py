@@ -46,6 +46,8 @@ class RMAccuracyConfig(LabDataConfig):
     batch_size: int = field(16, "reward-model batch size")
     max_length: int = field(256, "max tokens of prompt + response")
     freeze_backbone: bool = field(False, "train only the head (a frozen MiniLM) instead of fine-tuning it all")
+    flip_rate: float = field(0.0, "reward-model loss: the likelihood of labels flipped with this probability (train rm --flip-rate)")
+    label_smoothing: float = field(0.0, "reward-model loss: label smoothing (train rm --label-smoothing)")
     seeds: int = field(1, "reward models per fold, from seeds seed..seed+K-1, scored by the mean of their rewards (Coste et al.'s ensemble; K times the training cost); the first model alone is reported too")
 
 
@@ -170,7 +172,8 @@ def run_rm_accuracy(cfg: RMAccuracyConfig, *, policy=None, tokenizer=None) -> di
         rm_cfg = RMConfig(model=cfg.rm_model, output_dir=str(out / f"rm-fold{fold}"), epochs=cfg.epochs,
                           learning_rate=cfg.learning_rate, head_learning_rate=cfg.head_learning_rate,
                           batch_size=cfg.batch_size, seed=cfg.seed, warmup_ratio=0.05,
-                          max_length=cfg.max_length, freeze_backbone=cfg.freeze_backbone)
+                          max_length=cfg.max_length, freeze_backbone=cfg.freeze_backbone, flip_rate=cfg.flip_rate,
+                          label_smoothing=cfg.label_smoothing)
         dirs = [train_reward_model(dataclasses.replace(rm_cfg, seed=cfg.seed + j, output_dir=str(
             out / (f"rm-fold{fold}" if j == 0 else f"rm-fold{fold}-seed{cfg.seed + j}"))), train_records=train).final_dir
                 for j in range(cfg.seeds)]
