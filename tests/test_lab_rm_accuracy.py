@@ -1,6 +1,7 @@
 """`alignlab lab rm-accuracy`: cross-validated reward-model accuracy against the gold ceiling."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -13,12 +14,27 @@ from alignlab.lab.rm_accuracy import _fold_stats, _gap_interval, read_response_g
 
 def test_fold_stats_by_hand():
     # pairs (chosen, rejected): the model ranks 1st and 3rd the label's way, the gold 1st, 2nd, 3rd;
-    # the 4th pair is a gold tie, left out of the agreement
+    # the 4th pair is a gold tie: half a point to the ceiling (a coin-flip label), left out of the agreement
     model = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0], [0.0, 1.0]])
     gold = torch.tensor([[0.5, 0.1], [0.3, 0.2], [0.4, 0.0], [0.2, 0.2]])
-    s = _fold_stats(model, gold)
-    assert s["accuracy"] == 0.5 and s["ceiling"] == 0.75 and s["gap"] == pytest.approx(0.25)
+    q = torch.tensor([0.9, 0.6, 0.8, 0.5])  # P(the annotator labels each pair this way round)
+    s = _fold_stats(model, gold, q)
+    assert s["accuracy"] == 0.5 and s["ceiling"] == 3.5 / 4 and s["gap"] == pytest.approx(0.375)
     assert s["gold_agreement"] == pytest.approx(2 / 3)  # agrees on pairs 1 and 3 of the 3 untied ones
+    # expected over the labels: the model earns q, 1-q, q, 1-q = .9 + .4 + .8 + .5; the gold q, q, q, 1/2
+    assert s["expected_accuracy"] == pytest.approx(2.6 / 4) and s["expected_ceiling"] == pytest.approx(2.8 / 4)
+    assert s["expected_gap"] == pytest.approx(0.05)
+    tied_model = _fold_stats(torch.tensor([[1.0, 1.0]]), torch.tensor([[0.2, 0.1]]), torch.tensor([0.7]))
+    assert tied_model["accuracy"] == 0.5 and tied_model["expected_accuracy"] == pytest.approx(0.5)
+
+
+def test_choice_prob_is_the_annotators_label_probability():
+    from alignlab.lab.annotators import BradleyTerryAnnotator
+
+    a = BradleyTerryAnnotator(lambda texts: torch.zeros(len(texts)), temperature=0.5, flip_prob=0.1)
+    p = 1 / (1 + math.exp(-0.4 / 0.5))  # gold difference 0.4 at temperature 0.5
+    q = a.choice_prob(torch.tensor([0.6, 0.2]), torch.tensor([0.2, 0.2]))
+    assert q.tolist() == pytest.approx([0.9 * p + 0.1 * (1 - p), 0.5])
 
 
 def test_gap_interval_resamples_prompts():
@@ -62,6 +78,8 @@ def test_rm_accuracy_cross_validates_every_prompt_once(tmp_path, tiny_policy_dir
     p = result["pooled"]
     assert p["gap"] == pytest.approx(p["ceiling"] - p["accuracy"])
     assert p["gap_ci"][0] - 1e-9 <= p["gap"] <= p["gap_ci"][1] + 1e-9
+    assert p["expected_gap_ci"][0] - 1e-9 <= p["expected_gap"] <= p["expected_gap_ci"][1] + 1e-9
+    assert p["expected_gap"] == pytest.approx(p["expected_ceiling"] - p["expected_accuracy"])
     rows = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
     folds_of_prompt = {}
     for r in rows:

@@ -75,6 +75,13 @@ class BradleyTerryAnnotator:
         r_b = torch.as_tensor(self.gold_fn(list(b)), dtype=torch.float32)
         return torch.sigmoid((r_a - r_b) / self.temperature)
 
+    def choice_prob(self, gold_a: torch.Tensor, gold_b: torch.Tensor) -> torch.Tensor:
+        """P(the label says a_i > b_i) from gold rewards, flips included:
+        (1 - epsilon) sigmoid((r(a) - r(b)) / tau) + epsilon (1 - sigmoid(...)); (N,)."""
+        p = torch.sigmoid((torch.as_tensor(gold_a, dtype=torch.float32) - torch.as_tensor(gold_b, dtype=torch.float32))
+                          / self.temperature)
+        return (1 - self.flip_prob) * p + self.flip_prob * (1 - p)
+
     def prefer(self, prompts: Sequence[Prompt], a: Sequence[str], b: Sequence[str]) -> torch.Tensor:
         """Sampled choices, (N,) bool, True where a_i is preferred to b_i."""
         p = self.prob_first(prompts, a, b)  # (N,)

@@ -190,8 +190,10 @@ def build_proxies(cfg, out: Path, policy, tokenizer, task, train_prompts: list) 
         source = RewardModelSource(train_reward_model(rm_cfg, train_records=train).final_dir, batch_size=64)
         if cfg.full_rm:
             full_source = RewardModelSource(train_reward_model(full_cfg, train_records=train).final_dir, batch_size=64)
-    return Proxies(records, heldout, float((gold_chosen > gold_rejected).float().mean()),
-                   float((gold_chosen[len(train):] > gold_rejected[len(train):]).float().mean()),
+    from alignlab.eval.metrics import win_outcomes
+
+    gold_right = win_outcomes(gold_chosen, gold_rejected)  # a gold tie (a coin-flip label) counts half
+    return Proxies(records, heldout, float(gold_right.mean()), float(gold_right[len(train):].mean()),
                    source, full_source, _heldout_accuracy(heldout, source, full_source, cfg))
 
 
@@ -317,13 +319,15 @@ def reused_candidates(folder: Path, n_prompts: int, m: int) -> _Candidates:
 
 
 def _heldout_accuracy(heldout, source, full_source, cfg: BoNOveroptConfig) -> dict[str, float]:
-    """Share of held-out labelled pairs each selector ranks the annotator's way."""
+    """Share of held-out labelled pairs each selector ranks the annotator's way (ties count half)."""
+    from alignlab.eval.metrics import win_outcomes
+
     prompts = [r.prompt for r in heldout] * 2
     texts = [r.chosen for r in heldout] + [r.rejected for r in heldout]
     members = source.member_scores(prompts, texts)  # (K, 2H)
     full = full_source.score(prompts, texts) if full_source is not None else None
     H = len(heldout)
-    return {label: float((s[:H] > s[H:]).float().mean()) for label, s in _selectors(members, full, cfg).items()}
+    return {label: float(win_outcomes(s[:H], s[H:]).mean()) for label, s in _selectors(members, full, cfg).items()}
 
 
 def _print(result: dict, out: Path) -> None:

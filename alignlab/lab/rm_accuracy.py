@@ -13,8 +13,11 @@ come to the best any model can do on them? Cross-validated over prompts.
 4. per fold and pooled over all folds (every pair scored exactly once, by the model that did not
    see its prompt): the model's pairwise accuracy on the noisy labels, the gold reward's own
    accuracy on them (the ceiling: the annotator's noise, not the model, is all that stops it), the
-   gap, and the model's agreement with the gold order on pairs the gold does not tie. A 95%
-   bootstrap interval of the pooled gap resamples prompts, the unit that the pairs share.
+   gap, and the model's agreement with the gold order on pairs the gold does not tie. A ranking
+   tie counts half (the gold ties on pairs of two neutral responses, whose label is a coin flip).
+   The same three averaged over the annotator's noise instead of its drawn labels (`expected_`)
+   measure the gap without the labels' sampling noise. 95% bootstrap intervals of the pooled gaps
+   resample prompts, the unit that the pairs share.
 
 One held-out draw of ~50 prompts is a noisy estimate (all-pairs comparisons share responses);
 cross-validation uses every prompt once. Writes samples.jsonl, pairs.jsonl, rm_accuracy.json.
@@ -104,13 +107,28 @@ def _gap_interval(model_right: torch.Tensor, gold_right: torch.Tensor, counts: t
     return bootstrap_ci(torch.arange(len(counts)), fn=gap, seed=seed)
 
 
-def _fold_stats(model: torch.Tensor, gold: torch.Tensor) -> dict:
-    """model/gold: (H, 2) scores of (chosen, rejected) of held-out pairs."""
-    model_right, gold_right = model[:, 0] > model[:, 1], gold[:, 0] > gold[:, 1]
+def _fold_stats(model: torch.Tensor, gold: torch.Tensor, label_prob: torch.Tensor) -> dict:
+    """model/gold: (H, 2) scores of (chosen, rejected) of held-out pairs; label_prob: (H,) the
+    annotator's probability of labelling each pair this way round (gold reward, temperature, flips).
+
+    A ranking earns 1 when it agrees with the label, 0 when it does not and 1/2 on a tie: the gold
+    reward ties on some pairs (two neutral responses), where the label is a coin flip that any tie
+    break gets half of; counting those as misses would put the ceiling below the best achievable.
+    The `expected_` figures average over the annotator's noise instead of the labels it happened
+    to draw: a ranking agreeing with the record's order earns label_prob, the other order
+    1 - label_prob. They estimate the same gap without the labels' sampling noise."""
+    from alignlab.eval.metrics import win_outcomes
+
+    m, g = win_outcomes(model[:, 0], model[:, 1]).float(), win_outcomes(gold[:, 0], gold[:, 1]).float()
+    q = label_prob.float()
     untied = gold[:, 0] != gold[:, 1]
-    agree = ((model[:, 0] > model[:, 1]) == gold_right)[untied]
-    return {"pairs": len(model), "accuracy": float(model_right.float().mean()), "ceiling": float(gold_right.float().mean()),
-            "gap": float(gold_right.float().mean() - model_right.float().mean()),
+    agree = ((model[:, 0] > model[:, 1]) == (gold[:, 0] > gold[:, 1]))[untied]
+
+    def expected(outcome):
+        return float((outcome * q + (1 - outcome) * (1 - q)).mean())
+
+    return {"pairs": len(model), "accuracy": float(m.mean()), "ceiling": float(g.mean()), "gap": float(g.mean() - m.mean()),
+            "expected_accuracy": expected(m), "expected_ceiling": expected(g), "expected_gap": expected(g) - expected(m),
             "gold_agreement": float(agree.float().mean()) if len(agree) else float("nan")}
 
 
@@ -146,9 +164,10 @@ def run_rm_accuracy(cfg: RMAccuracyConfig, *, policy=None, tokenizer=None) -> di
     per_prompt = [label_groups([p], [g], annotator) for p, g in zip(prompts, groups)]
     flat = [r for records in per_prompt for r in records]
     gold_flat = torch.stack([task.gold_reward([r.chosen for r in flat]), task.gold_reward([r.rejected for r in flat])], 1)
-    gold, start = [], 0
+    gold, label_prob, start = [], [], 0
     for records in per_prompt:
         gold.append(gold_flat[start:start + len(records)])
+        label_prob.append(annotator.choice_prob(gold[-1][:, 0], gold[-1][:, 1]))
         start += len(records)
     order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     fold_of = {i: n % cfg.folds for n, i in enumerate(order)}
@@ -188,36 +207,44 @@ def run_rm_accuracy(cfg: RMAccuracyConfig, *, policy=None, tokenizer=None) -> di
             model_scores[i] = scores[start:start + len(per_prompt[i])]
             single_scores[i] = single[start:start + len(per_prompt[i])]
             start += len(per_prompt[i])
-        fold_gold = torch.cat([gold[i] for i in held])
+        fold_gold, fold_q = torch.cat([gold[i] for i in held]), torch.cat([label_prob[i] for i in held])
         stats = {"fold": fold, "prompts": len(held), "train_pairs": len(train),
                  "scored_truncated": source.truncated,  # held-out texts over max_length (training's are in its data report)
-                 **_fold_stats(scores, fold_gold)}
+                 **_fold_stats(scores, fold_gold, fold_q)}
         if cfg.seeds > 1:
-            stats["single_model"] = _fold_stats(single, fold_gold)
+            stats["single_model"] = _fold_stats(single, fold_gold, fold_q)
         folds.append(stats)
         print(f"fold {fold + 1}: accuracy {stats['accuracy']:.3f}, ceiling {stats['ceiling']:.3f}, "
               f"gap {100 * stats['gap']:.1f} points", flush=True)
 
     gaps = torch.tensor([f["gap"] for f in folds])
-    result = {"pooled": _pooled(model_scores, gold, cfg.seed), "folds": folds,
+    result = {"pooled": _pooled(model_scores, gold, label_prob, cfg.seed), "folds": folds,
               "fold_gap_mean": float(gaps.mean()), "fold_gap_sd": float(gaps.std()),
               "prompts": len(prompts), "responses": sum(map(len, groups)), "labelled_pairs": len(flat),
               "seconds": time.perf_counter() - t0, "config": asdict(cfg)}
     if cfg.seeds > 1:
-        result["single_model_pooled"] = _pooled(single_scores, gold, cfg.seed)
+        result["single_model_pooled"] = _pooled(single_scores, gold, label_prob, cfg.seed)
     (out / "rm_accuracy.json").write_text(json.dumps(result, indent=1))
     _print(result, out)
     return result
 
 
-def _pooled(model_scores: list[torch.Tensor], gold: list[torch.Tensor], seed: int) -> dict:
-    """Statistics of every held-out pair at once (per-prompt (pairs, 2) scores), with a 95%
-    bootstrap interval of the gap over prompts."""
-    pooled = _fold_stats(torch.cat(model_scores), torch.cat(gold))
-    model_right = torch.tensor([float((s[:, 0] > s[:, 1]).sum()) for s in model_scores])
-    gold_right = torch.tensor([float((g[:, 0] > g[:, 1]).sum()) for g in gold])
-    counts = torch.tensor([float(len(g)) for g in gold])
-    return {**pooled, "gap_ci": list(_gap_interval(model_right, gold_right, counts, seed))}
+def _pooled(model_scores: list[torch.Tensor], gold: list[torch.Tensor], label_prob: list[torch.Tensor], seed: int) -> dict:
+    """Statistics of every held-out pair at once (per-prompt (pairs, 2) scores and (pairs,) label
+    probabilities), with 95% bootstrap intervals over prompts of the gap and the expected gap."""
+    from alignlab.eval.metrics import win_outcomes
+
+    pooled = _fold_stats(torch.cat(model_scores), torch.cat(gold), torch.cat(label_prob))
+    m = [win_outcomes(s[:, 0], s[:, 1]).float() for s in model_scores]
+    g = [win_outcomes(s[:, 0], s[:, 1]).float() for s in gold]
+    counts = torch.tensor([float(len(x)) for x in gold])
+
+    def expected(outcomes):  # per prompt: sum of expected credit
+        return torch.tensor([float((o * q + (1 - o) * (1 - q)).sum()) for o, q in zip(outcomes, label_prob)])
+
+    return {**pooled,
+            "gap_ci": list(_gap_interval(torch.stack([x.sum() for x in m]), torch.stack([x.sum() for x in g]), counts, seed)),
+            "expected_gap_ci": list(_gap_interval(expected(m), expected(g), counts, seed))}
 
 
 def _print(result: dict, out: Path) -> None:
@@ -225,20 +252,22 @@ def _print(result: dict, out: Path) -> None:
     from rich.table import Table
 
     table = Table(title="Reward-model accuracy on noisy labels vs the gold reward's own (the ceiling), per held-out fold")
-    for name in ("fold", "prompts", "pairs", "accuracy", "ceiling", "gap (points)", "agrees with gold"):
+    for name in ("fold", "prompts", "pairs", "accuracy", "ceiling", "gap (points)", "expected gap", "agrees with gold"):
         table.add_column(name, justify="right")
     for f in result["folds"]:
         table.add_row(str(f["fold"] + 1), str(f["prompts"]), str(f["pairs"]), f"{f['accuracy']:.3f}", f"{f['ceiling']:.3f}",
-                      f"{100 * f['gap']:.1f}", f"{f['gold_agreement']:.3f}")
+                      f"{100 * f['gap']:.1f}", f"{100 * f['expected_gap']:.1f}", f"{f['gold_agreement']:.3f}")
     p = result["pooled"]
     table.add_row("all", str(result["prompts"]), str(p["pairs"]), f"{p['accuracy']:.3f}", f"{p['ceiling']:.3f}",
                   f"{100 * p['gap']:.1f} [{100 * p['gap_ci'][0]:.1f}, {100 * p['gap_ci'][1]:.1f}]",
+                  f"{100 * p['expected_gap']:.1f} [{100 * p['expected_gap_ci'][0]:.1f}, {100 * p['expected_gap_ci'][1]:.1f}]",
                   f"{p['gold_agreement']:.3f}")
     console = Console()
     console.print(table)
     if "single_model_pooled" in result:
         s, k = result["single_model_pooled"], result["config"]["seeds"]
         console.print(f"the table scores with the mean of {k} models per fold; the first model alone: accuracy "
-                      f"{s['accuracy']:.3f}, gap {100 * s['gap']:.1f} [{100 * s['gap_ci'][0]:.1f}, {100 * s['gap_ci'][1]:.1f}] points")
+                      f"{s['accuracy']:.3f}, gap {100 * s['gap']:.1f} [{100 * s['gap_ci'][0]:.1f}, {100 * s['gap_ci'][1]:.1f}] points, "
+                      f"expected gap {100 * s['expected_gap']:.1f} [{100 * s['expected_gap_ci'][0]:.1f}, {100 * s['expected_gap_ci'][1]:.1f}]")
     console.print(f"gap across folds: {100 * result['fold_gap_mean']:.1f} ± {100 * result['fold_gap_sd']:.1f} points "
                   f"(mean ± sd); written: {out / 'rm_accuracy.json'}")
