@@ -92,6 +92,36 @@ def test_accumulation_equals_one_big_batch_including_partial_window(tmp_path):
     assert _losses(tmp_path / "a") == pytest.approx(_losses(tmp_path / "b"), abs=1e-6)
 
 
+class PartsAlgorithm(ToyAlgorithm):
+    """The same loss in two parts (half the squared error each), with a log of the order in which
+    each part's forward and backward run."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.log = []
+
+    def parts(self, batch):
+        return 2
+
+    def loss(self, scorer, batch, part=None):
+        assert part in (0, 1)
+        self.log.append(f"forward{part}")
+        err = scorer(self.x[batch]) - self.y[batch]
+        err.register_hook(lambda grad: self.log.append(f"backward{part}"))
+        return err**2 / 2, {"abs_error": err.abs().mean().detach() / 2}
+
+
+def test_loss_parts_back_propagate_one_at_a_time_to_the_whole_gradient(tmp_path):
+    a, _ = _run(_cfg(tmp_path / "a", grad_accum=2), ToyModel())
+    parts = PartsAlgorithm(_cfg(tmp_path / "b", grad_accum=2))
+    b, _ = _run(_cfg(tmp_path / "b", grad_accum=2), ToyModel(), parts)
+    torch.testing.assert_close(a.linear.weight, b.linear.weight, atol=1e-6, rtol=1e-6)
+    assert _losses(tmp_path / "a") == pytest.approx(_losses(tmp_path / "b"), abs=1e-6)
+    # each part's backward before the next part's forward: one part's activations held at a time
+    assert parts.log[:4] == ["forward0", "backward0", "forward1", "backward1"]
+    assert len(parts.log) == 4 * 12  # 6 micro-batches per epoch, 2 epochs
+
+
 @pytest.mark.parametrize("stop_at", [2, 6])  # mid-epoch (6 micro-batches per epoch) and at the epoch boundary
 def test_resume_continues_exactly(tmp_path, stop_at):
     full_dir, part_dir = tmp_path / "full", tmp_path / "part"

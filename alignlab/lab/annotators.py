@@ -71,15 +71,16 @@ class BradleyTerryAnnotator:
         """p(a_i > b_i) = sigmoid((r(a_i) - r(b_i)) / tau), (N,) float32, before label flips."""
         if _check_lengths(prompts, a, b) == 0:
             return torch.zeros(0)
-        r_a = torch.as_tensor(self.gold_fn(list(a)), dtype=torch.float32)
-        r_b = torch.as_tensor(self.gold_fn(list(b)), dtype=torch.float32)
+        return self._bt_prob(self.gold_fn(list(a)), self.gold_fn(list(b)))
+
+    def _bt_prob(self, gold_a, gold_b) -> torch.Tensor:
+        r_a, r_b = torch.as_tensor(gold_a, dtype=torch.float32), torch.as_tensor(gold_b, dtype=torch.float32)
         return torch.sigmoid((r_a - r_b) / self.temperature)
 
     def choice_prob(self, gold_a: torch.Tensor, gold_b: torch.Tensor) -> torch.Tensor:
         """P(the label says a_i > b_i) from gold rewards, flips included:
         (1 - epsilon) sigmoid((r(a) - r(b)) / tau) + epsilon (1 - sigmoid(...)); (N,)."""
-        p = torch.sigmoid((torch.as_tensor(gold_a, dtype=torch.float32) - torch.as_tensor(gold_b, dtype=torch.float32))
-                          / self.temperature)
+        p = self._bt_prob(gold_a, gold_b)
         return (1 - self.flip_prob) * p + self.flip_prob * (1 - p)
 
     def prefer(self, prompts: Sequence[Prompt], a: Sequence[str], b: Sequence[str]) -> torch.Tensor:

@@ -94,41 +94,45 @@ def write_response_groups(path, prompts: list, groups: list[list[str]]) -> None:
                 f.write(json.dumps({"prompt": prompt, "response": text}, ensure_ascii=False) + "\n")
 
 
-def _gap_interval(model_right: torch.Tensor, gold_right: torch.Tensor, counts: torch.Tensor,
+def _gap_interval(model_credit: torch.Tensor, gold_credit: torch.Tensor, counts: torch.Tensor,
                   seed: int) -> tuple[float, float]:
-    """95% bootstrap interval of the gap sum(gold_right - model_right) / sum(counts), resampling
-    prompts (per-prompt tensors)."""
+    """95% bootstrap interval of the gap sum(gold_credit - model_credit) / sum(counts), resampling
+    prompts (per-prompt sums of the credits of `_credits`)."""
     from alignlab.eval.metrics import bootstrap_ci
 
     def gap(rows: torch.Tensor) -> float:
         i = rows.long()
-        return float((gold_right[i].sum() - model_right[i].sum()) / counts[i].sum().clamp_min(1))
+        return float((gold_credit[i].sum() - model_credit[i].sum()) / counts[i].sum().clamp_min(1))
 
     return bootstrap_ci(torch.arange(len(counts)), fn=gap, seed=seed)
 
 
-def _fold_stats(model: torch.Tensor, gold: torch.Tensor, label_prob: torch.Tensor) -> dict:
-    """model/gold: (H, 2) scores of (chosen, rejected) of held-out pairs; label_prob: (H,) the
-    annotator's probability of labelling each pair this way round (gold reward, temperature, flips).
+def _credits(model: torch.Tensor, gold: torch.Tensor, label_prob: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-pair credit of the model's and the gold's rankings; model/gold: (H, 2) scores of
+    (chosen, rejected), label_prob: (H,) the annotator's probability of labelling each pair this
+    way round (gold reward, temperature, flips).
 
     A ranking earns 1 when it agrees with the label, 0 when it does not and 1/2 on a tie: the gold
     reward ties on some pairs (two neutral responses), where the label is a coin flip that any tie
     break gets half of; counting those as misses would put the ceiling below the best achievable.
-    The `expected_` figures average over the annotator's noise instead of the labels it happened
-    to draw: a ranking agreeing with the record's order earns label_prob, the other order
-    1 - label_prob. They estimate the same gap without the labels' sampling noise."""
+    The `expected_` credits average over the annotator's noise instead of the label it happened to
+    draw: a ranking agreeing with the record's order earns label_prob, the other order
+    1 - label_prob."""
     from alignlab.eval.metrics import win_outcomes
 
-    m, g = win_outcomes(model[:, 0], model[:, 1]).float(), win_outcomes(gold[:, 0], gold[:, 1]).float()
-    q = label_prob.float()
+    m, g, q = win_outcomes(model[:, 0], model[:, 1]).float(), win_outcomes(gold[:, 0], gold[:, 1]).float(), label_prob.float()
+    return {"model": m, "gold": g, "expected_model": m * q + (1 - m) * (1 - q), "expected_gold": g * q + (1 - g) * (1 - q)}
+
+
+def _fold_stats(model: torch.Tensor, gold: torch.Tensor, label_prob: torch.Tensor) -> dict:
+    """Accuracy, ceiling and gap of held-out pairs (see `_credits`), realized and expected, and the
+    model's agreement with the gold order on pairs the gold does not tie."""
+    c = {k: float(v.mean()) for k, v in _credits(model, gold, label_prob).items()}
     untied = gold[:, 0] != gold[:, 1]
     agree = ((model[:, 0] > model[:, 1]) == (gold[:, 0] > gold[:, 1]))[untied]
-
-    def expected(outcome):
-        return float((outcome * q + (1 - outcome) * (1 - q)).mean())
-
-    return {"pairs": len(model), "accuracy": float(m.mean()), "ceiling": float(g.mean()), "gap": float(g.mean() - m.mean()),
-            "expected_accuracy": expected(m), "expected_ceiling": expected(g), "expected_gap": expected(g) - expected(m),
+    return {"pairs": len(model), "accuracy": c["model"], "ceiling": c["gold"], "gap": c["gold"] - c["model"],
+            "expected_accuracy": c["expected_model"], "expected_ceiling": c["expected_gold"],
+            "expected_gap": c["expected_gold"] - c["expected_model"],
             "gold_agreement": float(agree.float().mean()) if len(agree) else float("nan")}
 
 
@@ -232,19 +236,12 @@ def run_rm_accuracy(cfg: RMAccuracyConfig, *, policy=None, tokenizer=None) -> di
 def _pooled(model_scores: list[torch.Tensor], gold: list[torch.Tensor], label_prob: list[torch.Tensor], seed: int) -> dict:
     """Statistics of every held-out pair at once (per-prompt (pairs, 2) scores and (pairs,) label
     probabilities), with 95% bootstrap intervals over prompts of the gap and the expected gap."""
-    from alignlab.eval.metrics import win_outcomes
-
     pooled = _fold_stats(torch.cat(model_scores), torch.cat(gold), torch.cat(label_prob))
-    m = [win_outcomes(s[:, 0], s[:, 1]).float() for s in model_scores]
-    g = [win_outcomes(s[:, 0], s[:, 1]).float() for s in gold]
-    counts = torch.tensor([float(len(x)) for x in gold])
-
-    def expected(outcomes):  # per prompt: sum of expected credit
-        return torch.tensor([float((o * q + (1 - o) * (1 - q)).sum()) for o, q in zip(outcomes, label_prob)])
-
-    return {**pooled,
-            "gap_ci": list(_gap_interval(torch.stack([x.sum() for x in m]), torch.stack([x.sum() for x in g]), counts, seed)),
-            "expected_gap_ci": list(_gap_interval(expected(m), expected(g), counts, seed))}
+    per_prompt = [_credits(s, g, q) for s, g, q in zip(model_scores, gold, label_prob)]
+    sums = {k: torch.stack([c[k].sum() for c in per_prompt]) for k in per_prompt[0]}
+    counts = torch.tensor([float(len(g)) for g in gold])
+    return {**pooled, "gap_ci": list(_gap_interval(sums["model"], sums["gold"], counts, seed)),
+            "expected_gap_ci": list(_gap_interval(sums["expected_model"], sums["expected_gold"], counts, seed))}
 
 
 def _print(result: dict, out: Path) -> None:
