@@ -190,3 +190,32 @@ def test_reuse_checks_the_settings_that_made_the_samples(tmp_path):
     with pytest.raises(ValueError, match="max_new_tokens: 40 there, 20 here"):
         check_reusable(tmp_path, OveroptConfig(seed=3, max_new_tokens=20), _TRAIN_SAMPLING)
     check_reusable(tmp_path, OveroptConfig(seed=3, pairs_per_prompt=1), _TRAIN_SAMPLING)  # fewer responses: fine
+
+
+def test_heldout_accuracy_counts_a_tied_pair_half():
+    """Held-out pairs: one tied by every selector, one ranked right, one wrong -> 0.5 each; the
+    full model ranks two of three right -> 2/3 (a tie must not count as a miss or a hit)."""
+    import torch
+
+    from alignlab.data.records import PairwiseRecord
+    from alignlab.lab.bon_overopt import BoNOveroptConfig, _heldout_accuracy
+
+    heldout = [PairwiseRecord(prompt="p", chosen=f"c{i}", rejected=f"r{i}") for i in range(3)]
+    member = {"c0": 1.0, "r0": 1.0, "c1": 2.0, "r1": 0.0, "c2": 0.0, "r2": 3.0}
+    full = {"c0": 1.0, "r0": 0.0, "c1": 2.0, "r1": 0.0, "c2": 0.0, "r2": 3.0}
+
+    class Source:
+        def __init__(self, table, k):
+            self.table, self.k = table, k
+
+        def member_scores(self, prompts, texts):
+            return torch.tensor([[self.table[t] for t in texts]] * self.k)
+
+        def score(self, prompts, texts):
+            return self.member_scores(prompts, texts)[0]
+
+    acc = _heldout_accuracy(heldout, Source(member, 3), Source(full, 1), BoNOveroptConfig())
+    assert set(acc) == {"single", "mean", "wco", "uwo", "full"}
+    for label in ("single", "mean", "wco", "uwo"):
+        assert acc[label] == pytest.approx(0.5)
+    assert acc["full"] == pytest.approx(2 / 3)
