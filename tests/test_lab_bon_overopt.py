@@ -199,22 +199,16 @@ def test_heldout_accuracy_counts_a_tied_pair_half():
 
     from alignlab.data.records import PairwiseRecord
     from alignlab.lab.bon_overopt import BoNOveroptConfig, _heldout_accuracy
+    from alignlab.rewards.base import EnsembleReward, FunctionReward
 
     heldout = [PairwiseRecord(prompt="p", chosen=f"c{i}", rejected=f"r{i}") for i in range(3)]
     member = {"c0": 1.0, "r0": 1.0, "c1": 2.0, "r1": 0.0, "c2": 0.0, "r2": 3.0}
     full = {"c0": 1.0, "r0": 0.0, "c1": 2.0, "r1": 0.0, "c2": 0.0, "r2": 3.0}
 
-    class Source:
-        def __init__(self, table, k):
-            self.table, self.k = table, k
+    def table(scores):
+        return FunctionReward(lambda texts: [scores[t] for t in texts], responses_only=True)
 
-        def member_scores(self, prompts, texts):
-            return torch.tensor([[self.table[t] for t in texts]] * self.k)
-
-        def score(self, prompts, texts):
-            return self.member_scores(prompts, texts)[0]
-
-    acc = _heldout_accuracy(heldout, Source(member, 3), Source(full, 1), BoNOveroptConfig())
+    acc = _heldout_accuracy(heldout, EnsembleReward([table(member)] * 3), table(full), BoNOveroptConfig())
     assert set(acc) == {"single", "mean", "wco", "uwo", "full"}
     for label in ("single", "mean", "wco", "uwo"):
         assert acc[label] == pytest.approx(0.5)
