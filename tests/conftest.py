@@ -42,6 +42,21 @@ def tiny_policy_dir(tmp_path_factory, smol_tokenizer):
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory):
+    """A tiny random BERT (2 layers, width 32) with MiniLM's tokenizer: the encoder reward-model kind."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from alignlab.models.embedded import encoder_dir
+
+    path = tmp_path_factory.mktemp("tiny-encoder")
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=64, max_position_embeddings=128), add_pooling_layer=False).save_pretrained(path)
+    AutoTokenizer.from_pretrained(encoder_dir()).save_pretrained(path)
+    return path
+
+
 BENCH_DIR = __import__("pathlib").Path(__file__).resolve().parents[1] / "bench"
 
 

@@ -18,20 +18,6 @@ def pairs(topics):
                            rejected=f"I hate {t}, awful and bad.") for t in topics]
 
 
-@pytest.fixture(scope="module")
-def tiny_encoder_dir(tmp_path_factory):
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from alignlab.models.embedded import encoder_dir
-
-    path = tmp_path_factory.mktemp("tiny-encoder")
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                         intermediate_size=64, max_position_embeddings=128), add_pooling_layer=False).save_pretrained(path)
-    AutoTokenizer.from_pretrained(encoder_dir()).save_pretrained(path)
-    return path
-
-
 def cfg(tmp_path, model, **kw):
     base = dict(model=str(model), output_dir=str(tmp_path / "rm"), batch_size=4, epochs=6.0, learning_rate=3e-3,
                 warmup_ratio=0.0, progress=False, max_length=64)
@@ -203,7 +189,9 @@ def test_lora_members_back_propagate_one_member_at_a_time_to_the_same_gradient(t
     assert split_metrics == pytest.approx(whole_metrics, rel=1e-5)
     for a, b in zip(whole, split):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
-    assert sum(int(g.abs().sum() > 0) for g in split) == len(split)  # every adapter and head got its gradient
+    names = [n for n, p in session.model.named_parameters() if p.requires_grad]
+    # every adapter and head weight got its gradient; the head bias cancels in r_chosen - r_rejected (0 up to rounding)
+    assert all(g.abs().sum() > 0 for n, g in zip(names, split) if n != "head_bias")
     heads = RewardAlgorithm(cfg(tmp_path, tiny_encoder_dir, ensemble=3), session.model, items["train"], [], 0)
     assert heads.parts(batch) == 1  # heads share one forward: no split
 

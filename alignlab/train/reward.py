@@ -2,9 +2,12 @@
 centering, strength weights), pointwise ratings regression, binary thumbs-up classification;
 ensembles of K heads on one backbone, each member trained on its own bootstrap weights.
 
-Batches hold *sequences* (prompt_ids, response_ids): a pairwise micro-batch of B pairs is 2B
-sequences (chosen 0..B-1, rejected B..2B-1), packed without padding for causal backbones (the
-prompt computed once for both responses) and padded per row for encoders.
+Batches hold the *distinct sequences* (prompt_ids, response_ids) of their examples, each encoded
+once, and every example's index into them: a pairwise micro-batch of B pairs is at most 2B
+sequences, packed without padding for causal backbones (a prompt computed once for all its
+responses) and padded per row for encoders. With `group_by_prompt`, a micro-batch holds whole
+prompts with all their pairs (Ouyang et al. 2022, §3.5), so K responses compared in all K(K-1)/2
+pairs cost K forwards, not K(K-1).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class RMConfig(TrainConfig):
     strength_weighting: str = field("none", "use a `strength` in each pair's meta: none | weight (down-weight weak pairs) | flip (flip pairs with strength < 0)")
     max_length: int = field(512, "max tokens of prompt + response (encoders: at most their position limit)")
     truncation: str = field("truncate", "over-long examples: error | truncate (keep prompt end, response start) | drop")
+    group_by_prompt: bool = field(False, "pairwise/cost: a micro-batch holds batch_size whole prompts with all their pairs, each distinct response encoded once (InstructGPT's batching, Ouyang et al. 2022 §3.5): K responses in all K(K-1)/2 pairs cost K forwards instead of K(K-1), and each response is one update per epoch, not K-1")
 
     def validate(self) -> None:
         super().validate()
@@ -58,6 +62,8 @@ class RMConfig(TrainConfig):
             raise ConfigError("gating mixes rating attributes: it needs objective: ratings")
         if not 0.0 <= self.flip_rate < 0.5 or not 0.0 <= self.label_smoothing < 0.5:
             raise ConfigError("flip_rate and label_smoothing must be in [0, 0.5)")
+        if self.group_by_prompt and self.objective not in ("pairwise", "cost"):
+            raise ConfigError("group_by_prompt batches the pairs of a prompt together: it needs objective pairwise or cost")
         if self.flip_rate and self.label_smoothing:
             raise ConfigError("label_smoothing and flip_rate are two models of the same label noise: set one")
 
@@ -84,24 +90,46 @@ class Item:
 @dataclass
 class RMBatch:
     indices: torch.Tensor  # (B,)
-    rewards_input: RewardBatch
+    rewards_input: RewardBatch  # the batch's distinct sequences
     targets: torch.Tensor  # (B, ...)
     masks: torch.Tensor | None
     weights: torch.Tensor  # (B,)
+    sequence_index: torch.Tensor  # (B, R): the sequence of each example's response r (pairs: chosen, rejected)
 
 
 def make_batch(items: list[Item], indices: list[int], kind: str, pad_token_id: int) -> RMBatch:
+    """The micro-batch of `items[indices]`: each distinct (prompt, response) encoded once, whichever
+    examples share it (the pairs of one prompt's responses, say); `sequence_index` maps back."""
     chosen = [items[i] for i in indices]
-    B, per = len(chosen), len(chosen[0].responses)
+    seq_of: dict[tuple, int] = {}
+    by_prompt: dict[tuple, list[tuple[list, int]]] = {}
+    index = []
+    for it in chosen:
+        prompt = tuple(it.prompt_ids)
+        row = []
+        for r in it.responses:
+            key = (prompt, tuple(r))
+            if key not in seq_of:
+                seq_of[key] = len(seq_of)
+                by_prompt.setdefault(prompt, []).append((r, seq_of[key]))
+            row.append(seq_of[key])
+        index.append(row)
     if kind == "causal":
-        blocks = [(it.prompt_ids, [(r, j * B + b) for j, r in enumerate(it.responses)]) for b, it in enumerate(chosen)]
-        batch = pack_reward_sequences(blocks, per * B, pad_token_id=pad_token_id)
+        blocks = [(list(prompt), responses) for prompt, responses in by_prompt.items()]
+        batch = pack_reward_sequences(blocks, len(seq_of), pad_token_id=pad_token_id)
     else:
-        batch = pad_encoder_sequences([(it.prompt_ids, it.responses[j]) for j in range(per) for it in chosen],
-                                      pad_token_id=pad_token_id)
+        batch = pad_encoder_sequences([(list(p), list(r)) for p, r in seq_of], pad_token_id=pad_token_id)
     masks = torch.stack([it.mask for it in chosen]) if chosen[0].mask is not None else None
     return RMBatch(torch.tensor(indices), batch, torch.stack([it.target for it in chosen]), masks,
-                   torch.tensor([it.weight for it in chosen]))
+                   torch.tensor([it.weight for it in chosen]), torch.tensor(index))
+
+
+def prompt_groups(items: list[Item], order: list[int]) -> list[list[int]]:
+    """`order`'s item indices grouped by prompt (token ids), groups in order of first appearance."""
+    groups: dict[tuple, list[int]] = {}
+    for i in order:
+        groups.setdefault(tuple(items[i].prompt_ids), []).append(i)
+    return list(groups.values())
 
 
 class RewardAlgorithm:
@@ -122,8 +150,12 @@ class RewardAlgorithm:
             g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
             order = torch.randperm(len(self.train_items), generator=g).tolist()
             bs = self.cfg.batch_size
-            batches = [make_batch(self.train_items, order[i : i + bs], self.model.kind, self.pad_token_id)
-                       for i in range(0, len(order), bs)]
+            if self.cfg.group_by_prompt:  # batch_size whole prompts (in shuffled order) per micro-batch
+                groups = prompt_groups(self.train_items, order)
+                chunks = [[i for grp in groups[j : j + bs] for i in grp] for j in range(0, len(groups), bs)]
+            else:
+                chunks = [order[i : i + bs] for i in range(0, len(order), bs)]
+            batches = [make_batch(self.train_items, chunk, self.model.kind, self.pad_token_id) for chunk in chunks]
             self._epoch_cache = (epoch, batches)
         return self._epoch_cache[1]
 
@@ -133,26 +165,28 @@ class RewardAlgorithm:
     def _member_losses(self, model, batch: RMBatch, member: int | None = None):
         device = self.model.head_weight.device
         rewards, attrs = model(batch.rewards_input.to(device), member=member)  # (S, K), (S, K, A); K = 1 with member
-        B, K = len(batch.indices), rewards.shape[1]
+        K = rewards.shape[1]
+        seq = batch.sequence_index.to(device)
+        first, second = rewards[seq[:, 0]], rewards[seq[:, -1]]  # (B, K): chosen, rejected (or the one response)
         targets = batch.targets.to(device)
         per_member, metrics = [], {}
         for k in range(K):
             if self.cfg.objective == "pairwise":
                 margin = targets[:, 0] if self.cfg.use_margin else None
-                loss, m = bradley_terry(rewards[:B, k], rewards[B:, k], margin=margin,
+                loss, m = bradley_terry(first[:, k], second[:, k], margin=margin,
                                         label_smoothing=self.cfg.label_smoothing, flip_rate=self.cfg.flip_rate,
                                         center_coef=self.cfg.center_coef, per_example=True)
             elif self.cfg.objective == "cost":
                 unsafe = targets > 0.5  # (B, 2): chosen, rejected
-                loss, m = cost_model_loss(rewards[:B, k], rewards[B:, k], unsafe[:, 0], unsafe[:, 1], per_example=True)
+                loss, m = cost_model_loss(first[:, k], second[:, k], unsafe[:, 0], unsafe[:, 1], per_example=True)
             elif self.cfg.objective == "ratings":
                 mask = batch.masks.to(device)
-                err = (attrs[:, k, :] - targets) ** 2 * mask  # (B, A)
+                err = (attrs[seq[:, 0], k, :] - targets) ** 2 * mask  # (B, A)
                 loss = err.sum(-1) / mask.sum(-1).clamp(min=1)
-                _, m = rating_regression(attrs[:, k, :].detach(), targets, mask)
+                _, m = rating_regression(attrs[seq[:, 0], k, :].detach(), targets, mask)
             else:
                 labels = targets[:, 0] > 0.5
-                logits = rewards[:, k]
+                logits = first[:, k]
                 loss = -(labels * torch.nn.functional.logsigmoid(logits) + (~labels) * torch.nn.functional.logsigmoid(-logits))
                 _, m = binary_feedback(logits.detach(), labels)
             per_member.append(loss)
