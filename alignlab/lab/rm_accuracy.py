@@ -46,7 +46,8 @@ class RMAccuracyConfig(LabDataConfig):
     epochs: float = field(3.0, "reward-model epochs per fold")
     learning_rate: float = field(1e-4, "reward-model learning rate (fold-0 probe: gap 12.1 points at 2e-5 x 2 epochs, 8.6 at 5e-5 x 3, 7.9 at 1e-4 x 3)")
     head_learning_rate: float = field(0.0, "learning rate of the fresh reward head (0: learning_rate)")
-    batch_size: int = field(16, "reward-model batch size")
+    batch_size: int = field(16, "reward-model batch size: pairs, or prompts with group_by_prompt")
+    group_by_prompt: bool = field(False, "train on whole prompts per micro-batch, all their pairs at once, each response encoded once (train rm --group-by-prompt; InstructGPT's batching): k-1 times fewer forwards")
     max_length: int = field(256, "max tokens of prompt + response")
     freeze_backbone: bool = field(False, "train only the head (a frozen MiniLM) instead of fine-tuning it all")
     flip_rate: float = field(0.0, "reward-model loss: the likelihood of labels flipped with this probability (train rm --flip-rate)")
@@ -196,7 +197,7 @@ def run_rm_accuracy(cfg: RMAccuracyConfig, *, policy=None, tokenizer=None) -> di
                           learning_rate=cfg.learning_rate, head_learning_rate=cfg.head_learning_rate,
                           batch_size=cfg.batch_size, seed=cfg.seed, warmup_ratio=0.05,
                           max_length=cfg.max_length, freeze_backbone=cfg.freeze_backbone, flip_rate=cfg.flip_rate,
-                          label_smoothing=cfg.label_smoothing)
+                          label_smoothing=cfg.label_smoothing, group_by_prompt=cfg.group_by_prompt)
         dirs = [train_reward_model(dataclasses.replace(rm_cfg, seed=cfg.seed + j, output_dir=str(
             out / (f"rm-fold{fold}" if j == 0 else f"rm-fold{fold}-seed{cfg.seed + j}"))), train_records=train).final_dir
                 for j in range(cfg.seeds)]
