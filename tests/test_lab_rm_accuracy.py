@@ -68,7 +68,7 @@ def test_read_response_groups_from_samples_and_from_pairs(tmp_path):
 def test_rm_accuracy_cross_validates_every_prompt_once(tmp_path, tiny_policy_dir, capsys):
     out = tmp_path / "cv"
     args = ["lab", "rm-accuracy", "--policy", str(tiny_policy_dir), "--prompts", "6", "--samples-per-prompt", "3",
-            "--max-new-tokens", "5", "--folds", "3", "--epochs", "1", "--batch-size", "4"]
+            "--max-new-tokens", "5", "--folds", "3", "--epochs", "1"]
     assert main(args + ["--output", str(out)]) == 0
     result = json.loads((out / "rm_accuracy.json").read_text())
     assert result["prompts"] == 6 and result["responses"] == 18 and result["labelled_pairs"] == 6 * 3
@@ -89,12 +89,15 @@ def test_rm_accuracy_cross_validates_every_prompt_once(tmp_path, tiny_policy_dir
     # the written samples can be reused: same responses, a new seed draws new labels and folds
     again = tmp_path / "again"
     assert main(args + ["--output", str(again), "--samples-file", str(out / "samples.jsonl"), "--seed", "1",
-                        "--head-learning-rate", "1e-3", "--flip-rate", "0.1", "--group-by-prompt"]) == 0
+                        "--head-learning-rate", "1e-3", "--flip-rate", "0.1", "--group-by-prompt", "false",
+                        "--batch-size", "4"]) == 0
     assert (again / "samples.jsonl").read_text() == (out / "samples.jsonl").read_text()
     for run, head_lr in ((out, 0.0), (again, 1e-3)):  # the fold models are trained with the lab's settings
         saved = yaml.safe_load((run / "rm-fold0" / "config.yaml").read_text())
-        assert saved["head_learning_rate"] == head_lr and saved["learning_rate"] == 1e-4
-        assert saved["flip_rate"] == (0.1 if head_lr else 0.0) and saved["group_by_prompt"] == bool(head_lr)
+        assert saved["head_learning_rate"] == head_lr and saved["learning_rate"] == 2e-4
+        assert saved["flip_rate"] == (0.1 if head_lr else 0.0)
+        # whole prompts per micro-batch by default (batch_size counts prompts), pair batches on request
+        assert saved["group_by_prompt"] == (not head_lr) and saved["batch_size"] == (4 if head_lr else 2)
     # two models per fold from two seeds, scored by their mean; the first one is also reported alone
     two = tmp_path / "two"
     assert main(args + ["--output", str(two), "--samples-file", str(out / "samples.jsonl"), "--seeds", "2"]) == 0

@@ -82,3 +82,29 @@ def test_grouped_training_learns_held_out_orderings(tmp_path, which, tiny_encode
 def test_group_by_prompt_needs_pairs(tmp_path):
     with pytest.raises(ConfigError, match="group_by_prompt"):
         RMConfig(train_data="x.jsonl", objective="ratings", group_by_prompt=True).validate()
+
+
+@pytest.mark.parametrize("which", ["encoder", "causal"])
+def test_scoring_computes_a_repeated_sequence_once_and_returns_it_at_every_place(which, tiny_encoder_dir,
+                                                                                  tiny_policy_dir):
+    from transformers import AutoTokenizer
+
+    from alignlab.data import encode_prompt_response
+    from alignlab.models.reward import score_sequences
+    from alignlab.models.reward_io import build_reward_model, reward_pad_token_id
+
+    path = tiny_encoder_dir if which == "encoder" else tiny_policy_dir
+    model, tokenizer = build_reward_model(str(path)).eval(), AutoTokenizer.from_pretrained(path)
+    distinct = [encode_prompt_response(tokenizer, "Tell me about tea.", t.format(t="tea")) for t in TONES]
+    repeated = [distinct[i] for i in (3, 0, 3, 4, 0, 1, 2, 3)]
+    seen = []
+    forward = model.forward
+    model.forward = lambda batch, **kw: (seen.append(batch.num_sequences), forward(batch, **kw))[1]
+    pad = reward_pad_token_id(tokenizer)
+    with torch.no_grad():
+        alone, _ = score_sequences(model, distinct, pad_token_id=pad)
+        seen.clear()
+        again, attrs = score_sequences(model, repeated, pad_token_id=pad, batch_size=2)
+    assert sum(seen) == 5  # 8 sequences asked for, 5 distinct ones computed
+    assert torch.allclose(again, alone[[3, 0, 3, 4, 0, 1, 2, 3]], atol=1e-6)
+    assert attrs.shape == (8, 1, 1) and alone[:, 0].std() > 1e-5

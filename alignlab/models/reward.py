@@ -207,7 +207,16 @@ def score_sequences(model: RewardModel, seqs, *, pad_token_id: int, batch_size: 
                     device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(S, K) member rewards and (S, K, A) attribute rewards of `seqs` [(prompt_ids, response_ids)],
     in their order, batched by length (little padding) and packed (causal) or padded (encoder).
+    A sequence that occurs several times (a response in several pairs) is computed once.
     `progress`: a progress-bar label (empty: none)."""
+    keys = [(tuple(p), tuple(r)) for p, r in seqs]
+    first = dict.fromkeys(keys)
+    if len(first) < len(keys):
+        where = {k: i for i, k in enumerate(first)}
+        rewards, attrs = score_sequences(model, list(first), pad_token_id=pad_token_id, batch_size=batch_size,
+                                         progress=progress, device=device)
+        back = torch.tensor([where[k] for k in keys], dtype=torch.long)
+        return rewards[back], attrs[back]
     from tqdm.auto import tqdm
 
     device = device or model.head_weight.device
