@@ -108,3 +108,19 @@ def test_scoring_computes_a_repeated_sequence_once_and_returns_it_at_every_place
     assert sum(seen) == 5  # 8 sequences asked for, 5 distinct ones computed
     assert torch.allclose(again, alone[[3, 0, 3, 4, 0, 1, 2, 3]], atol=1e-6)
     assert attrs.shape == (8, 1, 1) and alone[:, 0].std() > 1e-5
+
+
+def test_train_rm_dry_run_says_the_batch_counts_prompts(tmp_path, tiny_encoder_dir, capsys):
+    import json
+
+    from alignlab.cli import main
+
+    data = tmp_path / "ranked.jsonl"
+    data.write_text("".join(json.dumps({"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected}) + "\n"
+                            for r in all_pairs(TOPICS[:3])))
+    args = ["train", "rm", "--model", str(tiny_encoder_dir), "--train-data", str(data), "--output-dir",
+            str(tmp_path / "rm"), "--dry-run", "--batch-size", "2"]
+    assert main(args + ["--group-by-prompt"]) == 0
+    assert "30 train / 0 eval examples; batch 2 prompts (all their pairs) x 1" in capsys.readouterr().out
+    assert main(args) == 0
+    assert "batch 2 x 1" in capsys.readouterr().out

@@ -162,7 +162,8 @@ def prepare_reward_session(cfg: RMConfig, *, train_records=None, eval_records=No
     if dry_run:
         session.dry_run_text = "\n".join([
             f"alignlab dry run: reward model ({cfg.objective}) on {cfg.model}",
-            f"  {len(items['train'])} train / {len(items['eval'])} eval examples; batch {cfg.batch_size} x {cfg.grad_accum}",
+            f"  {len(items['train'])} train / {len(items['eval'])} eval examples; batch {cfg.batch_size}"
+            f"{' prompts (all their pairs)' if cfg.group_by_prompt else ''} x {cfg.grad_accum}",
             f"  ensemble: {cfg.ensemble} {'LoRA adapter(s)' if cfg.lora_members else 'head(s)'} on one "
             f"{'frozen' if cfg.frozen or cfg.lora_members else 'trained'} backbone",
             *("  " + line for line in report.lines()),
