@@ -119,7 +119,8 @@ def test_accumulated_micro_batches_give_the_big_batch_gradient(tmp_path, tiny_po
     wa = load_file(f"{a['final_dir']}/model.safetensors")
     wb = load_file(f"{b['final_dir']}/model.safetensors")
     assert a["steps"] == b["steps"] == 1
-    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-6
+    # equal up to float rounding (summation order differs between one batch of 16 and two of 8; 2.6e-6 seen on one CPU)
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-5
     assert any(float((wa[k] - load_file(f"{tiny_policy_dir}/model.safetensors")[k]).abs().max()) > 1e-4 for k in wa)
 
 
@@ -172,7 +173,8 @@ def test_grpo_with_lora_raises_its_reward_and_keeps_the_base_weights(tmp_path, s
     from pathlib import Path
 
     assert (Path(summary["final_dir"]) / "adapter_model.safetensors").is_file()
-    assert summary["final_eval"]["kl_to_reference"] > 0.0 == summary["eval_before"]["kl_to_reference"]
+    # before training the zero-initialised adapter changes nothing: KL 0 up to float rounding (4.8e-7 seen)
+    assert abs(summary["eval_before"]["kl_to_reference"]) < 1e-5 < summary["final_eval"]["kl_to_reference"]
 
 
 def test_policy_filter_trains_only_each_groups_extremes_and_par_bounds_the_reward(tmp_path, tiny_policy_dir,
