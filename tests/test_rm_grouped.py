@@ -79,6 +79,50 @@ def test_grouped_training_learns_held_out_orderings(tmp_path, which, tiny_encode
     assert sum(losses[-4:]) / 4 < losses[0] - 0.2
 
 
+def test_grouped_cost_batches_read_each_pairs_own_safety_flags(tmp_path, tiny_encoder_dir):
+    """The cost objective (Safe RLHF) on whole-prompt micro-batches: a response shared by several
+    pairs is encoded once, yet each pair keeps its own chosen/rejected unsafe flags and loss."""
+    records = []
+    for t in TOPICS[:2]:
+        for (a, i), (b, j) in itertools.combinations(list(zip(TONES, range(5))), 2):
+            records.append(PairwiseRecord(prompt=f"Tell me about {t}.", chosen=a.format(t=t), rejected=b.format(t=t),
+                                          meta={"chosen_safe": i < 2, "rejected_safe": j < 2}))
+    items, algo = items_and_algorithm(tmp_path, tiny_encoder_dir, records, batch_size=1, objective="cost",
+                                      group_by_prompt=True)
+    batches = algo.micro_batches(0)
+    assert len(batches) == 2 and all(b.rewards_input.num_sequences == 5 for b in batches)  # 10 pairs, 5 responses
+    for b in batches:
+        expected = torch.tensor([[0.0 if records[i].meta[k] else 1.0 for k in ("chosen_safe", "rejected_safe")]
+                                 for i in b.indices.tolist()])
+        assert torch.equal(b.targets, expected)  # the flags travel with their pair, not their sequence
+        with torch.no_grad():
+            together, _, _ = algo._member_losses(algo.model, b)
+            alone = torch.cat([algo._member_losses(algo.model, make_batch(items, [i], "encoder", algo.pad_token_id))[0]
+                               for i in b.indices.tolist()])
+        assert torch.allclose(together, alone, atol=1e-5) and together.std() > 1e-4
+
+
+def test_rating_items_that_repeat_a_response_are_encoded_once_with_their_own_targets(tmp_path, tiny_encoder_dir):
+    """Two raters scoring the same (prompt, response): one sequence in the batch, two regression
+    targets, the same per-item losses as one item at a time."""
+    from alignlab.data.records import RatingRecord
+
+    texts = ["I love tea.", "I hate tea."]
+    records = [RatingRecord(prompt="Tell me about tea.", responses=texts, ratings=[{"q": 4.0}, {"q": 1.0}]),
+               RatingRecord(prompt="Tell me about tea.", responses=texts, ratings=[{"q": 3.0}, {"q": 2.0}])]
+    items, algo = items_and_algorithm(tmp_path, tiny_encoder_dir, records, objective="ratings")
+    assert len(items) == 4
+    batch = make_batch(items, [0, 1, 2, 3], "encoder", algo.pad_token_id)
+    assert batch.rewards_input.num_sequences == 2
+    assert batch.sequence_index[:, 0].tolist() == [0, 1, 0, 1]
+    with torch.no_grad():
+        together, _, _ = algo._member_losses(algo.model, batch)
+        alone = torch.cat([algo._member_losses(algo.model, make_batch(items, [i], "encoder", algo.pad_token_id))[0]
+                           for i in range(4)])
+    assert torch.allclose(together, alone, atol=1e-5)
+    assert not torch.allclose(together[0], together[2])  # same sequence, different targets
+
+
 def test_group_by_prompt_needs_pairs(tmp_path):
     with pytest.raises(ConfigError, match="group_by_prompt"):
         RMConfig(train_data="x.jsonl", objective="ratings", group_by_prompt=True).validate()
