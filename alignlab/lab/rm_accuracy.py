@@ -40,7 +40,7 @@ from alignlab.lab.sampling import LabDataConfig, lab_annotator, lab_output, samp
 @dataclass
 class RMAccuracyConfig(LabDataConfig):
     prompts: int = field(256, "sentiment-task train prompts to sample (ignored with samples_file)")
-    samples_per_prompt: int = field(48, "k responses sampled per prompt; every pair of them is labelled (k(k-1)/2 per prompt). Cross-validated gap to the ceiling: 4.7 points at k=24, 3.2 at 48 (fold-0 probe at lr 1e-4: 9.9 at 6, 7.3 at 12, 5.3 at 24); ~50 min of sampling and ~18 min a fold at 48 on 2 CPU cores")
+    samples_per_prompt: int = field(48, "k responses sampled per prompt; every pair of them is labelled (k(k-1)/2 per prompt). Cross-validated gap to the ceiling: 4.7 points at k=24, 3.3 at 48 (fold-0 probe at lr 1e-4: 9.9 at 6, 7.3 at 12, 5.3 at 24); ~50 min of sampling and 17-20 min a fold at 48 on 2 CPU cores")
     samples_file: str = field("", "reuse responses instead of sampling: JSON Lines of {prompt, response} rows, or of {prompt, chosen, rejected} pairs (their distinct responses per prompt)")
     folds: int = field(5, "cross-validation folds over prompts (each prompt is held out once)")
     epochs: float = field(3.0, "reward-model epochs per fold")
