@@ -13,7 +13,8 @@ peak RSS is its own. Prints one JSON line and writes it to --out.
 
     python bench/rm_vs_trl.py                      # everything (see bench/README.md)
     python bench/rm_vs_trl.py --only ensemble      # alignlab: 4 heads vs 1 head, backbone frozen
-    python bench/rm_vs_trl.py --only lora          # alignlab: 4 LoRA-adapter members vs 1 LoRA adapter
+    python bench/rm_vs_trl.py --only lora          # alignlab: 4 LoRA-adapter members vs 1 LoRA adapter,
+                                                   # on every layer and on the top --lora-layers
     python bench/rm_vs_trl.py --model DIR --pairs 8 --only trl
 
 Token ids: alignlab builds a sequence as chat-template(prompt, generation prompt) + response +
@@ -49,12 +50,17 @@ ALIGNLAB_RUNS = {
     # members as LoRA adapters (each its own head) on one frozen backbone, vs one LoRA adapter
     "alignlab_ensemble4_lora": {"ensemble": 4, "ensemble_kind": "lora"},
     "alignlab_single_lora": {"ensemble": 1, "lora": True},
+    # the same with adapters on the top --lora-layers layers only: the layers below run once per
+    # batch for all members (a shared trunk), so 4 members should cost little more than one
+    "alignlab_ensemble4_lora_top": {"ensemble": 4, "ensemble_kind": "lora"},
+    "alignlab_single_lora_top": {"ensemble": 1, "lora": True},
 }
 SIDES = ("alignlab", "alignlab_checkpointing", "trl", "alignlab_ensemble4_frozen", "alignlab_single_frozen",
-         "alignlab_ensemble4_lora", "alignlab_single_lora")
+         "alignlab_ensemble4_lora", "alignlab_single_lora", "alignlab_ensemble4_lora_top", "alignlab_single_lora_top")
 ONLY = {"alignlab": ("alignlab", "alignlab_checkpointing"), "trl": ("trl",),
         "ensemble": ("alignlab_ensemble4_frozen", "alignlab_single_frozen"),
-        "lora": ("alignlab_ensemble4_lora", "alignlab_single_lora")}
+        "lora": ("alignlab_ensemble4_lora", "alignlab_single_lora", "alignlab_ensemble4_lora_top",
+                 "alignlab_single_lora_top")}
 ENSEMBLE_COST_TARGET = 1.5  # issue 3: four frozen-backbone heads cost at most 1.5x one
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "rm_vs_trl.json"
 
@@ -67,6 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-length", type=int, default=192, help="max tokens of prompt + response")
     p.add_argument("--learning-rate", type=float, default=1e-5)
     p.add_argument("--seed", type=int, default=0, help="seed of the data, the reward head and both trainers")
+    p.add_argument("--lora-layers", type=int, default=4, help="the *_lora_top runs: LoRA on the top N layers only")
     p.add_argument("--only", choices=tuple(ONLY), help="alignlab | trl: that side of the comparison only; "
                                                         "ensemble: the two frozen-backbone alignlab runs only; "
                                                         "lora: the two LoRA runs only")
@@ -105,7 +112,8 @@ def run_alignlab(args, side: str) -> dict:
         cfg = RMConfig(model=args.model, objective="pairwise", output_dir=tmp, batch_size=args.batch_size, epochs=1.0,
                        learning_rate=args.learning_rate, max_length=args.max_length, truncation="truncate",
                        warmup_ratio=0.0, lr_schedule="linear",  # TRL's default schedule
-                       progress=False, seed=args.seed, **ALIGNLAB_RUNS[side])
+                       progress=False, seed=args.seed, **ALIGNLAB_RUNS[side],
+                       lora_layers=args.lora_layers if side.endswith("_lora_top") else 0)
         start = time.perf_counter()
         session = train_reward_model(cfg, train_records=records)
         wall = time.perf_counter() - start
@@ -115,7 +123,8 @@ def run_alignlab(args, side: str) -> dict:
     ids = [[item.prompt_ids + response for response in item.responses] for item in seen["items"]]
     return side_result(args, session.summary["train_seconds"], wall, losses, ids, seen["head"],
                        worker_setup(tokenizer, pairs), members=cfg.ensemble, frozen_backbone=cfg.frozen,
-                       lora=cfg.lora or cfg.lora_members, gradient_checkpointing=cfg.gradient_checkpointing)
+                       lora=cfg.lora or cfg.lora_members, gradient_checkpointing=cfg.gradient_checkpointing,
+                       lora_layers=cfg.lora_layers)
 
 
 def alignlab_initial_head(hidden_size: int, seed: int):
@@ -215,13 +224,22 @@ def compare_ensemble(results: dict[str, dict]) -> dict:
 
 
 def compare_lora(results: dict[str, dict]) -> dict:
-    """Seconds ratio of 4 LoRA-adapter members vs one LoRA adapter (each member is its own pass
-    through the backbone, so about K by construction; measured here), and both vs full fine-tuning."""
-    four, one = results["alignlab_ensemble4_lora"]["seconds"], results["alignlab_single_lora"]["seconds"]
-    out = {"lora_ensemble4_cost_vs_single": four / one}
-    if "alignlab" in results:
-        full = results["alignlab"]["seconds"]
-        out.update(lora_ensemble4_vs_full=four / full, lora_single_vs_full=one / full)
+    """Seconds ratios of 4 LoRA-adapter members vs one LoRA adapter: adapters on every layer (each
+    member its own pass through the backbone, so about K by construction; measured here) and on
+    the top layers only (one shared pass through the layers below: the target), and all vs full
+    fine-tuning."""
+    out = {}
+    for suffix in ("", "_top"):
+        four, one = (results.get(f"alignlab_{run}_lora{suffix}", {}).get("seconds") for run in ("ensemble4", "single"))
+        if four is None or one is None:
+            continue
+        out[f"lora{suffix}_ensemble4_cost_vs_single"] = four / one
+        if suffix:
+            out.update(lora_top_ensemble4_cost_target=ENSEMBLE_COST_TARGET,
+                       lora_top_ensemble4_within_target=four / one <= ENSEMBLE_COST_TARGET)
+        if "alignlab" in results:
+            full = results["alignlab"]["seconds"]
+            out.update({f"lora{suffix}_ensemble4_vs_full": four / full, f"lora{suffix}_single_vs_full": one / full})
     return out
 
 
@@ -237,7 +255,8 @@ def setup_info(args, side_setup: dict) -> dict:
 
 def worker_argv(args) -> list[str]:
     argv = ["--model", args.model, "--pairs", str(args.pairs), "--batch-size", str(args.batch_size),
-            "--max-length", str(args.max_length), "--learning-rate", repr(args.learning_rate), "--seed", str(args.seed)]
+            "--max-length", str(args.max_length), "--learning-rate", repr(args.learning_rate), "--seed", str(args.seed),
+            "--lora-layers", str(args.lora_layers)]
     return argv + (["--trl-no-gradient-checkpointing"] if args.trl_no_gradient_checkpointing else [])
 
 
@@ -260,8 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         report["memory_ratio_checkpointing"] = a["peak_rss_mb"] / t["peak_rss_mb"]
     if "alignlab_ensemble4_frozen" in results:
         report.update(compare_ensemble(results))
-    if "alignlab_ensemble4_lora" in results:
-        report.update(compare_lora(results))
+    report.update(compare_lora(results))
     report["setup"] = setup_info(args, results[sides[0]]["_setup"])
     print(json.dumps(report), flush=True)
     write_json(args.out, report)

@@ -122,14 +122,15 @@ def test_a_lora_reward_model_adapts_all_linear_layers_and_saves_merged(tmp_path,
     assert (chosen > source.score([p.prompt for p in held], [p.rejected for p in held])).all()
 
 
-@pytest.mark.parametrize("which", ["encoder", "causal"])
-def test_lora_members_train_their_own_adapters_on_one_frozen_backbone(tmp_path, which, tiny_encoder_dir,
+@pytest.mark.parametrize("which,top", [("encoder", 0), ("causal", 0), ("encoder", 1), ("causal", 1)])
+def test_lora_members_train_their_own_adapters_on_one_frozen_backbone(tmp_path, which, top, tiny_encoder_dir,
                                                                        tiny_policy_dir):
+    """top: adapters on the top layer only (the bottom one a shared trunk), or on every layer."""
     from alignlab.rewards.model import RewardModelSource
 
     model = tiny_encoder_dir if which == "encoder" else tiny_policy_dir
     session = train_reward_model(cfg(tmp_path, model, ensemble=2, ensemble_kind="lora", lora_r=4, lora_alpha=8,
-                                     learning_rate=1e-2, epochs=4.0),
+                                     learning_rate=1e-2, epochs=4.0, lora_layers=top),
                                  train_records=pairs(WORDS[:12]), eval_records=pairs(WORDS[12:]))
     rm = session.model
     assert rm.adapter_names == ("member0", "member1")
@@ -146,6 +147,8 @@ def test_lora_members_train_their_own_adapters_on_one_frozen_backbone(tmp_path, 
     prompts, texts = [p.prompt for p in held] * 2, [p.chosen for p in held] + [p.rejected for p in held]
     source = RewardModelSource(session.final_dir)
     assert source.model.adapter_names == ("member0", "member1")
+    assert (rm.trunk is not None) == (source.model.trunk is not None) == bool(top)
+    assert all(".1." in n for n in named if "lora_" in n) or not top  # only the top layer adapted
     scores = source.member_scores(prompts, texts)
     assert scores.shape == (2, len(texts)) and not torch.allclose(scores[0], scores[1])
     assert (scores[:, : len(held)] > scores[:, len(held):]).all()
@@ -156,11 +159,12 @@ def test_lora_members_train_their_own_adapters_on_one_frozen_backbone(tmp_path, 
     torch.testing.assert_close(in_memory.T, scores, atol=1e-4, rtol=1e-4)
 
 
-def test_lora_members_back_propagate_one_member_at_a_time_to_the_same_gradient(tmp_path, tiny_encoder_dir):
+@pytest.mark.parametrize("top", [0, 1])
+def test_lora_members_back_propagate_one_member_at_a_time_to_the_same_gradient(tmp_path, top, tiny_encoder_dir):
     from alignlab.train.reward import RewardAlgorithm
     from alignlab.train.reward_data import prepare_reward_session
 
-    c = cfg(tmp_path, tiny_encoder_dir, ensemble=3, ensemble_kind="lora", lora_r=4, lora_alpha=8)
+    c = cfg(tmp_path, tiny_encoder_dir, ensemble=3, ensemble_kind="lora", lora_r=4, lora_alpha=8, lora_layers=top)
     session, items = prepare_reward_session(c, train_records=pairs(WORDS[:12]))
     with torch.no_grad():  # LoRA B starts at 0: make every adapter matter
         for n, p in session.model.backbone.named_parameters():

@@ -74,11 +74,46 @@ def lora_targets(target_modules: list[str]):
     return "all-linear" if list(target_modules) == ["all-linear"] else list(target_modules)
 
 
-def add_lora(model, *, r: int, alpha: int, dropout: float, target_modules: list[str]):
+def lora_layers(config, top: int) -> list[int] | None:
+    """peft's `layers_to_transform` for LoRA on the top `top` layers of a model with `config`
+    (None: every layer)."""
+    if not top:
+        return None
+    n = getattr(config, "num_hidden_layers", None)
+    if n is None:
+        raise ValueError(f"lora_layers: {type(config).__name__} does not say how many layers it has (num_hidden_layers)")
+    if not 1 <= top < n:
+        raise ValueError(f"lora_layers: {top} of a model with {n} layers; use 1 to {n - 1} (or 0 for every layer)")
+    return list(range(n - top, n))
+
+
+def lora_placement(model, target_modules: list[str], top: int = 0) -> dict:
+    """LoraConfig's `target_modules` and `layers_to_transform` for LoRA on `target_modules` of
+    the top `top` transformer layers (0: every layer). peft takes a layer range only with a list
+    of module names, so "all-linear" becomes the names of the linear layers inside the
+    transformer layers (the output head and a pooler sit outside them and stay untouched, as
+    with peft's own "all-linear")."""
+    layers = lora_layers(model.config, top)
+    targets = lora_targets(target_modules)
+    if layers is None:
+        return dict(target_modules=targets)
+    from alignlab.models.trunk import layer_list
+
+    _, attr, blocks = layer_list(model)
+    if targets == "all-linear":  # (a model already wrapped by peft, adding a second adapter: skip its LoRA matrices)
+        targets = sorted({name.removesuffix(".base_layer").rsplit(".", 1)[-1] for name, m in blocks.named_modules()
+                          if isinstance(m, torch.nn.Linear) and "lora_" not in name})
+    # the layer list's own name tells peft where the index is (a bare decoder's "layers.3.mlp"
+    # has no prefix for peft's default guess)
+    return dict(target_modules=targets, layers_to_transform=layers, layers_pattern=attr)
+
+
+def add_lora(model, *, r: int, alpha: int, dropout: float, target_modules: list[str], layers: int = 0):
+    """layers: LoRA only on the top `layers` transformer layers (0: every layer)."""
     from peft import LoraConfig, get_peft_model
 
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=lora_targets(target_modules),
-                        task_type="CAUSAL_LM")
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, task_type="CAUSAL_LM",
+                        **lora_placement(model, target_modules, layers))
     return get_peft_model(model, config)
 
 

@@ -12,8 +12,10 @@ optionally mixed into one score by a prompt-conditioned gate (ArmoRM) or a user 
 An ensemble is K heads on ONE backbone forward; with `freeze_backbone` the backbone runs without
 grad, so K members cost little more than one (Coste et al. 2023 train full copies; this is the
 cheap variant, diversity coming from head initialization and bootstrap weights). Or K LoRA
-adapters on one frozen backbone (`adapter_names`), each with its own head: K backbone passes,
-but one copy of the weights, and members that differ in their features, not only their heads.
+adapters on one frozen backbone (`adapter_names`), each with its own head: one copy of the
+weights, and members that differ in their features, not only their heads. Adapters on every layer
+cost K backbone passes; adapters on the top layers only (peft's `layers_to_transform`) share the
+bottom ones: they run once per batch and each member runs only its top layers (`SharedTrunk`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ class RewardBatch:
     lengths: torch.Tensor | None = None  # (S,) response tokens, for the length-bias check
 
     def to(self, device) -> "RewardBatch":
+        """On `device` (itself when already there: the K member calls of one micro-batch keep one
+        input, which is what lets them share a trunk pass)."""
+        if all(v.device == torch.device(device) for v in self.__dict__.values() if torch.is_tensor(v)):
+            return self
         return RewardBatch(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in self.__dict__.items()})
 
 
@@ -119,6 +125,30 @@ class RewardModel(nn.Module):
         self.register_buffer("reward_offset", torch.zeros(members, A), persistent=False)
         if freeze_backbone:
             self.backbone.requires_grad_(False)
+        self.trunk = self._shared_trunk() if self.adapter_names else None
+
+    def _shared_trunk(self):
+        """LoRA members adapting only layers >= s: the bottom s layers as a SharedTrunk (checked
+        against the plain forward once, here), or None when every layer is adapted."""
+        layers = self.backbone.peft_config[self.adapter_names[0]].layers_to_transform
+        layers = [layers] if isinstance(layers, int) else list(layers or [])
+        if not layers or min(layers) == 0:
+            return None
+        from alignlab.models.trunk import SharedTrunk
+
+        trunk = SharedTrunk(self.backbone, min(layers))
+        ids = torch.arange(3, 11)[None] % self.backbone.config.vocab_size  # (1, 8) any real tokens
+        probe = RewardBatch(input_ids=ids, attention_mask=torch.ones_like(ids), read_index=torch.tensor([7]),
+                            prompt_index=torch.tensor([0]), num_sequences=1,
+                            token_type_ids=torch.zeros_like(ids) if self.kind == "encoder" else None)
+        modes = {m: m.training for m in self.backbone.modules()}  # restored one by one: train(b) would set them all
+        self.backbone.eval()
+        try:
+            trunk.check(lambda: self.hidden_states(probe), lambda hidden: hidden)
+        finally:
+            for m, mode in modes.items():
+                m.training = mode
+        return trunk
 
     def head_parameters(self) -> list[nn.Parameter]:
         """The parameters alignlab adds on top of the backbone (heads, bias, gate): the ones a
@@ -176,10 +206,15 @@ class RewardModel(nn.Module):
         ks = range(self.members) if member is None else [member]
         sel = slice(None) if member is None else slice(member, member + 1)
         if self.adapter_names:  # one backbone pass per LoRA member, each read by its own head
+            plain = lambda: self.hidden_states(batch)  # noqa: E731
+            # the bottom layers carry no adapter: computed once for every member of this batch
+            # (and for the K member-by-member calls of one micro-batch, which share its input ids)
+            shared = self.trunk.cached(batch.input_ids, plain) if self.trunk is not None else None
             per_member = []
             for k in ks:
                 self.use_adapter(self.adapter_names[k])
-                pooled, prompt = self.features(batch)
+                hidden = self.trunk.top(plain, shared) if shared is not None else None
+                pooled, prompt = self.features(batch, hidden)
                 per_member.append(pooled.float() @ self.head_weight[k])  # (S, A)
             attrs = torch.stack(per_member, dim=1)  # (S, K, A)
         else:

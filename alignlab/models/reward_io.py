@@ -66,13 +66,14 @@ def reward_pad_token_id(tokenizer) -> int:
     raise ValueError("the tokenizer has no special token other than eos to pad with; add a pad token")
 
 
-def _lora_config(lora: dict):
+def _lora_config(lora: dict, model):
+    """`lora`: r, alpha, dropout, target_modules and optionally layers (on the top N layers only)."""
     from peft import LoraConfig
 
-    from alignlab.models.load import lora_targets
+    from alignlab.models.load import lora_placement
 
     return LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                      target_modules=lora_targets(lora["target_modules"]))
+                      **lora_placement(model, lora["target_modules"], lora.get("layers", 0)))
 
 
 def build_reward_model(name: str, *, members: int = 1, attributes=("reward",), gating: bool = False,
@@ -90,9 +91,9 @@ def build_reward_model(name: str, *, members: int = 1, attributes=("reward",), g
         names = tuple(f"member{k}" for k in range(members))
         with torch.random.fork_rng(devices=[]):  # each adapter draws its own A matrices from one seeded stream
             torch.manual_seed(seed)
-            backbone = get_peft_model(backbone, _lora_config(lora), adapter_name=names[0])
+            backbone = get_peft_model(backbone, _lora_config(lora, backbone), adapter_name=names[0])
             for extra in names[1:]:
-                backbone.add_adapter(extra, _lora_config(lora))
+                backbone.add_adapter(extra, _lora_config(lora, backbone))
         model = RewardModel(backbone, kind=kind, hidden_size=backbone.config.hidden_size, members=members,
                             attributes=tuple(attributes), seed=seed, adapter_names=names)
         model.use_adapter(names[0])
@@ -100,7 +101,7 @@ def build_reward_model(name: str, *, members: int = 1, attributes=("reward",), g
     if lora and not freeze_backbone:
         from peft import get_peft_model
 
-        backbone = get_peft_model(backbone, _lora_config(lora))
+        backbone = get_peft_model(backbone, _lora_config(lora, backbone))
     hidden = backbone.config.hidden_size
     return RewardModel(backbone, kind=kind, hidden_size=hidden, members=members, attributes=tuple(attributes),
                        gating=gating, freeze_backbone=freeze_backbone, seed=seed)

@@ -43,6 +43,7 @@ class TrainConfig:
     lora_alpha: int = field(32, "LoRA alpha")
     lora_dropout: float = field(0.0, "LoRA dropout")
     lora_target_modules: list = field(["all-linear"], "modules LoRA adapts ('all-linear' or names like q_proj,v_proj)")
+    lora_layers: int = field(0, "LoRA only on the top N transformer layers (0: every layer); LoRA reward ensembles then run the bottom layers once for all members")
     merge_lora: bool = field(False, "save the final model with the adapter merged into the weights")
     eval_every: int = field(0, "evaluate every N optimizer steps (0: only at the end)")
     save_every: int = field(0, "checkpoint every N optimizer steps (0: only at the end)")
@@ -63,6 +64,7 @@ class TrainConfig:
             (0.0 <= self.warmup_ratio < 1.0, "warmup_ratio must be in [0, 1)"),
             (self.epochs > 0 or self.max_steps > 0, "epochs or max_steps must be positive"),
             (self.max_length > 0, "max_length must be positive"),
+            (self.lora_layers >= 0, "lora_layers must be >= 0 (0: every layer)"),
         ]
         for ok, message in checks:
             if not ok:

@@ -28,7 +28,7 @@ def _count_params(cfg, model) -> tuple[int, int]:
 
         with torch.device("meta"):
             lora = add_lora(copy.deepcopy(model).to("meta"), r=cfg.lora_r, alpha=cfg.lora_alpha,
-                            dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules)
+                            dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules, layers=cfg.lora_layers)
         trainable = sum(p.numel() for p in lora.parameters() if p.requires_grad)
     else:
         trainable = total

@@ -249,7 +249,7 @@ def _build_models(cfg: OnlineConfig, model=None):
         model.gradient_checkpointing_enable()
     if cfg.lora:
         model = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                         target_modules=cfg.lora_target_modules)
+                         target_modules=cfg.lora_target_modules, layers=cfg.lora_layers)
     scorer = PolicyValue(model, cfg.spec.critics, temperature=cfg.temperature)
     reference = None
     # with LoRA the reference costs nothing to keep (the adapter-disabled policy): evaluations then

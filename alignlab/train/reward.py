@@ -32,7 +32,7 @@ class RMConfig(TrainConfig):
     learning_rate: float = field(5e-5, "peak learning rate")
     head_learning_rate: float = field(0.0, "peak learning rate of the reward head(s) and gate (0: learning_rate); a fresh head at a backbone's fine-tuning rate barely moves")
     ensemble: int = field(1, "K members: K heads on one shared backbone (frozen when K > 1), each on its own bootstrap weights")
-    ensemble_kind: str = field("heads", "what the K members are: heads (K heads on one frozen backbone, one forward for all) | lora (K LoRA adapters on one frozen backbone, each with its own head: K forwards, one copy of the weights; lora_r/lora_alpha/lora_target_modules apply)")
+    ensemble_kind: str = field("heads", "what the K members are: heads (K heads on one frozen backbone, one forward for all) | lora (K LoRA adapters on one frozen backbone, each with its own head: one copy of the weights; lora_r/lora_alpha/lora_target_modules/lora_layers apply. With lora_layers N the bottom layers run once per batch and each member only its top N: about the cost of one member when N is small; with every layer adapted, K forwards)")
     freeze_backbone: bool = field(False, "train only the heads (implied by ensemble > 1 with heads)")
     attributes: list = field([], "ratings objective: attribute names to regress (empty: every attribute found in the data)")
     gating: bool = field(False, "ratings objective: ArmoRM's prompt-conditioned gate mixing the attributes into one score")
@@ -164,7 +164,8 @@ class RewardAlgorithm:
 
     def _member_losses(self, model, batch: RMBatch, member: int | None = None):
         device = self.model.head_weight.device
-        rewards, attrs = model(batch.rewards_input.to(device), member=member)  # (S, K), (S, K, A); K = 1 with member
+        batch.rewards_input = batch.rewards_input.to(device)  # once per batch: its K member calls share it
+        rewards, attrs = model(batch.rewards_input, member=member)  # (S, K), (S, K, A); K = 1 with member
         K = rewards.shape[1]
         seq = batch.sequence_index.to(device)
         first, second = rewards[seq[:, 0]], rewards[seq[:, -1]]  # (B, K): chosen, rejected (or the one response)

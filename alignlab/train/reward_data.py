@@ -157,15 +157,17 @@ def prepare_reward_session(cfg: RMConfig, *, train_records=None, eval_records=No
     items = {"train": encode_items(cfg, tokenizer, train, attributes, cfg.train_data or "train records", report),
              "eval": encode_items(cfg, tokenizer, evals, attributes, cfg.eval_data or "eval records", report)}
     session.pad_token_id = reward_pad_token_id(tokenizer)
-    lora = (dict(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules)
-            if cfg.lora or cfg.lora_members else None)
+    lora = (dict(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules,
+                 layers=cfg.lora_layers) if cfg.lora or cfg.lora_members else None)
     if dry_run:
         session.dry_run_text = "\n".join([
             f"alignlab dry run: reward model ({cfg.objective}) on {cfg.model}",
             f"  {len(items['train'])} train / {len(items['eval'])} eval examples; batch {cfg.batch_size}"
             f"{' prompts (all their pairs)' if cfg.group_by_prompt else ''} x {cfg.grad_accum}",
             f"  ensemble: {cfg.ensemble} {'LoRA adapter(s)' if cfg.lora_members else 'head(s)'} on one "
-            f"{'frozen' if cfg.frozen or cfg.lora_members else 'trained'} backbone",
+            f"{'frozen' if cfg.frozen or cfg.lora_members else 'trained'} backbone"
+            f"{f'; LoRA on the top {cfg.lora_layers} layers' if cfg.lora_layers and (cfg.lora or cfg.lora_members) else ''}"
+            f"{' (the layers below run once per batch for all members)' if cfg.lora_layers and cfg.lora_members else ''}",
             *("  " + line for line in report.lines()),
         ])
         return session, items

@@ -141,7 +141,7 @@ def start_session(cfg, algorithm_name: str, *, train_records=None, eval_records=
         session.model.gradient_checkpointing_enable()
     if cfg.lora:
         session.model = add_lora(session.model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                                 target_modules=cfg.lora_target_modules)
+                                 target_modules=cfg.lora_target_modules, layers=cfg.lora_layers)
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.precision]
     session.accelerator = Accelerator(mixed_precision=mixed)
     session.model.to(session.accelerator.device)
