@@ -8,13 +8,14 @@ import pytest
 from conftest import run_bench
 
 RUNS = ("alignlab", "alignlab_checkpointing", "trl", "alignlab_ensemble4_frozen", "alignlab_single_frozen",
-        "alignlab_ensemble4_lora", "alignlab_single_lora")
+        "alignlab_ensemble4_lora", "alignlab_single_lora", "alignlab_ensemble4_lora_top", "alignlab_single_lora_top")
+TOP = ("--lora-layers", "1")  # the tiny model has 2 layers: adapters on the top one, the bottom one shared
 
 
 def test_rm_vs_trl_runs_every_side_and_alignlab_agrees_with_trl(tiny_policy_dir, tmp_path):
     pytest.importorskip("trl", reason="the benchmark's peer; installed by the test extra")
     out = tmp_path / "result.json"
-    report = run_bench("rm_vs_trl.py", out, "--model", str(tiny_policy_dir), "--pairs", "8")
+    report = run_bench("rm_vs_trl.py", out, "--model", str(tiny_policy_dir), "--pairs", "8", *TOP)
     for side in RUNS:
         r = report[side]
         assert r["pairs_per_s"] > 0 and r["seconds"] > 0 and r["peak_rss_mb"] > 0
@@ -36,6 +37,9 @@ def test_rm_vs_trl_runs_every_side_and_alignlab_agrees_with_trl(tiny_policy_dir,
     assert lora4["members"] == 4 and lora1["members"] == 1 and lora4["lora"] and lora1["lora"]
     assert not report["alignlab"]["lora"] and not lora4["frozen_backbone"]
     assert report["lora_ensemble4_cost_vs_single"] == pytest.approx(lora4["seconds"] / lora1["seconds"])
+    top4, top1 = report["alignlab_ensemble4_lora_top"], report["alignlab_single_lora_top"]
+    assert top4["members"] == 4 and top4["lora_layers"] == top1["lora_layers"] == 1 and lora4["lora_layers"] == 0
+    assert report["lora_top_ensemble4_cost_vs_single"] == pytest.approx(top4["seconds"] / top1["seconds"])
     # Same ids, same backbone, same head: the first step's loss (before any update) is the same
     # number on both sides, and with the same data order (seed 0) every step's is.
     assert report["token_ids_identical"] and report["pairs_with_different_ids"] == 0
@@ -54,8 +58,9 @@ def test_only_ensemble_runs_the_two_frozen_runs(tiny_policy_dir, tmp_path):
     assert "lora_ensemble4_cost_vs_single" not in report
 
 
-def test_only_lora_runs_the_two_lora_runs(tiny_policy_dir, tmp_path):
+def test_only_lora_runs_the_four_lora_runs(tiny_policy_dir, tmp_path):
     out = tmp_path / "result.json"
-    report = run_bench("rm_vs_trl.py", out, "--model", str(tiny_policy_dir), "--pairs", "4", "--only", "lora")
-    assert set(RUNS) & set(report) == {"alignlab_ensemble4_lora", "alignlab_single_lora"}
+    report = run_bench("rm_vs_trl.py", out, "--model", str(tiny_policy_dir), "--pairs", "4", "--only", "lora", *TOP)
+    assert set(RUNS) & set(report) == {"alignlab_ensemble4_lora", "alignlab_single_lora", "alignlab_ensemble4_lora_top",
+                                       "alignlab_single_lora_top"}
     assert report["lora_ensemble4_cost_vs_single"] > 0 and "lora_ensemble4_vs_full" not in report
