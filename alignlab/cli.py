@@ -179,9 +179,9 @@ def cmd_bon(args, rest: list[str]) -> int:
 
 
 def cmd_lab(args, rest: list[str]) -> int:
-    from alignlab.lab.bon_overopt import BoNOveroptConfig, run_bon_overoptimization
-    from alignlab.lab.overopt import OveroptConfig, run_overoptimization
-    from alignlab.lab.rm_accuracy import RMAccuracyConfig, run_rm_accuracy
+    from alignlab.experiments.bon_overoptimization import BoNOveroptConfig, run_bon_overoptimization
+    from alignlab.experiments.overoptimization import OveroptConfig, run_overoptimization
+    from alignlab.experiments.rm_accuracy import RMAccuracyConfig, run_rm_accuracy
 
     experiments = {"bon-overoptimization": (BoNOveroptConfig, run_bon_overoptimization),
                    "overoptimization": (OveroptConfig, run_overoptimization),
@@ -199,7 +199,7 @@ def cmd_lab(args, rest: list[str]) -> int:
 
 
 def cmd_demo(args, rest: list[str]) -> int:
-    from alignlab.demo import DemoConfig, run_demo
+    from alignlab.experiments.demo import DemoConfig, run_demo
 
     cfg = resolve(DemoConfig, args.config, parse_flags(rest))
     if args.output:

@@ -178,8 +178,8 @@ def test_bon_command_keeps_the_best_of_n_by_the_reward_model(tmp_path, tiny_poli
 def test_reuse_checks_the_settings_that_made_the_samples(tmp_path):
     """Train samples need the same policy and length; Best-of-N candidates also the same prompts
     and samples. An overoptimization run's folder serves as well as a Best-of-N run's."""
-    from alignlab.lab.bon_overopt import _CANDIDATE_SAMPLING, _TRAIN_SAMPLING, BoNOveroptConfig, check_reusable
-    from alignlab.lab.overopt import OveroptConfig
+    from alignlab.experiments.bon_overoptimization import _CANDIDATE_SAMPLING, _TRAIN_SAMPLING, BoNOveroptConfig, check_reusable
+    from alignlab.experiments.overoptimization import OveroptConfig
 
     with pytest.raises(ValueError, match="no bon_overoptimization.json or overoptimization.json"):
         check_reusable(tmp_path, BoNOveroptConfig(), _TRAIN_SAMPLING)
@@ -198,7 +198,7 @@ def test_heldout_accuracy_counts_a_tied_pair_half():
     import torch
 
     from alignlab.data.records import PairwiseRecord
-    from alignlab.lab.bon_overopt import BoNOveroptConfig, _heldout_accuracy
+    from alignlab.experiments.bon_overoptimization import BoNOveroptConfig, _heldout_accuracy
     from alignlab.rewards.base import EnsembleReward, FunctionReward
 
     heldout = [PairwiseRecord(prompt="p", chosen=f"c{i}", rejected=f"r{i}") for i in range(3)]

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from alignlab.config import field
-from alignlab.lab.sampling import LabDataConfig, lab_annotator, lab_output, sample_texts
+from alignlab.experiments.common import LabDataConfig, lab_annotator, lab_output, sample_texts
 
 
 @dataclass

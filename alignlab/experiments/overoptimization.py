@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from alignlab.config import field
-from alignlab.lab.bon_overopt import BoNOveroptConfig, build_proxies
-from alignlab.lab.sampling import lab_output
+from alignlab.experiments.bon_overoptimization import BoNOveroptConfig, build_proxies
+from alignlab.experiments.common import lab_output
 
 SELECTORS = ("single", "mean", "wco", "uwo", "full")
 

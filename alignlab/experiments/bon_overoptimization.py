@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from alignlab.config import field
-from alignlab.lab.sampling import LabDataConfig, lab_output, sample_texts
+from alignlab.experiments.common import LabDataConfig, lab_output, sample_texts
 from alignlab.rewards.aggregate import aggregate
 from alignlab.rewards.bon import best_of_n_kl, expected_best_of_n
 
@@ -142,12 +142,12 @@ def build_proxies(cfg, out: Path, policy, tokenizer, task, train_prompts: list) 
     """Steps 1-3: sample pairs, label them with the noisy annotator, train the proxies, measure
     their held-out accuracy next to the gold reward's (the ceiling). Writes out/pairs.jsonl."""
     from alignlab.lab.annotators import label_groups
-    from alignlab.lab.sampling import lab_annotator
+    from alignlab.experiments.common import lab_annotator
     from alignlab.rewards.model import RewardEnsembleSource, RewardModelSource
     from alignlab.train.reward import RMConfig, train_reward_model
 
     _check_members(cfg)
-    from alignlab.lab.rm_accuracy import write_response_groups
+    from alignlab.experiments.rm_accuracy import write_response_groups
 
     k = 2 * cfg.pairs_per_prompt
     if cfg.reuse_samples:
@@ -278,7 +278,7 @@ def reused_train_samples(folder: Path, prompts: list, k: int) -> list[list[str]]
     sampling order) or, for runs before that file, the distinct responses of its pairs.jsonl (in
     order of first appearance). A prompt with fewer than k responses is a DataError."""
     from alignlab.data.errors import DataError
-    from alignlab.lab.rm_accuracy import read_response_groups
+    from alignlab.experiments.rm_accuracy import read_response_groups
 
     path = folder / "samples.jsonl" if (folder / "samples.jsonl").is_file() else folder / "pairs.jsonl"
     found, groups = read_response_groups(path)
