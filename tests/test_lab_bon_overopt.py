@@ -178,18 +178,19 @@ def test_bon_command_keeps_the_best_of_n_by_the_reward_model(tmp_path, tiny_poli
 def test_reuse_checks_the_settings_that_made_the_samples(tmp_path):
     """Train samples need the same policy and length; Best-of-N candidates also the same prompts
     and samples. An overoptimization run's folder serves as well as a Best-of-N run's."""
-    from alignlab.experiments.bon_overoptimization import _CANDIDATE_SAMPLING, _TRAIN_SAMPLING, BoNOveroptConfig, check_reusable
+    from alignlab.experiments.bon_overoptimization import CANDIDATE_SAMPLING, BoNOveroptConfig
     from alignlab.experiments.overoptimization import OveroptConfig
+    from alignlab.experiments.proxies import TRAIN_SAMPLING, check_reusable
 
     with pytest.raises(ValueError, match="no bon_overoptimization.json or overoptimization.json"):
-        check_reusable(tmp_path, BoNOveroptConfig(), _TRAIN_SAMPLING)
+        check_reusable(tmp_path, BoNOveroptConfig(), TRAIN_SAMPLING)
     (tmp_path / "overoptimization.json").write_text(json.dumps({"config": {**vars(OveroptConfig(seed=3))}}))
-    check_reusable(tmp_path, OveroptConfig(seed=5), _TRAIN_SAMPLING)  # new labels of the same samples
+    check_reusable(tmp_path, OveroptConfig(seed=5), TRAIN_SAMPLING)  # new labels of the same samples
     with pytest.raises(ValueError, match="seed: 3 there, 5 here"):
-        check_reusable(tmp_path, BoNOveroptConfig(seed=5), _CANDIDATE_SAMPLING)
+        check_reusable(tmp_path, BoNOveroptConfig(seed=5), CANDIDATE_SAMPLING)
     with pytest.raises(ValueError, match="max_new_tokens: 40 there, 20 here"):
-        check_reusable(tmp_path, OveroptConfig(seed=3, max_new_tokens=20), _TRAIN_SAMPLING)
-    check_reusable(tmp_path, OveroptConfig(seed=3, pairs_per_prompt=1), _TRAIN_SAMPLING)  # fewer responses: fine
+        check_reusable(tmp_path, OveroptConfig(seed=3, max_new_tokens=20), TRAIN_SAMPLING)
+    check_reusable(tmp_path, OveroptConfig(seed=3, pairs_per_prompt=1), TRAIN_SAMPLING)  # fewer responses: fine
 
 
 def test_heldout_accuracy_counts_a_tied_pair_half():
@@ -198,7 +199,7 @@ def test_heldout_accuracy_counts_a_tied_pair_half():
     import torch
 
     from alignlab.data.records import PairwiseRecord
-    from alignlab.experiments.bon_overoptimization import BoNOveroptConfig, _heldout_accuracy
+    from alignlab.experiments.proxies import heldout_accuracy
     from alignlab.rewards.base import EnsembleReward, FunctionReward
 
     heldout = [PairwiseRecord(prompt="p", chosen=f"c{i}", rejected=f"r{i}") for i in range(3)]
@@ -208,7 +209,7 @@ def test_heldout_accuracy_counts_a_tied_pair_half():
     def table(scores):
         return FunctionReward(lambda texts: [scores[t] for t in texts], responses_only=True)
 
-    acc = _heldout_accuracy(heldout, EnsembleReward([table(member)] * 3), table(full), BoNOveroptConfig())
+    acc = heldout_accuracy(heldout, EnsembleReward([table(member)] * 3), table(full), uwo_coef=1.0)
     assert set(acc) == {"single", "mean", "wco", "uwo", "full"}
     for label in ("single", "mean", "wco", "uwo"):
         assert acc[label] == pytest.approx(0.5)

@@ -9,7 +9,8 @@ import yaml
 
 from alignlab.cli import main
 from alignlab.data.errors import DataError
-from alignlab.experiments.rm_accuracy import _fold_stats, _gap_interval, read_response_groups
+from alignlab.experiments.common import read_response_groups
+from alignlab.experiments.rm_accuracy import _fold_stats, _gap_interval
 
 
 def test_fold_stats_by_hand():

@@ -19,8 +19,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from rich.console import Console
+from rich.table import Table
 
 from alignlab.config import field
+from alignlab.data.tokenize import encode_prompt
+from alignlab.eval.metrics import win_rate, win_rate_ci
+from alignlab.eval.plots import plot_training_curves
+from alignlab.lab.annotators import BradleyTerryAnnotator, make_preference_pairs
+from alignlab.lab.sentiment import SentimentTask
+from alignlab.models.load import load_policy, load_tokenizer, reference_context
+from alignlab.models.logprobs import sequence_logps
+from alignlab.models.packing import pack_sequences
+from alignlab.rollout.base import SamplingParams
+from alignlab.rollout.hf import HFGenerator
+from alignlab.train.dpo import DPOConfig, train_dpo
 
 
 @dataclass
@@ -48,10 +61,6 @@ class DemoConfig:
 
 def _kl_and_logps(model, prompt_ids, completion_ids) -> torch.Tensor:
     """Per-sample log π(y|x) − log π_ref(y|x) (π_ref: adapter disabled), summed over tokens."""
-    from alignlab.models.load import reference_context
-    from alignlab.models.logprobs import sequence_logps
-    from alignlab.models.packing import pack_sequences
-
     out = []
     with torch.no_grad():
         for start in range(0, len(prompt_ids), 32):
@@ -69,15 +78,10 @@ class _Probe:
     """Samples the policy on fixed prompts: gold reward and KL to the reference, per call."""
 
     def __init__(self, cfg: DemoConfig, tokenizer, task, prompts):
-        from alignlab.data.tokenize import encode_prompt
-
         self.cfg, self.tokenizer, self.task = cfg, tokenizer, task
         self.prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
 
     def sample(self, model, n: int, seed: int, progress: str | None = None):
-        from alignlab.rollout.base import SamplingParams
-        from alignlab.rollout.hf import HFGenerator
-
         params = SamplingParams(n=n, temperature=self.cfg.temperature, max_new_tokens=self.cfg.max_new_tokens, seed=seed)
         generator = HFGenerator(model, self.tokenizer, batch_size=self.cfg.generation_batch, progress=progress)
         return generator.generate(self.prompt_ids, params)
@@ -91,8 +95,6 @@ class _Probe:
 
 
 def _label_pairs(cfg, tokenizer, model, task, prompts):
-    from alignlab.lab.annotators import BradleyTerryAnnotator, make_preference_pairs
-
     probe = _Probe(cfg, tokenizer, task, prompts)
     out = probe.sample(model, 2, cfg.seed, progress="sampling pairs")
     a, b = out.texts[0::2], out.texts[1::2]
@@ -106,12 +108,6 @@ def _label_pairs(cfg, tokenizer, model, task, prompts):
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    from alignlab.eval.metrics import win_rate, win_rate_ci
-    from alignlab.eval.plots import plot_training_curves
-    from alignlab.lab.sentiment import SentimentTask
-    from alignlab.models.load import load_policy, load_tokenizer
-    from alignlab.train.dpo import DPOConfig, train_dpo
-
     t0 = time.perf_counter()
     out_dir = Path(cfg.output or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -141,8 +137,6 @@ def run_demo(cfg: DemoConfig) -> dict:
     t = time.perf_counter()
     final = _Probe(cfg, tokenizer, task, eval_prompts)
     trained = final.sample(session.model, cfg.eval_samples, cfg.seed + 11, progress="held-out: trained policy")
-    from alignlab.models.load import reference_context
-
     with reference_context(session.model):
         base = final.sample(session.model, cfg.eval_samples, cfg.seed + 11, progress="held-out: base policy")
     gold_trained, gold_base = task.gold_reward(trained.texts), task.gold_reward(base.texts)
@@ -177,9 +171,6 @@ def run_demo(cfg: DemoConfig) -> dict:
 
 
 def _print_table(report: dict, out_dir: Path) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title="alignlab demo: DPO on simulated sentiment preferences (held-out prompts)")
     table.add_column("metric")
     table.add_column("value", justify="right")

@@ -3,7 +3,7 @@ conservative ensemble (Gao et al. 2022, arXiv:2210.10760; Coste et al. 2023, arX
 
 1. sample pairs from the base policy, label them with a noisy Bradley-Terry annotator driven by
    the gold reward (VADER sentiment), train the proxies: a K-member ensemble (heads on one frozen
-   backbone) and optionally one fully fine-tuned reward model (`bon_overopt.build_proxies`);
+   backbone) and optionally one fully fine-tuned reward model (`proxies.build_proxies`);
 2. for each selector (a single member, WCO, UWO, the full model, ...): optimize a fresh LoRA policy
    against that proxy with an online method (GRPO by default, no KL penalty so that the policy
    can run as far from the reference as the proxy lets it), evaluating every `eval_every` steps on
@@ -22,15 +22,26 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+
 from alignlab.config import field
-from alignlab.experiments.bon_overoptimization import BoNOveroptConfig, build_proxies
+from alignlab.eval.plots import plot_reward_vs_kl
 from alignlab.experiments.common import lab_output
+from alignlab.experiments.proxies import ProxyConfig, build_proxies, selector_scores
+from alignlab.lab.sentiment import SentimentTask
+from alignlab.models.load import load_policy, load_tokenizer
+from alignlab.rewards.base import FunctionReward
+from alignlab.rewards.spec import WeightedRewards
+from alignlab.train.online import resolve_online, train_online
 
 SELECTORS = ("single", "mean", "wco", "uwo", "full")
 
 
 @dataclass
-class OveroptConfig(BoNOveroptConfig):
+class OveroptConfig(ProxyConfig):
+    train_prompts: int = field(256, "prompts whose sampled pairs label the proxies' training data (and held-out pairs); the policy is optimized on them")
+    eval_prompts: int = field(32, "held-out prompts, never labelled nor trained on; evaluations sample the first rl_eval_prompts of them")
     selectors: list = field(["single", "wco", "uwo"], "proxies to optimize against: single | mean | wco | uwo | full")
     method: str = field("grpo", "online method: grpo | rloo | ppo | reinforce_pp | remax | p3o")
     iterations: int = field(12, "rollout iterations per run")
@@ -58,10 +69,8 @@ class _Selected:
         self.source, self.selector, self.uwo_coef, self.name = source, selector, uwo_coef, selector
 
     def score(self, prompts, responses):
-        from alignlab.rewards.aggregate import aggregate
-
         members = self.source.member_scores(prompts, responses)  # (K, N)
-        return members[0] if self.selector == "single" else aggregate(members, self.selector, uwo_coef=self.uwo_coef)
+        return selector_scores(members, None, self.uwo_coef)[self.selector]
 
 
 def _points(summary: dict, run_dir: Path, selector: str) -> list[dict]:
@@ -73,13 +82,6 @@ def _points(summary: dict, run_dir: Path, selector: str) -> list[dict]:
 
 
 def run_overoptimization(cfg: OveroptConfig, *, policy_loader=None, tokenizer=None) -> dict:
-    from alignlab.eval.plots import plot_reward_vs_kl
-    from alignlab.lab.sentiment import SentimentTask
-    from alignlab.models.load import load_policy, load_tokenizer
-    from alignlab.rewards.base import FunctionReward
-    from alignlab.rewards.spec import WeightedRewards
-    from alignlab.train.online import resolve_online, train_online
-
     bad = [s for s in cfg.selectors if s not in SELECTORS]
     if bad:
         raise ValueError(f"unknown selector(s) {bad}; valid: {', '.join(SELECTORS)}")
@@ -118,9 +120,6 @@ def run_overoptimization(cfg: OveroptConfig, *, policy_loader=None, tokenizer=No
 
 
 def _print(result: dict, out: Path) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title="Online RL against a proxy reward model (held-out prompts)")
     for col in ("proxy", "step", "KL", "gold reward", "proxy reward"):
         table.add_column(col, justify="right")

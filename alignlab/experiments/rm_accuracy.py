@@ -32,9 +32,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from rich.console import Console
+from rich.table import Table
 
 from alignlab.config import field
-from alignlab.experiments.common import LabDataConfig, lab_annotator, lab_output, sample_texts
+from alignlab.eval.metrics import bootstrap_ci, win_outcomes
+from alignlab.experiments.common import (LabDataConfig, lab_annotator, lab_output, read_response_groups, sample_texts,
+                                         write_response_groups)
+from alignlab.lab.annotators import label_groups
+from alignlab.lab.sentiment import SentimentTask
+from alignlab.models.load import load_policy, load_tokenizer
+from alignlab.rewards.model import RewardEnsembleSource
+from alignlab.train.reward import RMConfig, train_reward_model
 
 
 @dataclass
@@ -55,52 +64,10 @@ class RMAccuracyConfig(LabDataConfig):
     seeds: int = field(1, "reward models per fold, from seeds seed..seed+K-1, scored by the mean of their rewards (Coste et al.'s ensemble; K times the training cost); the first model alone is reported too")
 
 
-def read_response_groups(path) -> tuple[list, list[list[str]]]:
-    """(prompts, responses per prompt) from a JSON Lines file of {prompt, response} rows (every row
-    kept, repeats included: they are samples) or of {prompt, chosen, rejected} pairs (each distinct
-    response once). Prompts are text or chat message lists, in order of first appearance. Bad rows
-    are a DataError naming the file, line and field."""
-    from alignlab.data.errors import DataError
-    from alignlab.data.prompts import json_objects, prompt_row
-
-    path = Path(path)
-    prompts, groups, index = [], [], {}
-    for row, where in json_objects(path, path.read_text(encoding="utf-8").splitlines(), "with a prompt"):
-        prompt = prompt_row(row, where)["prompt"]
-        key = json.dumps(prompt, sort_keys=True)
-        if key not in index:
-            index[key] = len(prompts)
-            prompts.append(prompt)
-            groups.append([])
-        group = groups[index[key]]
-        fields = ("response",) if "response" in row else ("chosen", "rejected")
-        for name in fields:
-            text = row.get(name)
-            if not isinstance(text, str):
-                raise DataError("expected a string (a row needs `response`, or `chosen` and `rejected`)",
-                                field=name, **where)
-            if name == "response" or text not in group:
-                group.append(text)
-    if not prompts:
-        raise DataError("no rows", file=str(path))
-    return prompts, groups
-
-
-def write_response_groups(path, prompts: list, groups: list[list[str]]) -> None:
-    """{prompt, response} JSON Lines, prompt by prompt, in each group's order: what
-    `read_response_groups` reads back."""
-    with Path(path).open("w", encoding="utf-8") as f:
-        for prompt, group in zip(prompts, groups):
-            for text in group:
-                f.write(json.dumps({"prompt": prompt, "response": text}, ensure_ascii=False) + "\n")
-
-
 def _gap_interval(model_credit: torch.Tensor, gold_credit: torch.Tensor, counts: torch.Tensor,
                   seed: int) -> tuple[float, float]:
     """95% bootstrap interval of the gap sum(gold_credit - model_credit) / sum(counts), resampling
     prompts (per-prompt sums of the credits of `_credits`)."""
-    from alignlab.eval.metrics import bootstrap_ci
-
     def gap(rows: torch.Tensor) -> float:
         i = rows.long()
         return float((gold_credit[i].sum() - model_credit[i].sum()) / counts[i].sum().clamp_min(1))
@@ -119,8 +86,6 @@ def _credits(model: torch.Tensor, gold: torch.Tensor, label_prob: torch.Tensor) 
     The `expected_` credits average over the annotator's noise instead of the label it happened to
     draw: a ranking agreeing with the record's order earns label_prob, the other order
     1 - label_prob."""
-    from alignlab.eval.metrics import win_outcomes
-
     m, g, q = win_outcomes(model[:, 0], model[:, 1]).float(), win_outcomes(gold[:, 0], gold[:, 1]).float(), label_prob.float()
     return {"model": m, "gold": g, "expected_model": m * q + (1 - m) * (1 - q), "expected_gold": g * q + (1 - g) * (1 - q)}
 
@@ -138,11 +103,6 @@ def _fold_stats(model: torch.Tensor, gold: torch.Tensor, label_prob: torch.Tenso
 
 
 def run_rm_accuracy(cfg: RMAccuracyConfig, *, policy=None, tokenizer=None) -> dict:
-    from alignlab.lab.annotators import label_groups
-    from alignlab.lab.sentiment import SentimentTask
-    from alignlab.rewards.model import RewardEnsembleSource
-    from alignlab.train.reward import RMConfig, train_reward_model
-
     if cfg.folds < 2:
         raise ValueError(f"folds must be >= 2, got {cfg.folds}")
     if cfg.seeds < 1:
@@ -153,8 +113,6 @@ def run_rm_accuracy(cfg: RMAccuracyConfig, *, policy=None, tokenizer=None) -> di
     if cfg.samples_file:
         prompts, groups = read_response_groups(cfg.samples_file)
     else:
-        from alignlab.models.load import load_policy, load_tokenizer
-
         prompts, _ = task.split(cfg.prompts, 0, seed=cfg.seed)
         sampled = sample_texts(policy or load_policy(cfg.policy), tokenizer or load_tokenizer(cfg.policy), prompts,
                           cfg.samples_per_prompt, cfg, cfg.seed, "sampling responses")
@@ -246,9 +204,6 @@ def _pooled(model_scores: list[torch.Tensor], gold: list[torch.Tensor], label_pr
 
 
 def _print(result: dict, out: Path) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title="Reward-model accuracy on noisy labels vs the gold reward's own (the ceiling), per held-out fold")
     for name in ("fold", "prompts", "pairs", "accuracy", "ceiling", "gap (points)", "expected gap", "agrees with gold"):
         table.add_column(name, justify="right")
