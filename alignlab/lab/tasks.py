@@ -6,7 +6,8 @@ splits and a gold reward source.
     reward = task.reward_source(task.answers(rows))    # a RewardSource (alignlab.rewards.base)
 
 `build_reward_source("lab:<name>", answers=...)` (alignlab.rewards.spec) is the same
-`get_task(name).reward_source(answers)`. A task declares `needs_answers`: whether its reward reads
+`get_task(name).reward_source(answers)`: importing alignlab.lab registers `lab_reward_source` as
+the `lab` reward family. A task declares `needs_answers`: whether its reward reads
 reference answers (`answers(rows)`, keyed by `alignlab.rewards.verifiable.answer_key`).
 
     sentiment    "Write one sentence about <topic>."; VADER compound sentiment (lab/sentiment.py)
@@ -77,3 +78,12 @@ def get_task(name: str, seed: int = 0) -> LabTask:
     if name not in LAB_TASKS:
         raise ValueError(f"unknown lab task {name!r}; the lab tasks are: {', '.join(LAB_TASKS)}")
     return LAB_TASKS[name](seed)
+
+
+def lab_reward_source(name: str, answers: dict[str, str]) -> RewardSource:
+    """The `lab:<name>` reward (alignlab.rewards.spec): the gold reward of the lab task `name`."""
+    try:
+        task = get_task(name)
+    except ValueError as exc:
+        raise ValueError(f"reward 'lab:{name}': {exc}") from None
+    return task.reward_source(answers)

@@ -1,7 +1,5 @@
 """Reward sources named by a short string, as configs and the CLI give them:
 
-    lab:sentiment            the lab's gold sentiment reward (VADER compound of the response)
-    lab:<task>               any lab task's gold reward (alignlab.lab.tasks: arithmetic, length, ...)
     math                     1 if the response's final answer, written out as a number, equals the
                              prompt's `answer` (math-verify); math:lenient accepts any equal expression
     rm:DIR                   a trained reward model (ensembles aggregated by `how`: mean | wco | uwo)
@@ -9,6 +7,9 @@
     rm:DIR@helpful=0.8,safe=0.2   a multi-objective model read along a direction over its
                              attributes (DPA; numbers in attribute order work too) instead of its gate
     python:module:function   fn(prompts, responses) -> floats
+    PREFIX:NAME              a registered reward family (`register_reward_family`): importing
+                             alignlab.lab registers `lab:<task>`, any lab task's gold reward
+                             (lab:sentiment, lab:arithmetic, lab:length, ...)
 
 `WeightedRewards` sums several sources with weights and keeps each source's scores for logging.
 """
@@ -16,22 +17,37 @@
 from __future__ import annotations
 
 import importlib
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from alignlab.rewards.base import FunctionReward, RewardSource
 
+# (NAME after "PREFIX:", answers: prompt text -> reference answer) -> the reward source
+RewardFamily = Callable[[str, dict], RewardSource]
+BUILT_IN = ("math", "rm", "python")
+REWARD_FAMILIES: dict[str, RewardFamily] = {}
+
+
+def register_reward_family(prefix: str, factory: RewardFamily) -> None:
+    """Resolve `PREFIX:NAME` reward specs to `factory(NAME, answers)`. The package that provides
+    the rewards registers them when it is imported (alignlab.lab registers `lab`), so that this
+    module needs no import of it. A built-in prefix, or a prefix already registered to another
+    factory, is an error: nothing is silently replaced."""
+    if prefix in BUILT_IN:
+        raise ValueError(f"reward prefix {prefix!r} is built in; choose another")
+    if REWARD_FAMILIES.get(prefix, factory) is not factory:
+        raise ValueError(f"reward prefix {prefix!r} is already registered to {REWARD_FAMILIES[prefix]!r}")
+    REWARD_FAMILIES[prefix] = factory
+
 
 def build_reward_source(spec: str, *, how: str = "mean", answers: dict | None = None) -> RewardSource:
     """One reward source from its spec string; `answers` maps prompt text -> reference answer
     (for `math` and verifiable lab tasks)."""
     kind, _, rest = spec.partition(":")
-    if kind == "lab":
-        from alignlab.lab.tasks import get_task
-
-        return get_task(rest).reward_source(answers or {})
+    if kind in REWARD_FAMILIES:
+        return REWARD_FAMILIES[kind](rest, answers or {})
     if kind == "math":
         from alignlab.rewards.verifiable import AnswerReward
 
@@ -56,7 +72,9 @@ def build_reward_source(spec: str, *, how: str = "mean", answers: dict | None = 
         except (ImportError, AttributeError) as exc:
             raise ValueError(f"reward {spec!r}: cannot import {name} from {module} ({exc})") from None
         return FunctionReward(fn, name=name)
-    raise ValueError(f"unknown reward source {spec!r}; use lab:TASK, math, rm:DIR or python:module:function")
+    families = "".join(f"{prefix}:NAME, " for prefix in REWARD_FAMILIES)
+    raise ValueError(f"unknown reward source {spec!r}; use {families}math, rm:DIR or python:module:function"
+                     + ("" if "lab" in REWARD_FAMILIES else " (lab:TASK once alignlab.lab is imported)"))
 
 
 class WeightedRewards:

@@ -24,6 +24,7 @@ import torch
 
 from alignlab.config import ConfigError, apply_overrides, load_yaml
 from alignlab.data.tokenize import encode_prompt
+from alignlab.lab.tasks import get_task  # importing the lab also registers its lab:<task> rewards
 from alignlab.losses.policy import clipped_surrogate, clipped_value_loss, kl_estimate, p3o_loss
 from alignlab.models.load import add_lora, is_peft, load_policy, load_tokenizer, save_final
 from alignlab.models.policy_value import PolicyValue
@@ -54,8 +55,6 @@ def resolve_online(method: str, yaml_path: str | None = None, flags: dict | None
 def load_prompt_split(source: str, split: str, n: int, seed: int) -> list[dict]:
     """Prompt rows ({prompt, answer?}) from a lab task (`lab:<task>`) or a file."""
     if source.startswith("lab:"):
-        from alignlab.lab.tasks import get_task
-
         rows = get_task(source[4:], seed=seed).prompt_rows(split)
         return rows[:n] if n else rows
     from alignlab.data.prompts import read_prompt_rows
