@@ -61,7 +61,7 @@ ONLY = {"alignlab": ("alignlab", "alignlab_checkpointing"), "trl": ("trl",),
         "ensemble": ("alignlab_ensemble4_frozen", "alignlab_single_frozen"),
         "lora": ("alignlab_ensemble4_lora", "alignlab_single_lora", "alignlab_ensemble4_lora_top",
                  "alignlab_single_lora_top")}
-ENSEMBLE_COST_TARGET = 1.5  # issue 3: four frozen-backbone heads cost at most 1.5x one
+ENSEMBLE_COST_TARGET = 1.5  # the target: four frozen-backbone heads cost at most 1.5x one
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "rm_vs_trl.json"
 
 
