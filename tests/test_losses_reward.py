@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from alignlab.losses.reward import binary_feedback, bradley_terry, rating_regression
+from alignlab.losses.reward import binary_feedback, bradley_terry, gated_bradley_terry, rated_entries, rating_regression
 from alignlab.rewards.aggregate import aggregate
 
 
@@ -115,3 +115,38 @@ def test_cost_model_loss_by_hand():
     loss, m = cost_model_loss(torch.tensor([-1.0]), torch.tensor([0.5]), torch.tensor([True]), torch.tensor([True]))
     assert loss.item() == pytest.approx(-_log_sigmoid(1.5) - _log_sigmoid(-1.0) - _log_sigmoid(0.5), abs=1e-6)
     assert m["sign_accuracy"].item() == 0.5
+
+
+def test_rating_regression_per_example_sums_to_the_loss_over_rated_entries():
+    pred = torch.tensor([[1.0, 2.0], [3.0, 0.0]])
+    target = torch.tensor([[2.0, 2.0], [1.0, 99.0]])
+    mask = torch.tensor([[True, True], [True, False]])
+    per, m = rating_regression(pred, target, mask, per_example=True)
+    torch.testing.assert_close(per, torch.tensor([1.0, 4.0]))  # (1 + 0), (4); the unrated 99 never read
+    assert per.sum().item() / rated_entries(mask) == pytest.approx(m["mse"].item()) == pytest.approx(5 / 3)
+
+
+def test_gated_bradley_terry_by_hand():
+    # two attributes; pair 1's gate logits (0, ln 3) weigh them 1/4, 3/4; pair 2's (0, 0) weigh them 1/2, 1/2
+    chosen = torch.tensor([[2.0, 0.0], [1.0, 3.0]])
+    rejected = torch.tensor([[0.0, 1.0], [2.0, 0.0]])
+    logits = torch.tensor([[0.0, math.log(3.0)], [0.0, 0.0]])
+    log_beta = torch.tensor(math.log(2.0), requires_grad=True)
+    losses, m = gated_bradley_terry(chosen, rejected, logits, logits, log_beta, per_example=True)
+    # pair 1: R_c = 0.5, R_r = 0.75, d = -0.25; pair 2: R_c = 2, R_r = 1, d = 1; beta = 2
+    assert losses[0].item() == pytest.approx(-_log_sigmoid(-0.5), abs=1e-6)
+    assert losses[1].item() == pytest.approx(-_log_sigmoid(2.0), abs=1e-6)
+    assert m["accuracy"].item() == 0.5 and m["margin_mean"].item() == pytest.approx(0.375)
+    assert m["beta"].item() == pytest.approx(2.0)
+    mean, _ = gated_bradley_terry(chosen, rejected, logits, logits, log_beta)
+    assert mean.item() == pytest.approx(losses.mean().item())
+
+
+def test_gated_bradley_terry_trains_the_gate_towards_the_deciding_attribute_and_not_the_rewards():
+    chosen = torch.tensor([[0.0, 1.0]], requires_grad=True)  # attribute 1 decides the pair
+    rejected = torch.tensor([[1.0, 0.0]])
+    logits = torch.zeros(1, 2, requires_grad=True)
+    loss, _ = gated_bradley_terry(chosen, rejected, logits, logits, torch.tensor(0.0))
+    loss.backward()
+    assert logits.grad[0, 1] < 0 < logits.grad[0, 0]  # a step against the gradient raises attribute 1's weight
+    assert chosen.grad is None  # the attribute rewards are constants of the gate's stage

@@ -96,3 +96,57 @@ def test_gate_reduces_to_the_single_head_with_one_attribute_and_direction_replac
     torch.testing.assert_close(rewards, attrs @ torch.tensor([0.6, 0.8]))
     with pytest.raises(ValueError, match="direction"):
         multi.set_direction([0.0, 0.0])
+
+
+def test_an_untrained_gate_is_never_used_to_score_and_the_saved_model_says_so(tmp_path, smol_tokenizer):
+    import json
+
+    from alignlab.models.reward_io import load_reward_model, save_reward_model
+
+    lm = make_tiny_lm(len(smol_tokenizer))
+    rm = RewardModel(lm.get_decoder(), kind="causal", hidden_size=32, attributes=("help", "safe"), gating=True).eval()
+    with torch.no_grad():  # a gate far from uniform: if it were read, the scores would not be the mean
+        rm.gate.weight.normal_(0, 3.0)
+    batch = pack_reward_sequences([(p, [(r, i)]) for i, (p, r) in enumerate(SEQS)], 3, pad_token_id=0)
+    rewards, attrs = rm(batch)
+    torch.testing.assert_close(rewards, attrs.mean(-1))  # the documented fixed weighting: uniform mean
+    save_reward_model(rm, smol_tokenizer, tmp_path / "rm", objective="ratings")
+    meta = json.loads((tmp_path / "rm" / "alignlab_reward.json").read_text())
+    assert meta["gating"] is True and meta["gate_trained"] is False
+    loaded, _, _ = load_reward_model(tmp_path / "rm")
+    got, got_attrs = loaded(batch)
+    torch.testing.assert_close(got, got_attrs.mean(-1), atol=1e-5, rtol=1e-5)
+    # once trained, the gate mixes the attributes per prompt: no longer the mean
+    rm.gate_trained = True
+    gated, _ = rm(batch)
+    assert (gated - attrs.mean(-1)).abs().max() > 1e-3
+    save_reward_model(rm, smol_tokenizer, tmp_path / "gated", objective="gate")
+    loaded, _, meta = load_reward_model(tmp_path / "gated")
+    assert meta["gate_trained"] is True
+    torch.testing.assert_close(loaded(batch)[0], gated, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_plain_transformers_on_chat_template_text_scores_as_alignlab_does(tmp_path, smol_tokenizer, padding_side):
+    """Issue 24 item 15: apply_chat_template(conversation) ends in `<|im_end|>\\n`; transformers
+    reads the last non-pad token, alignlab the end-of-turn token. The export makes them the same."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from alignlab.models.reward_io import save_reward_model
+    from alignlab.rewards.model import RewardModelSource
+
+    lm = make_tiny_lm(len(smol_tokenizer), seed=3)
+    save_reward_model(RewardModel(lm.get_decoder(), kind="causal", hidden_size=32).eval(), smol_tokenizer,
+                      tmp_path / "rm")
+    prompts = ["Tell me about tea.", "Name a colour."]
+    responses = ["Tea is a warm drink.\n", "Blue, like a clear sky on a long summer day."]
+    tok = AutoTokenizer.from_pretrained(tmp_path / "rm")
+    tok.padding_side = padding_side
+    texts = [tok.apply_chat_template([{"role": "user", "content": p}, {"role": "assistant", "content": r}], tokenize=False)
+             for p, r in zip(prompts, responses)]
+    assert all(t.endswith("<|im_end|>\n") for t in texts)
+    clf = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
+    with torch.no_grad():
+        theirs = clf(**tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)).logits[:, 0]
+    ours = RewardModelSource(tmp_path / "rm", device="cpu").score(prompts, responses)
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)

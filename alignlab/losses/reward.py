@@ -1,5 +1,11 @@
 """Reward-model losses: pairwise Bradley-Terry (with margin, label smoothing and centering),
-pointwise rating regression, and binary (thumbs-up) classification. Pure functions of rewards."""
+pointwise rating regression, binary (thumbs-up) classification, the Safe RLHF cost model and
+ArmoRM's gated Bradley-Terry loss. Pure functions of rewards.
+
+`per_example=True` returns per-example terms whose sum, divided by the function's own
+normaliser (`examples` below: pairs, responses, or rated entries for `rating_regression`), is the
+loss; a trainer that divides the sum over all micro-batches of a step by the total normaliser
+gets the loss of the whole step."""
 
 from __future__ import annotations
 
@@ -75,14 +81,19 @@ def bradley_terry(
     return losses.mean(), metrics
 
 
-def rating_regression(predictions: Tensor, targets: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Metrics]:
-    """Pointwise regression of named rating attributes (HelpSteer / UltraFeedback style).
+def rating_regression(predictions: Tensor, targets: Tensor, mask: Tensor | None = None, *,
+                      per_example: bool = False) -> tuple[Tensor, Metrics]:
+    """Pointwise regression of named rating attributes (HelpSteer / UltraFeedback style; ArmoRM's
+    first stage, Wang et al. 2024, arXiv:2406.12845, eq. 1 with a mask for missing ratings).
 
         loss = sum_{i,a} mask_ia (f_a(x_i, y_i) - s_ia)^2 / sum_{i,a} mask_ia
 
     predictions/targets: (B, A) for A attributes; mask: (B, A) bool, False where a response has
-    no rating for that attribute (missing ratings are never read as 0).
-    Metrics: mse, and mae per the same mask.
+    no rating for that attribute (missing ratings are never read as 0). Every rated entry weighs
+    the same, so a response with more rated attributes weighs more than one with fewer.
+    per_example: return the (B,) sums sum_a mask_ia (f_a - s_ia)^2 instead; their sum divided by
+    the number of rated entries (`rated_entries(mask)`) is the loss.
+    Metrics: mse (the loss itself), and mae per the same mask.
     """
     if predictions.shape != targets.shape:
         raise ValueError(f"predictions {tuple(predictions.shape)} and targets {tuple(targets.shape)} differ")
@@ -90,23 +101,32 @@ def rating_regression(predictions: Tensor, targets: Tensor, mask: Tensor | None 
     w = mask.to(predictions.dtype)
     n = w.sum().clamp(min=1.0)
     err = (predictions - targets) * w
-    loss = (err**2).sum() / n
-    return loss, {"mse": loss.detach(), "mae": err.abs().sum().detach() / n}
+    per_response = (err**2).sum(-1)  # (B,)
+    loss = per_response.sum() / n
+    metrics = {"mse": loss.detach(), "mae": err.abs().sum().detach() / n}
+    return (per_response if per_example else loss), metrics
 
 
-def binary_feedback(logits: Tensor, labels: Tensor, *, pos_weight: float = 1.0) -> tuple[Tensor, Metrics]:
+def rated_entries(mask: Tensor) -> int:
+    """The normaliser of `rating_regression`: the number of rated (response, attribute) entries."""
+    return int(mask.sum())
+
+
+def binary_feedback(logits: Tensor, labels: Tensor, *, pos_weight: float = 1.0,
+                    per_example: bool = False) -> tuple[Tensor, Metrics]:
     """Thumbs-up classifier from unpaired binary feedback (RLUF's P[Love], arXiv:2505.14946).
 
         loss = -mean( w+ y log sigmoid(z) + (1 - y) log sigmoid(-z) )
 
     logits: (B,) z; labels: (B,) bool, True = desirable; pos_weight: w+ for rare positives.
+    per_example: return the (B,) losses instead of their mean.
     Metrics: accuracy (sigmoid(z) > 0.5 agrees with the label), positive_rate (mean sigmoid(z)).
     """
     y = labels.to(logits.dtype)
     losses = -(pos_weight * y * F.logsigmoid(logits) + (1 - y) * F.logsigmoid(-logits))
     metrics = {"accuracy": ((logits > 0) == labels.bool()).float().mean().detach(),
                "positive_rate": torch.sigmoid(logits).mean().detach()}
-    return losses.mean(), metrics
+    return (losses if per_example else losses.mean()), metrics
 
 
 def cost_model_loss(
@@ -133,4 +153,41 @@ def cost_model_loss(
     signs = torch.cat([(chosen_costs > 0) == chosen_unsafe.bool(), (rejected_costs > 0) == rejected_unsafe.bool()])
     metrics = {"accuracy": (rejected_costs > chosen_costs).float().mean().detach(),
                "sign_accuracy": signs.float().mean().detach()}
+    return (losses if per_example else losses.mean()), metrics
+
+
+def gated_bradley_terry(
+    chosen_attributes: Tensor,
+    rejected_attributes: Tensor,
+    chosen_gate_logits: Tensor,
+    rejected_gate_logits: Tensor,
+    log_beta: Tensor,
+    *,
+    per_example: bool = False,
+) -> tuple[Tensor, Metrics]:
+    """ArmoRM's second stage (Wang et al. 2024, "Interpretable Preferences via Multi-Objective Reward
+    Modeling and Mixture-of-Experts", arXiv:2406.12845, sec. 3.2): with the attribute rewards r_i
+    fixed, a prompt-conditioned gate g(x) = softmax(z(x)) mixes them into one score, trained with
+    a Bradley-Terry loss whose logits carry a learned scaling beta:
+
+        R(x, y) = sum_i g(x)_i r_i(x, y)
+        loss    = -log sigmoid( beta (R(x, y_c) - R(x, y_r)) ),      beta = exp(log_beta)
+
+    chosen_attributes/rejected_attributes: (B, A) attribute rewards r_i, constants of this stage
+    (detached here, as the paper freezes the attribute heads and the backbone).
+    chosen_gate_logits/rejected_gate_logits: (B, A) gate logits z read for each response (the
+    same prompt feature for both when the gate reads the prompt alone, as for causal backbones).
+    log_beta: () the log of the scaling beta (learned with the gate; log space keeps beta > 0).
+    Deviation: the paper also removes each attribute's correlation with verbosity before mixing;
+    not done here (docs/reward_models.md).
+
+    Returns the mean (or (B,) losses with per_example=True) and detached metrics: accuracy (share
+    with R_c > R_r), margin_mean (mean R_c - R_r), beta.
+    """
+    chosen_scores = (torch.softmax(chosen_gate_logits, -1) * chosen_attributes.detach()).sum(-1)  # (B,)
+    rejected_scores = (torch.softmax(rejected_gate_logits, -1) * rejected_attributes.detach()).sum(-1)  # (B,)
+    diff = chosen_scores - rejected_scores
+    losses = -F.logsigmoid(log_beta.exp() * diff)
+    metrics = {"accuracy": (diff > 0).float().mean().detach(), "margin_mean": diff.mean().detach(),
+               "beta": log_beta.exp().detach()}
     return (losses if per_example else losses.mean()), metrics

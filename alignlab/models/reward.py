@@ -1,5 +1,6 @@
 """Reward models: a backbone read at one position per sequence, then K members x A attribute heads,
-optionally mixed into one score by a prompt-conditioned gate (ArmoRM) or a user direction (DPA).
+mixed into one score by a user direction (DPA), else a trained prompt-conditioned gate (ArmoRM),
+else the uniform mean over the attributes (a gate that was never trained is not used).
 
     rewards, attributes = model(batch)          # (S, K), (S, K, A)
 
@@ -118,7 +119,11 @@ class RewardModel(nn.Module):
         # exports exactly as transformers' *ForSequenceClassification (whose score has none).
         self.head_weight = nn.Parameter(torch.randn(members, hidden_size, A, generator=g) / hidden_size**0.5)
         self.head_bias = nn.Parameter(torch.zeros(members, A)) if kind == "encoder" else None
-        self.gate = nn.Linear(hidden_size, A) if gating and A > 1 else None
+        self.gate = self.gate_log_beta = None
+        self.gate_trained = False  # until the gate objective has trained it, scores use the uniform mean
+        self.gate_only = False  # everything but the gate frozen: the backbone also stays in eval mode
+        if gating and A > 1:
+            self.add_gate()
         self.register_buffer("direction", torch.empty(0), persistent=False)
         # (K, A) subtracted from every attribute reward: each member's zero (set by `center_rewards`
         # after pairwise training, since Bradley-Terry fixes a member's rewards only up to a constant)
@@ -150,11 +155,31 @@ class RewardModel(nn.Module):
                 m.training = mode
         return trunk
 
+    def add_gate(self) -> None:
+        """ArmoRM's gate: prompt feature -> (A,) logits, softmax-normalised into attribute weights,
+        plus log beta, the scaling of its Bradley-Terry logits in training. Zero-initialised, so
+        that an untrained gate weighs the attributes uniformly; a linear map on the backbone's
+        prompt feature (the paper uses a 3-hidden-layer ReLU MLP on Llama-3-8B's)."""
+        hidden_size = self.head_weight.shape[1]
+        self.gate = nn.Linear(hidden_size, len(self.attributes)).to(self.head_weight.device)
+        nn.init.zeros_(self.gate.weight)
+        nn.init.zeros_(self.gate.bias)
+        self.gate_log_beta = nn.Parameter(torch.zeros((), device=self.head_weight.device))
+
+    def train(self, mode: bool = True):
+        """As nn.Module.train; training the gate alone keeps the frozen backbone in eval mode (no
+        dropout), so the attribute rewards it mixes are those scoring will read."""
+        super().train(mode)
+        if self.gate_only:
+            self.backbone.eval()
+        return self
+
     def head_parameters(self) -> list[nn.Parameter]:
         """The parameters alignlab adds on top of the backbone (heads, bias, gate): the ones a
         `head_learning_rate` applies to."""
         extra = [self.head_bias] if self.head_bias is not None else []
-        return [self.head_weight, *extra, *(self.gate.parameters() if self.gate is not None else [])]
+        gate = [*self.gate.parameters(), self.gate_log_beta] if self.gate is not None else []
+        return [self.head_weight, *extra, *gate]
 
     def set_direction(self, direction) -> None:
         """Score by a fixed preference direction over attributes (DPA) instead of the gate; the
@@ -199,10 +224,11 @@ class RewardModel(nn.Module):
             if "lora_" in n:
                 p.requires_grad_(True)
 
-    def forward(self, batch: RewardBatch, member: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, batch: RewardBatch, member: int | None = None, with_gate: bool = False):
         """(S, K) scores and (S, K, A) attribute rewards; with `member` k, member k's alone, as
         (S, 1) and (S, 1, A) (LoRA members: one backbone pass, so that a trainer can back-propagate
-        member by member and hold one member's activations at a time)."""
+        member by member and hold one member's activations at a time). `with_gate`: also the
+        (S, A) gate logits read at each sequence's prompt feature (the gate objective's input)."""
         ks = range(self.members) if member is None else [member]
         sel = slice(None) if member is None else slice(member, member + 1)
         if self.adapter_names:  # one backbone pass per LoRA member, each read by its own head
@@ -223,13 +249,17 @@ class RewardModel(nn.Module):
         if self.head_bias is not None:
             attrs = attrs + self.head_bias[sel]
         attrs = attrs - self.reward_offset[sel]
-        return self.combine(attrs, prompt.float()), attrs
+        scores = self.combine(attrs, prompt.float())
+        if with_gate:
+            return scores, attrs, self.gate(prompt.float())  # (S, A)
+        return scores, attrs
 
     def combine(self, attrs: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
-        """(S, K, A) attribute rewards -> (S, K) one score per member."""
+        """(S, K, A) attribute rewards -> (S, K) one score per member: along the direction if one
+        is set, else mixed by the gate once it is trained, else the uniform mean over attributes."""
         if self.direction.numel():
             return attrs @ self.direction
-        if self.gate is not None:
+        if self.gate is not None and self.gate_trained:
             weights = torch.softmax(self.gate(prompt), dim=-1)  # (S, A)
             return (attrs * weights[:, None, :]).sum(-1)
         if attrs.shape[-1] == 1:

@@ -2,10 +2,12 @@
 
 Saved layout (`save_reward_model`):
 - causal kind: the folder IS a transformers `*ForSequenceClassification` checkpoint (LoRA merged;
-  `num_labels = K*A`, label k*A + a = member k, attribute a; `pad_token_id` set to a token that is
-  never the end of a response, so transformers reads the same last token alignlab does), plus
-  `alignlab_reward.json` (kind, members, attributes, objective, reward_offset) and
-  `reward_gate.safetensors` when there is a gate. transformers' classifier reads the reward before
+  `num_labels = K*A`, label k*A + a = member k, attribute a; `pad_token_id` chosen so that
+  transformers, which reads the last token that is not pad, reads the end-of-turn token alignlab
+  reads, also on `apply_chat_template(conversation)` text: `export_pad_token_id`), plus
+  `alignlab_reward.json` (kind, members, attributes, objective, reward_offset, gating and
+  gate_trained) and `reward_gate.safetensors` (the gate and its log beta) when there is a gate;
+  an untrained gate is never used to score (the attributes' uniform mean is). transformers' classifier reads the reward before
   `reward_offset` (each member's zero, a constant; differences between responses are the same).
 - encoder kind: the encoder's own `save_pretrained` folder plus `reward_heads.safetensors` and
   `alignlab_reward.json`.
@@ -66,6 +68,38 @@ def reward_pad_token_id(tokenizer) -> int:
     raise ValueError("the tokenizer has no special token other than eos to pad with; add a pad token")
 
 
+def export_pad_token_id(tokenizer) -> int:
+    """The pad id written into a causal export. transformers' *ForSequenceClassification reads the
+    last token that is not its pad id (whatever the attention mask); alignlab reads the end-of-turn
+    token that closes a response. The chat template writes text after that token (ChatML:
+    `<|im_end|>\n`), so on `apply_chat_template(conversation)` text transformers would read the
+    `\n`. When that trailer is one token id (repeated or not), it becomes the pad id: transformers
+    then skips it and reads `<|im_end|>`, on alignlab's ids (which end there) and on the template's
+    text alike. Otherwise (no trailer, or a trailer of several different tokens), the pad of
+    `reward_pad_token_id`."""
+    trailer = _template_trailer(tokenizer)
+    if trailer and len(set(trailer)) == 1 and trailer[0] != tokenizer.eos_token_id:
+        return int(trailer[0])
+    return reward_pad_token_id(tokenizer)
+
+
+def _template_trailer(tokenizer) -> list[int]:
+    """The token ids the chat template writes after the end-of-turn special token that closes an
+    assistant message ([] without a template, or when there is none)."""
+    sentinel = "\u2063alignlab-response\u2063"
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": sentinel}]
+    try:
+        text = tokenizer.apply_chat_template(turns, tokenize=False) if getattr(tokenizer, "chat_template", None) else ""
+    except Exception:  # a template may refuse such a conversation: nothing to match then
+        return []
+    if not isinstance(text, str) or sentinel not in text:
+        return []
+    after = tokenizer(text[text.index(sentinel) + len(sentinel):], add_special_tokens=False)["input_ids"]
+    special = set(tokenizer.all_special_ids)
+    end = next((i for i, t in enumerate(after) if t in special), None)
+    return [int(t) for t in after[end + 1:]] if end is not None else []
+
+
 def _lora_config(lora: dict, model):
     """`lora`: r, alpha, dropout, target_modules and optionally layers (on the top N layers only)."""
     from peft import LoraConfig
@@ -76,7 +110,7 @@ def _lora_config(lora: dict, model):
                       **lora_placement(model, lora["target_modules"], lora.get("layers", 0)))
 
 
-def build_reward_model(name: str, *, members: int = 1, attributes=("reward",), gating: bool = False,
+def build_reward_model(name: str, *, members: int = 1, attributes=("reward",),
                        freeze_backbone: bool = False, lora: dict | None = None, seed: int = 0,
                        lora_members: bool = False) -> RewardModel:
     """lora_members: the K members are K LoRA adapters (settings `lora`) on one frozen backbone."""
@@ -104,7 +138,7 @@ def build_reward_model(name: str, *, members: int = 1, attributes=("reward",), g
         backbone = get_peft_model(backbone, _lora_config(lora, backbone))
     hidden = backbone.config.hidden_size
     return RewardModel(backbone, kind=kind, hidden_size=hidden, members=members, attributes=tuple(attributes),
-                       gating=gating, freeze_backbone=freeze_backbone, seed=seed)
+                       freeze_backbone=freeze_backbone, seed=seed)
 
 
 def _plain_backbone(model: RewardModel):
@@ -128,7 +162,7 @@ def save_reward_model(model: RewardModel, tokenizer, path, *, objective: str = "
 
         config = copy.deepcopy(backbone.config)
         config.num_labels = K * A
-        config.pad_token_id = reward_pad_token_id(tokenizer)
+        config.pad_token_id = export_pad_token_id(tokenizer)
         config.architectures = None
         classifier = AutoModelForSequenceClassification.from_config(config)
         getattr(classifier, classifier.base_model_prefix).load_state_dict(backbone.state_dict())
@@ -146,9 +180,10 @@ def save_reward_model(model: RewardModel, tokenizer, path, *, objective: str = "
             heads["head_bias"] = model.head_bias.detach().contiguous()
         save_file(heads, str(path / "reward_heads.safetensors"))
     if model.gate is not None:
-        save_file({k: v.detach().contiguous() for k, v in model.gate.state_dict().items()}, str(path / "reward_gate.safetensors"))
+        gate = {**model.gate.state_dict(), "log_beta": model.gate_log_beta}
+        save_file({k: v.detach().contiguous() for k, v in gate.items()}, str(path / "reward_gate.safetensors"))
     meta = {"kind": model.kind, "members": K, "attributes": list(model.attributes), "gating": model.gate is not None,
-            "objective": objective}
+            "gate_trained": model.gate is not None and model.gate_trained, "objective": objective}
     if model.reward_offset.any():
         meta["reward_offset"] = model.reward_offset.tolist()
     if model.adapter_names:  # peft writes adapter `name` to members/<name>/
@@ -191,7 +226,12 @@ def load_reward_model(path) -> tuple[RewardModel, object, dict]:
         model = build(load_backbone(str(path), "encoder"))
         model.load_state_dict(load_file(str(path / "reward_heads.safetensors")), strict=False)
     if model.gate is not None:
-        model.gate.load_state_dict(load_file(str(path / "reward_gate.safetensors")))
+        gate = load_file(str(path / "reward_gate.safetensors"))
+        with torch.no_grad():
+            model.gate_log_beta.copy_(gate.pop("log_beta", torch.zeros(())))
+        model.gate.load_state_dict(gate)
+        # a gate is used only once the gate objective has trained it (older folders: never)
+        model.gate_trained = bool(meta.get("gate_trained", False))
     if "reward_offset" in meta:
         model.reward_offset.copy_(torch.tensor(meta["reward_offset"], dtype=torch.float32).view(K, A))
     return model.eval(), tokenizer, meta

@@ -17,74 +17,13 @@ from dataclasses import dataclass
 
 import torch
 
-from alignlab.config import ConfigError, field
-from alignlab.losses.reward import binary_feedback, bradley_terry, cost_model_loss, rating_regression
-from alignlab.models.reward import RewardBatch, pack_reward_sequences, pad_encoder_sequences
-from alignlab.train.config import TrainConfig
+from alignlab.models.reward import RewardBatch, pack_reward_sequences, pad_encoder_sequences, score_sequences
+from alignlab.models.reward_io import save_reward_model
+from alignlab.train import reward_data  # looked up at call time: bench/rm_vs_trl.py wraps its setup
+from alignlab.train.loop import train_loop
+from alignlab.train.reward_config import OBJECTIVES, Item, MemberScores, ObjectiveSpec, RMConfig
 
-OBJECTIVES = ("pairwise", "ratings", "binary", "cost")
-
-
-@dataclass
-class RMConfig(TrainConfig):
-    model: str = field("embedded-encoder", "backbone: embedded-encoder (MiniLM-L6, fast on CPU), embedded (SmolLM2-135M), a local folder or hub id")
-    objective: str = field("pairwise", "pairwise (Bradley-Terry) | ratings (regress rating attributes) | binary (thumbs-up classifier) | cost (Safe RLHF cost model: pairs with chosen = safer, plus chosen_safe/rejected_safe labels)")
-    learning_rate: float = field(5e-5, "peak learning rate")
-    head_learning_rate: float = field(0.0, "peak learning rate of the reward head(s) and gate (0: learning_rate); a fresh head at a backbone's fine-tuning rate barely moves")
-    ensemble: int = field(1, "K members: K heads on one shared backbone (frozen when K > 1), each on its own bootstrap weights")
-    ensemble_kind: str = field("heads", "what the K members are: heads (K heads on one frozen backbone, one forward for all) | lora (K LoRA adapters on one frozen backbone, each with its own head: one copy of the weights; lora_r/lora_alpha/lora_target_modules/lora_layers apply. With lora_layers N the bottom layers run once per batch and each member only its top N: about the cost of one member when N is small; with every layer adapted, K forwards)")
-    freeze_backbone: bool = field(False, "train only the heads (implied by ensemble > 1 with heads)")
-    attributes: list = field([], "ratings objective: attribute names to regress (empty: every attribute found in the data)")
-    gating: bool = field(False, "ratings objective: ArmoRM's prompt-conditioned gate mixing the attributes into one score")
-    use_margin: bool = field(False, "Llama-2 margin: subtract each pair's `margin` inside the sigmoid")
-    label_smoothing: float = field(0.0, "assumed share of flipped labels (BT with label smoothing)")
-    flip_rate: float = field(0.0, "pairwise: probability that an annotator flipped a label, in the BT likelihood itself (bounded loss: a pair the model confidently contradicts stops pulling); exclusive with label_smoothing")
-    center_coef: float = field(0.0, "reward-centering regularizer: coef * (r_chosen + r_rejected)^2")
-    center_rewards: bool = field(True, "pairwise: after training, shift each member's reward to average 0 over the training responses (Bradley-Terry fixes it only up to a constant per member; mean/WCO/UWO compare members on one scale). Differences, accuracy and BT probabilities are unchanged")
-    strength_weighting: str = field("none", "use a `strength` in each pair's meta: none | weight (down-weight weak pairs) | flip (flip pairs with strength < 0)")
-    max_length: int = field(512, "max tokens of prompt + response (encoders: at most their position limit)")
-    truncation: str = field("truncate", "over-long examples: error | truncate (keep prompt end, response start) | drop")
-    group_by_prompt: bool = field(False, "pairwise/cost: a micro-batch holds batch_size whole prompts with all their pairs, each distinct response encoded once (InstructGPT's batching, Ouyang et al. 2022 §3.5): K responses in all K(K-1)/2 pairs cost K forwards instead of K(K-1), and each response is one update per epoch, not K-1")
-
-    def validate(self) -> None:
-        super().validate()
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(f"objective must be one of {OBJECTIVES}")
-        if self.ensemble < 1:
-            raise ConfigError("ensemble must be >= 1")
-        if self.ensemble_kind not in ("heads", "lora"):
-            raise ConfigError("ensemble_kind must be heads or lora")
-        if self.ensemble_kind == "lora" and (self.freeze_backbone or self.gating):
-            raise ConfigError("ensemble_kind lora trains one adapter per member: no freeze_backbone, no gating")
-        if self.strength_weighting not in ("none", "weight", "flip"):
-            raise ConfigError("strength_weighting must be none | weight | flip")
-        if self.gating and self.objective != "ratings":
-            raise ConfigError("gating mixes rating attributes: it needs objective: ratings")
-        if not 0.0 <= self.flip_rate < 0.5 or not 0.0 <= self.label_smoothing < 0.5:
-            raise ConfigError("flip_rate and label_smoothing must be in [0, 0.5)")
-        if self.group_by_prompt and self.objective not in ("pairwise", "cost"):
-            raise ConfigError("group_by_prompt batches the pairs of a prompt together: it needs objective pairwise or cost")
-        if self.flip_rate and self.label_smoothing:
-            raise ConfigError("label_smoothing and flip_rate are two models of the same label noise: set one")
-
-    @property
-    def frozen(self) -> bool:
-        return self.freeze_backbone or (self.ensemble > 1 and self.ensemble_kind == "heads")
-
-    @property
-    def lora_members(self) -> bool:
-        return self.ensemble > 1 and self.ensemble_kind == "lora"
-
-
-@dataclass
-class Item:
-    """One training example, tokenized: pairwise (chosen+rejected), rating or binary."""
-    prompt_ids: list
-    responses: list  # [chosen_ids, rejected_ids] | [response_ids]
-    target: torch.Tensor  # pairwise: (1,) margin; ratings: (A,); binary: (1,) label; cost: (2,) unsafe flags
-    mask: torch.Tensor | None = None  # ratings: (A,) which attributes are present
-    weight: float = 1.0
-    meta: dict | None = None
+__all__ = ["OBJECTIVES", "Item", "ObjectiveSpec", "RMConfig", "RewardAlgorithm", "train_reward_model"]
 
 
 @dataclass
@@ -136,12 +75,13 @@ class RewardAlgorithm:
     progress_keys = ("accuracy",)
 
     def __init__(self, cfg: RMConfig, model, train_items: list[Item], eval_items: list[Item], pad_token_id: int):
-        self.cfg, self.model = cfg, model
+        self.cfg, self.model, self.spec = cfg, model, cfg.spec
         self.train_items, self.eval_items = train_items, eval_items
         self.pad_token_id = pad_token_id
         g = torch.Generator().manual_seed(cfg.seed + 17)
         K = cfg.ensemble
-        # online bootstrap: every member sees each example Poisson(1) times (all 1 for K = 1)
+        # online bootstrap: every member sees each example Poisson(1) times (all 1 for K = 1; a
+        # trained model's gate, shared by its members, sees every example once)
         self.bootstrap = torch.poisson(torch.ones(len(train_items), K), generator=g) if K > 1 else torch.ones(len(train_items), 1)
         self._epoch_cache = None
 
@@ -160,36 +100,31 @@ class RewardAlgorithm:
         return self._epoch_cache[1]
 
     def examples_in(self, batch: RMBatch) -> int:
+        """What the loss is normalised by: examples, or the objective's own count (ratings: rated
+        entries), so that a step's loss is the objective's loss over all its micro-batches."""
+        if self.spec.normaliser is not None:
+            return self.spec.normaliser(batch.masks)
         return len(batch.indices)
 
     def _member_losses(self, model, batch: RMBatch, member: int | None = None):
         device = self.model.head_weight.device
         batch.rewards_input = batch.rewards_input.to(device)  # once per batch: its K member calls share it
-        rewards, attrs = model(batch.rewards_input, member=member)  # (S, K), (S, K, A); K = 1 with member
-        K = rewards.shape[1]
+        gate = self.spec.trains == "gate"
+        out = model(batch.rewards_input, member=member, with_gate=gate)
+        rewards, attrs = out[0], out[1]  # (S, K), (S, K, A); K = 1 with member
         seq = batch.sequence_index.to(device)
-        first, second = rewards[seq[:, 0]], rewards[seq[:, -1]]  # (B, K): chosen, rejected (or the one response)
+        first, second = seq[:, 0], seq[:, -1]  # (B,): chosen, rejected (or the one response, twice)
         targets = batch.targets.to(device)
+        masks = batch.masks.to(device) if batch.masks is not None else None
         per_member, metrics = [], {}
+        K = rewards.shape[1]
         for k in range(K):
-            if self.cfg.objective == "pairwise":
-                margin = targets[:, 0] if self.cfg.use_margin else None
-                loss, m = bradley_terry(first[:, k], second[:, k], margin=margin,
-                                        label_smoothing=self.cfg.label_smoothing, flip_rate=self.cfg.flip_rate,
-                                        center_coef=self.cfg.center_coef, per_example=True)
-            elif self.cfg.objective == "cost":
-                unsafe = targets > 0.5  # (B, 2): chosen, rejected
-                loss, m = cost_model_loss(first[:, k], second[:, k], unsafe[:, 0], unsafe[:, 1], per_example=True)
-            elif self.cfg.objective == "ratings":
-                mask = batch.masks.to(device)
-                err = (attrs[seq[:, 0], k, :] - targets) ** 2 * mask  # (B, A)
-                loss = err.sum(-1) / mask.sum(-1).clamp(min=1)
-                _, m = rating_regression(attrs[seq[:, 0], k, :].detach(), targets, mask)
-            else:
-                labels = targets[:, 0] > 0.5
-                logits = first[:, k]
-                loss = -(labels * torch.nn.functional.logsigmoid(logits) + (~labels) * torch.nn.functional.logsigmoid(-logits))
-                _, m = binary_feedback(logits.detach(), labels)
+            scores = MemberScores(rewards[first, k], rewards[second, k], attrs[first, k], attrs[second, k], targets,
+                                  masks)
+            if gate:
+                scores.first_gate, scores.second_gate = out[2][first], out[2][second]
+                scores.log_beta = self.model.gate_log_beta
+            loss, m = self.spec.loss(scores, self.cfg)
             per_member.append(loss)
             for name, v in m.items():
                 metrics[name] = metrics.get(name, 0.0) + v / K
@@ -220,11 +155,12 @@ class RewardAlgorithm:
             idx = list(range(start, min(start + self.cfg.batch_size, len(self.eval_items))))
             batch = make_batch(self.eval_items, idx, self.model.kind, self.pad_token_id)
             losses, _, metrics = self._member_losses(scorer, batch)
+            count = self.examples_in(batch)
             totals["loss"] = totals.get("loss", 0.0) + float(losses.mean(1).sum())
             for k, v in metrics.items():
-                totals[k] = totals.get(k, 0.0) + float(v) * len(idx)
-            n += len(idx)
-        return {k: v / n for k, v in totals.items()}
+                totals[k] = totals.get(k, 0.0) + float(v) * count
+            n += count
+        return {k: v / max(n, 1) for k, v in totals.items()}
 
 
 @torch.no_grad()
@@ -235,8 +171,6 @@ def center_rewards(model, items: list[Item], pad_token_id: int, *, batch_size: i
     leaves that constant arbitrary per member (the loss sees only differences), and ensemble
     aggregations (min, variance) compare members at the same response, so they need one zero.
     Returns the (K, A) offsets."""
-    from alignlab.models.reward import score_sequences
-
     seqs = list(dict.fromkeys((tuple(it.prompt_ids), tuple(r)) for it in items for r in it.responses))
     was_training = model.training
     model.eval()
@@ -250,17 +184,15 @@ def center_rewards(model, items: list[Item], pad_token_id: int, *, batch_size: i
 
 def train_reward_model(cfg: RMConfig, *, train_records=None, eval_records=None, dry_run: bool = False):
     """Python API: train a reward model per `cfg`; returns the session (session.final_dir holds it)."""
-    from alignlab.train.reward_data import prepare_reward_session
-
-    session, items = prepare_reward_session(cfg, train_records=train_records, eval_records=eval_records, dry_run=dry_run)
+    session, items = reward_data.prepare_reward_session(cfg, train_records=train_records, eval_records=eval_records,
+                                                        dry_run=dry_run)
     if session.dry_run_text is not None:
         return session
-    from alignlab.models.reward_io import save_reward_model
-    from alignlab.train.loop import train_loop
-
     algorithm = RewardAlgorithm(cfg, session.model, items["train"], items["eval"], session.pad_token_id)
     session.state = train_loop(cfg, algorithm, session.model, session.model, session.accelerator, session.run_dir)
-    if cfg.objective == "pairwise" and cfg.center_rewards and items["train"]:
+    if cfg.spec.trains == "gate":
+        session.model.gate_trained = True  # from now on scoring without a direction mixes by the gate
+    if cfg.spec.center and cfg.center_rewards and items["train"]:
         offsets = center_rewards(session.model, items["train"], session.pad_token_id, progress=cfg.progress)
         session.summary["reward_offset"] = offsets.tolist()
     if session.accelerator.is_main_process:

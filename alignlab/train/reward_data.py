@@ -9,11 +9,17 @@ from pathlib import Path
 import torch
 
 from alignlab.data import DataReport, encode_pairs, encode_prompt_response, load_records
-from alignlab.data.records import BinaryRecord, PairwiseRecord, RatingRecord
-from alignlab.train.reward import Item, RMConfig
+from alignlab.data.records import BinaryRecord
+from alignlab.models.reward_io import (
+    META,
+    build_reward_model,
+    load_reward_model,
+    resolve_backbone_path,
+    reward_pad_token_id,
+)
+from alignlab.train.reward_config import Item, RMConfig
 from alignlab.train.run import make_run_dir, write_run_header
 
-RECORD_TYPES = {"pairwise": PairwiseRecord, "ratings": RatingRecord, "binary": BinaryRecord, "cost": PairwiseRecord}
 SAFE_KEYS = ("chosen_safe", "rejected_safe")
 
 
@@ -49,10 +55,10 @@ def _records(cfg: RMConfig, path: str, given, run_dir: Path, name: str, report: 
             return []
         result = load_records(path, format=cfg.data_format, columns=cfg.columns or None, skip_invalid=cfg.skip_invalid,
                               rejects_path=str(run_dir / f"rejects-{name}.jsonl") if cfg.skip_invalid else None,
-                              pairing=cfg.pairing, seed=cfg.seed, to_pairs=cfg.objective in ("pairwise", "cost"))
+                              pairing=cfg.pairing, seed=cfg.seed, to_pairs=cfg.spec.paired)
         report.merge(result.report)
         given = result.records
-    wanted = RECORD_TYPES[cfg.objective]
+    wanted = cfg.spec.record
     wrong = [type(r).__name__ for r in given if not isinstance(r, wanted)]
     if wrong:
         raise ValueError(f"{path or name}: objective '{cfg.objective}' needs {wanted.__name__} records, "
@@ -81,7 +87,12 @@ def _fit(cfg: RMConfig, tokenizer, prompt_ids: list, response_ids: list, where: 
     return None if any(r.startswith("dropped") for r in reasons) else (prompt_ids, response_ids)
 
 
-def _attribute_names(cfg: RMConfig, records: list) -> list[str]:
+def _attribute_names(cfg: RMConfig, records: list, trained: dict | None) -> list[str]:
+    """The attributes the model scores: one reward, the trained model's, or the ratings' names."""
+    if cfg.spec.attributes == "reward":
+        return ["reward"]
+    if cfg.spec.attributes == "model":
+        return list(trained["attributes"])
     if cfg.attributes:
         return list(cfg.attributes)
     names = []
@@ -92,7 +103,7 @@ def _attribute_names(cfg: RMConfig, records: list) -> list[str]:
 
 
 def encode_items(cfg: RMConfig, tokenizer, records: list, attributes: list[str], source: str, report: DataReport) -> list[Item]:
-    if cfg.objective in ("pairwise", "cost"):
+    if cfg.spec.paired:
         pairs, enc_report = encode_pairs(tokenizer, records, max_length=cfg.max_length,
                                          max_prompt_length=cfg.max_prompt_length or None, truncation=cfg.truncation,
                                          source=source)
@@ -107,7 +118,7 @@ def encode_items(cfg: RMConfig, tokenizer, records: list, attributes: list[str],
                 report.add("flipped: negative preference strength")
             elif strength is not None and cfg.strength_weighting == "weight":
                 weight = float(torch.sigmoid(torch.tensor(float(strength))))
-            if cfg.objective == "cost":
+            if cfg.spec.safety_labels:
                 meta = rec.meta or {}
                 where = f"{meta.get('file', source)}, {meta.get('location', f'record {p.index}')}"
                 target = _safety_flags(rec, where)
@@ -118,7 +129,7 @@ def encode_items(cfg: RMConfig, tokenizer, records: list, attributes: list[str],
     items = []
     for i, rec in enumerate(records):
         where = f"{source}, record {i}"
-        if cfg.objective == "binary":
+        if isinstance(rec, BinaryRecord):
             fitted = _fit(cfg, tokenizer, *encode_prompt_response(tokenizer, rec.prompt, rec.response), where, report)
             if fitted:
                 items.append(Item(fitted[0], [fitted[1]], torch.tensor([float(rec.desirable)])))
@@ -133,48 +144,90 @@ def encode_items(cfg: RMConfig, tokenizer, records: list, attributes: list[str],
     return items
 
 
+def trained_ratings_model(path: str) -> dict:
+    """The metadata of the trained ratings model whose gate objective `gate` trains; one clear
+    line when `path` is not one (checked before any data or weights are loaded)."""
+    meta_path = Path(path) / META
+    if not meta_path.is_file():
+        raise ValueError(f"--model {path}: objective gate trains the gate of a reward model saved by "
+                         f"`alignlab train rm --objective ratings`; this folder has no {META}")
+    meta = json.loads(meta_path.read_text())
+    if len(meta.get("attributes", [])) < 2:
+        raise ValueError(f"--model {path}: a gate mixes several rating attributes; this model scores "
+                         f"{meta.get('attributes')} (train it with --objective ratings on multi-attribute data)")
+    return meta
+
+
+def gate_only(model) -> None:
+    """Freeze everything of a trained ratings model but its gate (added, uniform, if it has none) and
+    the gate's Bradley-Terry scaling (ArmoRM stage 2)."""
+    if model.gate is None:
+        model.add_gate()
+    model.requires_grad_(False)
+    model.gate.requires_grad_(True)
+    model.gate_log_beta.requires_grad_(True)
+    model.freeze_backbone = model.gate_only = True
+    model.gate_trained = False
+
+
+def _build_model(cfg: RMConfig, attributes: list[str]):
+    if cfg.spec.trains == "gate":
+        model = load_reward_model(cfg.model)[0]
+        gate_only(model)
+        return model
+    lora = (dict(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules,
+                 layers=cfg.lora_layers) if cfg.lora or cfg.lora_members else None)
+    return build_reward_model(cfg.model, members=cfg.ensemble, attributes=attributes, freeze_backbone=cfg.frozen,
+                              lora=lora, seed=cfg.seed, lora_members=cfg.lora_members)
+
+
+def _dry_run_text(cfg: RMConfig, items: dict, report: DataReport, attributes: list[str]) -> str:
+    if cfg.spec.trains == "gate":
+        what = f"  the gate over {attributes} of the trained model; its backbone and attribute heads frozen"
+    else:
+        what = (f"  ensemble: {cfg.ensemble} {'LoRA adapter(s)' if cfg.lora_members else 'head(s)'} on one "
+                f"{'frozen' if cfg.frozen or cfg.lora_members else 'trained'} backbone"
+                f"{f'; LoRA on the top {cfg.lora_layers} layers' if cfg.lora_layers and (cfg.lora or cfg.lora_members) else ''}"
+                f"{' (the layers below run once per batch for all members)' if cfg.lora_layers and cfg.lora_members else ''}")
+    return "\n".join([
+        f"alignlab dry run: reward model ({cfg.objective}) on {cfg.model}",
+        f"  {len(items['train'])} train / {len(items['eval'])} eval examples; batch {cfg.batch_size}"
+        f"{' prompts (all their pairs)' if cfg.group_by_prompt else ''} x {cfg.grad_accum}",
+        what,
+        *("  " + line for line in report.lines()),
+    ])
+
+
 def prepare_reward_session(cfg: RMConfig, *, train_records=None, eval_records=None, dry_run: bool = False):
     from accelerate import Accelerator
     from transformers import AutoTokenizer, set_seed
 
-    from alignlab.models.reward_io import build_reward_model, resolve_backbone_path, reward_pad_token_id
     from alignlab.train.session import split_eval
 
     cfg.validate()
     if train_records is None and not cfg.train_data:
         raise ValueError("no training data: set train_data (a file or datasets folder)")
+    trained = trained_ratings_model(cfg.model) if cfg.spec.trains == "gate" else None
     run_dir = make_run_dir(cfg.output_dir, f"rm-{cfg.objective}")
     set_seed(cfg.seed)
-    tokenizer = AutoTokenizer.from_pretrained(resolve_backbone_path(cfg.model))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_backbone_path(cfg.model) if trained is None else cfg.model)
     report = DataReport()
     train = _records(cfg, cfg.train_data, train_records, run_dir, "train", report)
     evals = _records(cfg, cfg.eval_data, eval_records, run_dir, "eval", report)
     train, evals = split_eval(cfg, train, evals, report)
-    attributes = _attribute_names(cfg, train) if cfg.objective == "ratings" else ["reward"]
+    attributes = _attribute_names(cfg, train, trained)
     if not attributes:
-        raise ValueError("objective ratings: no rating attributes found in the data")
+        raise ValueError(f"objective {cfg.objective}: no rating attributes found in the data")
     session = RMSession(cfg, run_dir, tokenizer, report)
     items = {"train": encode_items(cfg, tokenizer, train, attributes, cfg.train_data or "train records", report),
              "eval": encode_items(cfg, tokenizer, evals, attributes, cfg.eval_data or "eval records", report)}
     session.pad_token_id = reward_pad_token_id(tokenizer)
-    lora = (dict(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules,
-                 layers=cfg.lora_layers) if cfg.lora or cfg.lora_members else None)
     if dry_run:
-        session.dry_run_text = "\n".join([
-            f"alignlab dry run: reward model ({cfg.objective}) on {cfg.model}",
-            f"  {len(items['train'])} train / {len(items['eval'])} eval examples; batch {cfg.batch_size}"
-            f"{' prompts (all their pairs)' if cfg.group_by_prompt else ''} x {cfg.grad_accum}",
-            f"  ensemble: {cfg.ensemble} {'LoRA adapter(s)' if cfg.lora_members else 'head(s)'} on one "
-            f"{'frozen' if cfg.frozen or cfg.lora_members else 'trained'} backbone"
-            f"{f'; LoRA on the top {cfg.lora_layers} layers' if cfg.lora_layers and (cfg.lora or cfg.lora_members) else ''}"
-            f"{' (the layers below run once per batch for all members)' if cfg.lora_layers and cfg.lora_members else ''}",
-            *("  " + line for line in report.lines()),
-        ])
+        session.dry_run_text = _dry_run_text(cfg, items, report, attributes)
         return session, items
     if not items["train"]:
         raise ValueError("no training examples left after loading and filtering: see the data report")
-    session.model = build_reward_model(cfg.model, members=cfg.ensemble, attributes=attributes, gating=cfg.gating,
-                                       freeze_backbone=cfg.frozen, lora=lora, seed=cfg.seed, lora_members=cfg.lora_members)
+    session.model = _build_model(cfg, attributes)
     if cfg.gradient_checkpointing and not cfg.frozen:  # a frozen backbone keeps no activations anyway
         session.model.backbone.gradient_checkpointing_enable()
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.precision]
