@@ -1,6 +1,7 @@
 """Reward-model training end to end on tiny random backbones (an encoder with MiniLM's tokenizer,
 a decoder with SmolLM2's), through the same loop, saving and scoring as a reward source."""
 
+import dataclasses
 import json
 
 import pytest
@@ -376,3 +377,30 @@ def test_label_noise_options_are_checked(tmp_path):
         with pytest.raises(ConfigError, match=match):
             RMConfig(output_dir=str(tmp_path), **bad).validate()
     RMConfig(output_dir=str(tmp_path), flip_rate=0.1).validate()
+
+
+@pytest.mark.parametrize("which,objective", [("encoder", "binary"), ("causal", "binary"), ("encoder", "pairwise")])
+def test_an_over_long_example_is_cut_the_same_way_in_training_and_scoring(tmp_path, which, objective,
+                                                                         tiny_encoder_dir, tiny_policy_dir):
+    """One truncation rule: the tokens a reward model trained on are the tokens it scores."""
+    from alignlab.rewards.model import RewardModelSource
+    from alignlab.train.reward_data import prepare_reward_session
+
+    model = tiny_encoder_dir if which == "encoder" else tiny_policy_dir
+    long_prompt = "Tell me everything about " + " and ".join(WORDS) + "."
+    long_response = "Well, " + ", ".join(w + " are lovely" for w in WORDS) + "."
+    if objective == "binary":
+        records = [BinaryRecord(prompt=long_prompt, response=long_response, desirable=True),
+                   BinaryRecord(prompt="Short?", response=long_response, desirable=False)]
+    else:  # chosen and rejected of one length: the pair's cut is each response's own cut
+        records = [PairwiseRecord(prompt=long_prompt, chosen=long_response, rejected=long_response.upper())]
+    c = cfg(tmp_path, model, objective=objective, max_length=24, truncation="truncate", epochs=1.0)
+    session, items = prepare_reward_session(c, train_records=records)
+    trained = [(it.prompt_ids, r) for it in items["train"] for r in it.responses]
+    assert all(len(p) + len(r) == 24 for p, r in trained[:1])  # really cut
+    run = train_reward_model(dataclasses.replace(c, output_dir=str(tmp_path / "rm-run")), train_records=records)
+    source = RewardModelSource(run.final_dir, max_length=24)
+    prompts = [r.prompt for r in records for _ in range(1 if objective == "binary" else 2)]
+    responses = [x for r in records for x in ([r.response] if objective == "binary" else [r.chosen, r.rejected])]
+    assert source._encode(prompts, responses) == trained
+    assert source.truncated == len(trained)

@@ -191,6 +191,17 @@ def truncate_pieces(prompt: list[int], responses: Sequence[list[int]], start: in
     return prompt, list(responses), reasons
 
 
+def fit_to_length(encoder: "PromptEncoder", prompt: list[int], responses: Sequence[list[int]], max_length: int,
+                  max_prompt_length: int | None = None) -> tuple[list[int], list[list[int]], list[str]]:
+    """The one truncation rule, for training and scoring alike: `truncate_pieces` with the
+    encoder's sequence-start tokens kept when the prompt begins with them. Pieces that fit are
+    returned unchanged with no reasons."""
+    if len(prompt) + max(len(r) for r in responses) <= max_length:
+        return prompt, list(responses), []
+    start = len(encoder.start) if prompt[: len(encoder.start)] == encoder.start else 0
+    return truncate_pieces(prompt, responses, start, max_length, max_prompt_length)
+
+
 def encode_pairs(
     tokenizer,
     records: Sequence[PairwiseRecord],
@@ -224,9 +235,8 @@ def encode_pairs(
                     "prompt's end and the responses' start) or truncation: drop", file=file, location=where)
             reasons = [DROPPED_LONG]
             if truncation == "truncate":
-                start = len(encoder.start) if prompt[: len(encoder.start)] == encoder.start else 0
-                prompt, (chosen, rejected), reasons = truncate_pieces(prompt, (chosen, rejected), start, max_length,
-                                                                max_prompt_length)
+                prompt, (chosen, rejected), reasons = fit_to_length(encoder, prompt, (chosen, rejected), max_length,
+                                                                    max_prompt_length)
             for reason in reasons:
                 report.add(reason, example=", ".join(_location(record, index, source)))
             if any(r.startswith("dropped") for r in reasons):

@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from alignlab.data.tokenize import fit_to_length, prompt_encoder
 from alignlab.models.reward import score_sequences
 from alignlab.rewards.aggregate import aggregate
 
@@ -58,8 +59,9 @@ class RewardModelSource(_Members):
 
     how: mean | wco | uwo — how an ensemble's K members are combined (Coste et al.);
     direction: optional weights over the attributes of a multi-objective model (DPA), replacing
-    its gate. Responses longer than `max_length` tokens (with their prompt) keep the end of the
-    prompt and the start of the response; the count is in `self.truncated`."""
+    its gate. Responses longer than `max_length` tokens (with their prompt) are cut by the rule
+    reward-model training uses (`alignlab.data.tokenize.fit_to_length`: the prompt's end, the
+    response's start); the count is in `self.truncated`."""
 
     def __init__(self, path, *, how: str = "mean", uwo_coef: float = 0.5, direction=None, batch_size: int = 16,
                  max_length: int = 512, progress: bool = False, device: str | None = None):
@@ -78,15 +80,15 @@ class RewardModelSource(_Members):
         self.truncated = 0
 
     def _encode(self, prompts, responses) -> list[tuple[list, list]]:
-        from alignlab.data import encode_prompt_response
-
-        out = []
+        encoder, out = prompt_encoder(self.tokenizer), []
         for prompt, response in zip(prompts, responses):
-            p, r = encode_prompt_response(self.tokenizer, prompt, response)
+            p, r = encoder.prompt(prompt), encoder.response(response)
             if len(p) + len(r) > self.max_length:
                 self.truncated += 1
-                keep_p = min(len(p), self.max_length // 2)
-                p, r = p[len(p) - keep_p :], r[: self.max_length - keep_p]
+                p, (r,), reasons = fit_to_length(encoder, p, [r], self.max_length)
+                if any(x.startswith("dropped") for x in reasons):  # no room left for any response token
+                    raise ValueError(f"max_length {self.max_length} leaves no room for a response after the prompt's "
+                                     f"sequence-start tokens; raise max_length")
             out.append((p, r))
         return out
 

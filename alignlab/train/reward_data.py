@@ -69,7 +69,7 @@ def _records(cfg: RMConfig, path: str, given, run_dir: Path, name: str, report: 
 def _fit(cfg: RMConfig, tokenizer, prompt_ids: list, response_ids: list, where: str, report: DataReport):
     """One (prompt, response) under max_length by the truncation policy (the same rules and
     report reasons as encode_pairs); None = dropped."""
-    from alignlab.data.tokenize import DROPPED_LONG, prompt_encoder, truncate_pieces
+    from alignlab.data.tokenize import DROPPED_LONG, fit_to_length, prompt_encoder
 
     if len(prompt_ids) + len(response_ids) <= cfg.max_length:
         return prompt_ids, response_ids
@@ -78,10 +78,8 @@ def _fit(cfg: RMConfig, tokenizer, prompt_ids: list, response_ids: list, where: 
                          f"{cfg.max_length}; raise max_length or set truncation: truncate | drop")
     reasons = [DROPPED_LONG]
     if cfg.truncation == "truncate":
-        start = prompt_encoder(tokenizer).start
-        keep = len(start) if prompt_ids[: len(start)] == start else 0
-        prompt_ids, (response_ids,), reasons = truncate_pieces(prompt_ids, [response_ids], keep, cfg.max_length,
-                                                               cfg.max_prompt_length or None)
+        prompt_ids, (response_ids,), reasons = fit_to_length(prompt_encoder(tokenizer), prompt_ids, [response_ids],
+                                                             cfg.max_length, cfg.max_prompt_length or None)
     for reason in reasons:
         report.add(reason)
     return None if any(r.startswith("dropped") for r in reasons) else (prompt_ids, response_ids)
