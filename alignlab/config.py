@@ -130,14 +130,55 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+USER, DEFAULT = "user", "default"
+
+
 def resolve(cls, yaml_path: str | Path | None = None, flags: dict[str, Any] | None = None):
-    """Layering: dataclass defaults <- YAML file <- flags."""
-    config = cls()
+    """Layering: dataclass defaults <- the config's own context defaults (e.g. the chosen loss's
+    paper values) <- YAML file <- flags. The keys the YAML or the flags gave are recorded, so
+    `sources(config)` says where every setting came from."""
+    config, given = cls(), set()
     if yaml_path:
-        config = apply_overrides(config, load_yaml(yaml_path), str(yaml_path))
+        data = load_yaml(yaml_path)
+        config = apply_overrides(config, data, str(yaml_path), validate=False)
+        given |= {k.replace("-", "_") for k in data}
     if flags:
-        config = apply_overrides(config, flags, "command line")
+        config = apply_overrides(config, flags, "command line", validate=False)
+        given |= {k.replace("-", "_") for k in flags}
+    config = fill_defaults(config, given)
+    check = getattr(config, "validate", None)
+    if check is not None:
+        check()
     return config
+
+
+def fill_defaults(config, given: set[str] | None = None):
+    """A copy of `config` whose settings the user did not give take the values the config's
+    `context_defaults(given)` hook returns ({key: (value, origin)}, e.g. beta from the chosen
+    loss), with `sources(config)` recorded. `given` is the set of user-given keys; None (a config
+    built in Python) means: the keys whose value differs from the dataclass default. A config
+    already filled is returned as is."""
+    if getattr(config, "_sources", None) is not None:
+        return config
+    if given is None:
+        given = set(differences(config))
+    hook = getattr(config, "context_defaults", None)
+    context = hook(frozenset(given)) if hook is not None else {}
+    new = dataclasses.replace(config, **{k: v for k, (v, _) in context.items()})
+    origins = {f.name: USER if f.name in given else DEFAULT for f in dataclasses.fields(new)}
+    origins.update({k: origin for k, (_, origin) in context.items()})
+    object.__setattr__(new, "_sources", origins)  # not a field: kept out of saves, help and equality
+    return new
+
+
+def sources(config) -> dict[str, str]:
+    """Where each setting's value came from: "user" (YAML or flags), "default" (the dataclass
+    default) or the origin a context default named (e.g. "simpo loss default")."""
+    recorded = getattr(config, "_sources", None)
+    if recorded is not None:
+        return dict(recorded)
+    changed = differences(config)
+    return {f.name: USER if f.name in changed else DEFAULT for f in dataclasses.fields(config)}
 
 
 def to_dict(config) -> dict[str, Any]:

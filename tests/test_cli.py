@@ -43,14 +43,14 @@ def test_dry_run_explains_and_trains_nothing(config_file, tmp_path, capsys):
     assert main(["train", "dpo", "--config", str(config_file), "--dry-run", "--lora"]) == 0
     out = capsys.readouterr().out
     assert "4 per device x 1 accumulation" in out and "8 train pairs -> 2 micro-batches" in out
-    assert "lora: False -> True" in out
+    assert "lora: True  (user; default False)" in out
     assert not (tmp_path / "run" / "final").exists()
 
 
 def test_help_settings_lists_every_setting_with_its_default(capsys):
     assert main(["train", "dpo", "--help-settings"]) == 0
     out = capsys.readouterr().out
-    assert "--beta" in out and "[default: 0.1]" in out and "--truncation" in out
+    assert "--beta" in out and "simpo 2.0" in out and "--truncation" in out
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from alignlab.config import ConfigError, field
+from alignlab.data.pairing import PAIRINGS
 
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
 TRUNCATION = ("error", "truncate", "drop")
+REPORT_SINKS = ("tensorboard", "wandb")
 
 
 @dataclass
@@ -65,7 +67,26 @@ class TrainConfig:
             (self.epochs > 0 or self.max_steps > 0, "epochs or max_steps must be positive"),
             (self.max_length > 0, "max_length must be positive"),
             (self.lora_layers >= 0, "lora_layers must be >= 0 (0: every layer)"),
+            (self.pairing in PAIRINGS, f"pairing must be one of {PAIRINGS}"),
+            (self.epochs >= 0 and self.max_steps >= 0, "epochs and max_steps must be >= 0"),
+            (0 <= self.max_prompt_length < self.max_length, "max_prompt_length must be >= 0 and < max_length"),
+            (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (len(self.adam_betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in self.adam_betas),
+             f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}"),
+            (self.max_grad_norm >= 0, "max_grad_norm must be >= 0 (0: off)"),
+            (self.lora_r >= 1 and self.lora_alpha > 0, "lora_r must be >= 1 and lora_alpha > 0"),
+            (0 <= self.lora_dropout < 1, "lora_dropout must be in [0, 1)"),
+            (self.eval_every >= 0 and self.save_every >= 0, "eval_every and save_every must be >= 0 (0: only at the end)"),
+            (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
+            (self.log_every >= 1, "log_every must be >= 1"),
+            (self.max_bad_steps >= 1, "max_bad_steps must be >= 1"),
+            (set(self.report_to) <= set(REPORT_SINKS), f"report_to takes {', '.join(REPORT_SINKS)}; got {self.report_to}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
