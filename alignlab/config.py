@@ -100,6 +100,44 @@ def _parse_mapping(name: str, text: str, source: str) -> dict:
     return out
 
 
+# Names other tools (transformers' TrainingArguments, TRL, PEFT, OpenRLHF) use for alignlab settings.
+ALIASES = {
+    "lr": "learning_rate", "num_train_epochs": "epochs", "num_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size", "train_batch_size": "batch_size", "micro_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum", "lr_scheduler_type": "lr_schedule", "lr_scheduler": "lr_schedule",
+    "max_seq_length": "max_length", "max_len": "max_length", "bf16": "precision", "fp16": "precision",
+    "mixed_precision": "precision", "model_name_or_path": "model", "pretrain": "model", "output": "output_dir",
+    "dataset": "train_data", "train_file": "train_data", "data": "train_data", "eval_file": "eval_data",
+    "eval_dataset": "eval_data", "save_steps": "save_every", "eval_steps": "eval_every", "logging_steps": "log_every",
+    "save_total_limit": "keep_checkpoints", "resume_from_checkpoint": "resume", "lora_rank": "lora_r",
+    "loss_type": "loss", "label_smoothing": "loss_options", "gamma": "loss_options",
+    "simpo_gamma": "loss_options", "target_modules": "lora_target_modules", "report": "report_to",
+    "use_peft": "lora", "use_lora": "lora", "warmup": "warmup_ratio", "grad_norm": "max_grad_norm",
+}
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance: insertions, deletions and substitutions to turn a into b."""
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+def suggest(key: str, names: list[str], limit: int = 3) -> list[str]:
+    """The names a mistyped `key` probably meant: an alias from another tool's vocabulary, then
+    names within a small edit distance (about a third of the key's length), closest first."""
+    out = [ALIASES[key]] if ALIASES.get(key) in names else []
+    budget = max(1, len(key) // 3)
+    scored = sorted((edit_distance(key, n), n) for n in names)
+    out += [n for d, n in scored if d <= budget and n not in out]
+    out += [n for n in names if len(key) >= 4 and n.startswith(key) and n not in out]
+    return out[:limit]
+
+
 def apply_overrides(config, overrides: dict[str, Any], source: str, *, validate: bool = True):
     """Return a copy of `config` with `overrides` applied; unknown keys raise ConfigError. With
     validate=False the caller validates once after its last layer."""
@@ -108,7 +146,7 @@ def apply_overrides(config, overrides: dict[str, Any], source: str, *, validate:
     for raw_key, value in overrides.items():
         key = raw_key.replace("-", "_")
         if key not in types_:
-            close = [k for k in types_ if k.startswith(key[:4])][:5]
+            close = suggest(key, list(types_))
             hint = f" (did you mean: {', '.join(close)}?)" if close else ""
             raise ConfigError(f"{source}: unknown key '{raw_key}' for {type(config).__name__}{hint}")
         changes[key] = _coerce(key, value, types_[key], source)
