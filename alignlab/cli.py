@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import sys
 from typing import Any
 
@@ -59,6 +60,7 @@ def cmd_train(args, rest: list[str]) -> int:
         print(_config_help(cls))
         return 0
     cfg = resolve(cls, args.config, parse_flags(rest))
+    cfg.preflight()
     session = run(cfg, dry_run=args.dry_run)
     if session.dry_run_text is not None:
         print(session.dry_run_text)
@@ -80,6 +82,7 @@ def cmd_train_online(args, rest: list[str]) -> int:
         print(_config_help(OnlineConfig))
         return 0
     cfg = resolve_online(args.algorithm, args.config, parse_flags(rest))
+    cfg.preflight()
     if args.dry_run:
         steps = cfg.iterations * cfg.ppo_epochs * -(-cfg.prompts_per_step * cfg.samples_per_prompt // (cfg.batch_size * cfg.grad_accum))
         print(f"alignlab dry run: {cfg.method} on {cfg.model}; {cfg.iterations} iterations x {cfg.prompts_per_step} prompts"
@@ -285,6 +288,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        if type(exc).__name__ != "DiskFull":  # a trainer that does not name its run folder
+            exc = f"no space left on device ({exc.filename or exc}): free some space, then rerun the same command " \
+                  "with --resume latest (checkpoints are written atomically: the newest one is intact)"
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:  # typed errors from the data layer and model loading read well as-is
         if type(exc).__name__ in ("DataError", "ModelSourceError", "TrainingAborted", "EmbeddedModelMissing"):
             print(f"error: {exc}", file=sys.stderr)

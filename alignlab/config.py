@@ -90,14 +90,25 @@ def _parse_mapping(name: str, text: str, source: str) -> dict:
     """`a=1,b=x` or a JSON/YAML mapping, for dict-valued flags such as `--loss-options`."""
     text = text.strip()
     if text.startswith("{"):
-        return yaml.safe_load(text)
+        value = _safe_yaml(name, text, source)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{name}' expects a mapping like {{a: 1, b: x}}, got {text!r}")
+        return value
     out = {}
     for item in filter(None, (p.strip() for p in text.split(","))):
         if "=" not in item:
-            raise ConfigError(f"{source}: '{name}' expects key=value pairs, got {item!r}")
+            raise ConfigError(f"{source}: '{name}' expects key=value pairs or a mapping like {{a: 1}}, got {item!r}")
         key, raw = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(raw)
+        out[key.strip()] = _safe_yaml(name, raw, source)
     return out
+
+
+def _safe_yaml(name: str, text: str, source: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{source}: '{name}' is not valid YAML ({problem}): {text!r}") from None
 
 
 # Names other tools (transformers' TrainingArguments, TRL, PEFT, OpenRLHF) use for alignlab settings.

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from alignlab.config import ConfigError, field
 from alignlab.data.pairing import PAIRINGS
@@ -11,6 +15,9 @@ SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
 TRUNCATION = ("error", "truncate", "drop")
 REPORT_SINKS = ("tensorboard", "wandb")
+# The package each metric sink imports, and how to install it.
+SINK_PACKAGES = {"tensorboard": ("tensorboard", "pip install alignlab[tensorboard]"),
+                 "wandb": ("wandb", "pip install alignlab[wandb]")}
 
 
 @dataclass
@@ -86,6 +93,34 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+
+    def preflight(self, default_dir: str = "runs") -> None:
+        """Check the settings against this machine before anything loads or is written: the run
+        folder can be created and written to, and every `report_to` sink's package is installed."""
+        check_output_dir(self.output_dir or default_dir)
+        for sink in self.report_to:
+            package, install = SINK_PACKAGES[sink]
+            if importlib.util.find_spec(package) is None:
+                raise ConfigError(f"report_to {sink} needs the {package} package: {install}")
+
+
+def check_output_dir(output_dir: str) -> None:
+    """ConfigError (one line) if `output_dir` is a file or cannot be created and written in."""
+    path = Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"output_dir {path} is a file, not a folder: choose another --output-dir")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"output_dir {path}: {existing} is a file, not a folder: choose another --output-dir")
+    try:  # a real write, not os.access: it also catches read-only filesystems and root's view of modes
+        handle, probe = tempfile.mkstemp(prefix=".alignlab-write-test-", dir=existing)
+        os.close(handle)
+        os.remove(probe)
+    except OSError as exc:
+        raise ConfigError(f"output_dir {path}: cannot write in {existing} ({exc.strerror or exc}): "
+                          "choose a writable --output-dir") from None
 
 
 def _is_number(value) -> bool:
