@@ -119,6 +119,13 @@ def cmd_data_inspect(args, rest: list[str]) -> int:
     tokenizer = None if args.no_tokenizer else load_tokenizer(args.model)
     result = inspect_dataset(args.file, tokenizer, max_length=args.max_length, format=args.format, columns=columns)
     print(render_inspect(result))
+    # The report is for people; the exit code is for scripts: non-zero unless every row is valid.
+    if not result["records"] or result["invalid"]:
+        problem = (f"{result['invalid']} invalid row(s)" if result["invalid"] else "") + \
+                  (" and " if result["invalid"] and not result["records"] else "") + \
+                  ("no valid rows" if not result["records"] else "")
+        print(f"error: {args.file}: {problem} (see the report above)", file=sys.stderr)
+        return 1
     return 0
 
 

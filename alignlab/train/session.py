@@ -137,7 +137,8 @@ def start_session(cfg, algorithm_name: str, *, train_records=None, eval_records=
         session.dry_run_text = explain(session, model)
         return session
     if not session.train_pairs:
-        raise ValueError("no training pairs left after loading and filtering: see the data report above")
+        raise ValueError(f"{cfg.train_data or 'train records'}: no training pairs left after loading and filtering "
+                         f"({'; '.join(report.lines()) or 'no records given'})")
     session.model = model if model is not None else load_policy(cfg.model)
     if cfg.gradient_checkpointing:
         session.model.gradient_checkpointing_enable()
