@@ -11,6 +11,9 @@ from typing import Any
 from alignlab.config import ConfigError, resolve
 
 
+LAB_EXPERIMENTS = ("bon-overoptimization", "overoptimization", "rm-accuracy")
+
+
 def _trainers() -> dict[str, tuple[type, Any]]:
     from alignlab.train.dpo import DPOConfig, train_dpo
     from alignlab.train.reward import RMConfig, train_reward_model
@@ -276,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     bon.set_defaults(func=cmd_bon)
 
     lab = sub.add_parser("lab", help="measurement experiments with simulated feedback and a known gold reward")
-    lab.add_argument("experiment", help="bon-overoptimization | overoptimization | rm-accuracy")
+    lab.add_argument("experiment", help=" | ".join(LAB_EXPERIMENTS))
     lab.add_argument("--config", help="YAML of experiment settings (flags override it; --help-settings lists them)")
     lab.set_defaults(func=cmd_lab)
 

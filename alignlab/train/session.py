@@ -85,7 +85,8 @@ def _load_split(cfg, path: str, records, run_dir: Path, name: str, report: DataR
     if bad:
         raise ValueError(
             f"{path or name}: this trainer needs pairwise preferences, got {len(bad)} {bad[0]} records "
-            "(rankings and ratings convert to pairs automatically; binary feedback needs `train kto`)"
+            "(rankings and ratings convert to pairs automatically; binary thumbs-up/down feedback trains a reward "
+            "model: `alignlab train rm --objective binary`)"
         )
     return list(records)
 
