@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import sys
 from typing import Any
 
 from alignlab.config import ConfigError, resolve
+
+
+LAB_EXPERIMENTS = ("bon-overoptimization", "overoptimization", "rm-accuracy")
 
 
 def _trainers() -> dict[str, tuple[type, Any]]:
@@ -59,6 +63,7 @@ def cmd_train(args, rest: list[str]) -> int:
         print(_config_help(cls))
         return 0
     cfg = resolve(cls, args.config, parse_flags(rest))
+    cfg.preflight()
     session = run(cfg, dry_run=args.dry_run)
     if session.dry_run_text is not None:
         print(session.dry_run_text)
@@ -80,6 +85,7 @@ def cmd_train_online(args, rest: list[str]) -> int:
         print(_config_help(OnlineConfig))
         return 0
     cfg = resolve_online(args.algorithm, args.config, parse_flags(rest))
+    cfg.preflight()
     if args.dry_run:
         steps = cfg.iterations * cfg.ppo_epochs * -(-cfg.prompts_per_step * cfg.samples_per_prompt // (cfg.batch_size * cfg.grad_accum))
         print(f"alignlab dry run: {cfg.method} on {cfg.model}; {cfg.iterations} iterations x {cfg.prompts_per_step} prompts"
@@ -116,6 +122,13 @@ def cmd_data_inspect(args, rest: list[str]) -> int:
     tokenizer = None if args.no_tokenizer else load_tokenizer(args.model)
     result = inspect_dataset(args.file, tokenizer, max_length=args.max_length, format=args.format, columns=columns)
     print(render_inspect(result))
+    # The report is for people; the exit code is for scripts: non-zero unless every row is valid.
+    if not result["records"] or result["invalid"]:
+        problem = (f"{result['invalid']} invalid row(s)" if result["invalid"] else "") + \
+                  (" and " if result["invalid"] and not result["records"] else "") + \
+                  ("no valid rows" if not result["records"] else "")
+        print(f"error: {args.file}: {problem} (see the report above)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -266,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     bon.set_defaults(func=cmd_bon)
 
     lab = sub.add_parser("lab", help="measurement experiments with simulated feedback and a known gold reward")
-    lab.add_argument("experiment", help="bon-overoptimization | overoptimization | rm-accuracy")
+    lab.add_argument("experiment", help=" | ".join(LAB_EXPERIMENTS))
     lab.add_argument("--config", help="YAML of experiment settings (flags override it; --help-settings lists them)")
     lab.set_defaults(func=cmd_lab)
 
@@ -285,6 +298,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        if type(exc).__name__ != "DiskFull":  # a trainer that does not name its run folder
+            exc = f"no space left on device ({exc.filename or exc}): free some space, then rerun the same command " \
+                  "with --resume latest (checkpoints are written atomically: the newest one is intact)"
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:  # typed errors from the data layer and model loading read well as-is
         if type(exc).__name__ in ("DataError", "ModelSourceError", "TrainingAborted", "EmbeddedModelMissing"):
             print(f"error: {exc}", file=sys.stderr)

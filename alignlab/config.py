@@ -90,14 +90,63 @@ def _parse_mapping(name: str, text: str, source: str) -> dict:
     """`a=1,b=x` or a JSON/YAML mapping, for dict-valued flags such as `--loss-options`."""
     text = text.strip()
     if text.startswith("{"):
-        return yaml.safe_load(text)
+        value = _safe_yaml(name, text, source)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{name}' expects a mapping like {{a: 1, b: x}}, got {text!r}")
+        return value
     out = {}
     for item in filter(None, (p.strip() for p in text.split(","))):
         if "=" not in item:
-            raise ConfigError(f"{source}: '{name}' expects key=value pairs, got {item!r}")
+            raise ConfigError(f"{source}: '{name}' expects key=value pairs or a mapping like {{a: 1}}, got {item!r}")
         key, raw = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(raw)
+        out[key.strip()] = _safe_yaml(name, raw, source)
     return out
+
+
+def _safe_yaml(name: str, text: str, source: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{source}: '{name}' is not valid YAML ({problem}): {text!r}") from None
+
+
+# Names other tools (transformers' TrainingArguments, TRL, PEFT, OpenRLHF) use for alignlab settings.
+ALIASES = {
+    "lr": "learning_rate", "num_train_epochs": "epochs", "num_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size", "train_batch_size": "batch_size", "micro_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum", "lr_scheduler_type": "lr_schedule", "lr_scheduler": "lr_schedule",
+    "max_seq_length": "max_length", "max_len": "max_length", "bf16": "precision", "fp16": "precision",
+    "mixed_precision": "precision", "model_name_or_path": "model", "pretrain": "model", "output": "output_dir",
+    "dataset": "train_data", "train_file": "train_data", "data": "train_data", "eval_file": "eval_data",
+    "eval_dataset": "eval_data", "save_steps": "save_every", "eval_steps": "eval_every", "logging_steps": "log_every",
+    "save_total_limit": "keep_checkpoints", "resume_from_checkpoint": "resume", "lora_rank": "lora_r",
+    "loss_type": "loss", "label_smoothing": "loss_options", "gamma": "loss_options",
+    "simpo_gamma": "loss_options", "target_modules": "lora_target_modules", "report": "report_to",
+    "use_peft": "lora", "use_lora": "lora", "warmup": "warmup_ratio", "grad_norm": "max_grad_norm",
+}
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance: insertions, deletions and substitutions to turn a into b."""
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+def suggest(key: str, names: list[str], limit: int = 3) -> list[str]:
+    """The names a mistyped `key` probably meant: an alias from another tool's vocabulary, then
+    names within a small edit distance (about a third of the key's length), closest first."""
+    out = [ALIASES[key]] if ALIASES.get(key) in names else []
+    budget = max(1, len(key) // 3)
+    scored = sorted((edit_distance(key, n), n) for n in names)
+    out += [n for d, n in scored if d <= budget and n not in out]
+    out += [n for n in names if len(key) >= 4 and n.startswith(key) and n not in out]
+    return out[:limit]
 
 
 def apply_overrides(config, overrides: dict[str, Any], source: str, *, validate: bool = True):
@@ -108,7 +157,7 @@ def apply_overrides(config, overrides: dict[str, Any], source: str, *, validate:
     for raw_key, value in overrides.items():
         key = raw_key.replace("-", "_")
         if key not in types_:
-            close = [k for k in types_ if k.startswith(key[:4])][:5]
+            close = suggest(key, list(types_))
             hint = f" (did you mean: {', '.join(close)}?)" if close else ""
             raise ConfigError(f"{source}: unknown key '{raw_key}' for {type(config).__name__}{hint}")
         changes[key] = _coerce(key, value, types_[key], source)
@@ -130,14 +179,55 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+USER, DEFAULT = "user", "default"
+
+
 def resolve(cls, yaml_path: str | Path | None = None, flags: dict[str, Any] | None = None):
-    """Layering: dataclass defaults <- YAML file <- flags."""
-    config = cls()
+    """Layering: dataclass defaults <- the config's own context defaults (e.g. the chosen loss's
+    paper values) <- YAML file <- flags. The keys the YAML or the flags gave are recorded, so
+    `sources(config)` says where every setting came from."""
+    config, given = cls(), set()
     if yaml_path:
-        config = apply_overrides(config, load_yaml(yaml_path), str(yaml_path))
+        data = load_yaml(yaml_path)
+        config = apply_overrides(config, data, str(yaml_path), validate=False)
+        given |= {k.replace("-", "_") for k in data}
     if flags:
-        config = apply_overrides(config, flags, "command line")
+        config = apply_overrides(config, flags, "command line", validate=False)
+        given |= {k.replace("-", "_") for k in flags}
+    config = fill_defaults(config, given)
+    check = getattr(config, "validate", None)
+    if check is not None:
+        check()
     return config
+
+
+def fill_defaults(config, given: set[str] | None = None):
+    """A copy of `config` whose settings the user did not give take the values the config's
+    `context_defaults(given)` hook returns ({key: (value, origin)}, e.g. beta from the chosen
+    loss), with `sources(config)` recorded. `given` is the set of user-given keys; None (a config
+    built in Python) means: the keys whose value differs from the dataclass default. A config
+    already filled is returned as is."""
+    if getattr(config, "_sources", None) is not None:
+        return config
+    if given is None:
+        given = set(differences(config))
+    hook = getattr(config, "context_defaults", None)
+    context = hook(frozenset(given)) if hook is not None else {}
+    new = dataclasses.replace(config, **{k: v for k, (v, _) in context.items()})
+    origins = {f.name: USER if f.name in given else DEFAULT for f in dataclasses.fields(new)}
+    origins.update({k: origin for k, (_, origin) in context.items()})
+    object.__setattr__(new, "_sources", origins)  # not a field: kept out of saves, help and equality
+    return new
+
+
+def sources(config) -> dict[str, str]:
+    """Where each setting's value came from: "user" (YAML or flags), "default" (the dataclass
+    default) or the origin a context default named (e.g. "simpo loss default")."""
+    recorded = getattr(config, "_sources", None)
+    if recorded is not None:
+        return dict(recorded)
+    changed = differences(config)
+    return {f.name: USER if f.name in changed else DEFAULT for f in dataclasses.fields(config)}
 
 
 def to_dict(config) -> dict[str, Any]:

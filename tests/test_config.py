@@ -53,3 +53,29 @@ def test_mapping_flags_parse_to_typed_values():
         resolve(DPOConfig, None, {"loss": "cdpo", "loss_options": "alpha=0.2"})
     with pytest.raises(ConfigError, match="not a pairwise loss"):
         resolve(DPOConfig, None, {"loss": "nope"})
+
+
+@pytest.mark.parametrize("key,meant", [
+    ("betta", "beta"),  # edit distance 1
+    ("max_lenght", "max_length"),  # a transposition
+    ("lr", "learning_rate"),  # names from other tools, by the alias table
+    ("num_train_epochs", "epochs"),
+    ("gradient_accumulation_steps", "grad_accum"),
+    ("label_smoothing", "loss_options"),
+])
+def test_unknown_keys_suggest_the_setting_meant(key, meant, tmp_path):
+    from alignlab.train.dpo import DPOConfig
+
+    with pytest.raises(ConfigError, match=rf"unknown key '{key}' for DPOConfig \(did you mean: {meant}[,?]"):
+        resolve(DPOConfig, None, {key: "1"})
+    path = tmp_path / "c.yaml"
+    path.write_text(f"{key}: 1\n")
+    with pytest.raises(ConfigError, match=rf"c.yaml: unknown key '{key}'.*did you mean: {meant}"):
+        resolve(DPOConfig, path)
+
+
+def test_no_suggestion_for_a_key_like_nothing():
+    from alignlab.config import suggest
+
+    assert suggest("bogus", ["beta", "learning_rate", "loss"]) == []
+    assert suggest("lr", ["beta", "learning_rate", "lora"]) == ["learning_rate"]

@@ -72,5 +72,36 @@ def test_inspect_ratings_shows_the_pairs_they_make(tmp_path):
 def test_cli_data_inspect(tmp_path, capsys):
     from alignlab.cli import main
 
-    assert main(["data", "inspect", write(tmp_path, ROWS), "--no-tokenizer", "--max-length", "40"]) == 0
-    assert "invalid rows skipped  3" in capsys.readouterr().out
+    assert main(["data", "inspect", write(tmp_path, ROWS[:3]), "--no-tokenizer"]) == 0
+    # the report is for people, the exit code for scripts: any invalid row or no valid row fails
+    assert main(["data", "inspect", write(tmp_path, ROWS), "--no-tokenizer", "--max-length", "40"]) == 1
+    captured = capsys.readouterr()
+    assert "invalid rows skipped  3" in captured.out and "records               4" in captured.out
+    assert captured.err.strip().endswith("data.jsonl: 3 invalid row(s) (see the report above)")
+    assert main(["data", "inspect", write(tmp_path, ROWS[3:6]), "--no-tokenizer"]) == 1
+    captured = capsys.readouterr()
+    assert "invalid rows skipped  3" in captured.out
+    assert "3 invalid row(s) and no valid rows" in captured.err
+
+
+def test_empty_data_file_says_it_is_empty(tmp_path, capsys):
+    from alignlab.cli import main
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    assert main(["data", "inspect", str(empty), "--no-tokenizer"]) == 1
+    assert "empty.jsonl: the data is empty: no rows to read" in capsys.readouterr().err
+    assert main(["train", "dpo", "--train-data", str(empty), "--output-dir", str(tmp_path / "r"), "--dry-run"]) == 1
+    err = capsys.readouterr().err
+    assert "empty.jsonl: the data is empty" in err and "see the data report above" not in err
+
+
+def test_training_on_only_invalid_rows_says_what_the_report_found(tmp_path, tiny_policy_dir, capsys):
+    from alignlab.cli import main
+
+    data = write(tmp_path, ROWS[3:6])
+    assert main(["train", "dpo", "--model", str(tiny_policy_dir), "--train-data", data, "--skip-invalid",
+                 "--output-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "no training pairs left after loading and filtering (rows read: 3;" in err
+    assert "skipped invalid: empty prompt: 1" in err and err.count("\n") == 1

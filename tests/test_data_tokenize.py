@@ -221,3 +221,61 @@ def test_encode_pairs_rejects_non_pairs_and_bad_policies():
         encode_pairs(CharTokenizer(), [BinaryRecord("p", "r", True)], max_length=10)
     with pytest.raises(ValueError, match="truncation must be one of"):
         encode_pairs(CharTokenizer(), RECORDS, max_length=10, truncation="cut")
+
+
+class CountingTokenizer:
+    """A real tokenizer that records the longest text it was ever asked to encode."""
+
+    def __init__(self, tokenizer):
+        self._tok, self.longest = tokenizer, 0
+
+    def __getattr__(self, name):
+        return getattr(self._tok, name)
+
+    def _seen(self, text) -> None:
+        texts = [text] if isinstance(text, str) else [m.get("content", "") for m in text]
+        self.longest = max([self.longest, *(len(t) for t in texts)])
+
+    def __call__(self, text, *args, **kwargs):
+        self._seen(text)
+        return self._tok(text, *args, **kwargs)
+
+    def apply_chat_template(self, conversation, *args, **kwargs):
+        self._seen(conversation)
+        return self._tok.apply_chat_template(conversation, *args, **kwargs)
+
+
+def test_a_huge_line_is_refused_from_its_raw_length_without_tokenizing_it(smol_tokenizer):
+    """Issue 24 item 11: a 50 MB line was tokenized whole (81 s, 11.8 GB) before being rejected."""
+    import time
+
+    tok = CountingTokenizer(smol_tokenizer)
+    huge = "word " * 600_000  # 3 MB
+    records = [PairwiseRecord("Hi", "Hello", "Go"), PairwiseRecord([{"role": "user", "content": huge}], "a", "b",
+                                                                   meta={"file": "big.jsonl", "location": "line 2"})]
+    start = time.perf_counter()
+    with pytest.raises(DataError, match=r"big.jsonl, line 2 \(record 1\): prompt \+ longest response = 3000001 "
+                                        r"characters, more than max_length 1024 tokens can hold"):
+        encode_pairs(tok, records, max_length=1024, source="big.jsonl")
+    pairs, report = encode_pairs(tok, records, max_length=1024, truncation="drop")
+    assert [p.index for p in pairs] == [0] and report["dropped: longer than max_length"] == 1
+    pairs, report = encode_pairs(tok, records, max_length=1024, truncation="truncate")
+    assert len(pairs) == 2 and len(pairs[1].prompt_ids) + len(pairs[1].chosen_ids) <= 1024
+    assert time.perf_counter() - start < 5  # the whole line took minutes before
+    assert tok.longest <= 1025 * 81 < len(huge)  # SmolLM2's longest token is 81 characters
+
+
+def test_cutting_the_raw_text_keeps_exactly_the_tokens_truncation_keeps(smol_tokenizer):
+    """The raw cut lies beyond what truncation keeps: same ids as tokenizing the whole text."""
+    from alignlab.data.tokenize import PROMPT_CUT, prompt_encoder, truncate_pieces
+
+    words = " ".join(f"w{i}" for i in range(4000))  # about 23k characters, > 64 * 81
+    record = PairwiseRecord([{"role": "system", "content": "Be brief."}, {"role": "user", "content": words}],
+                            chosen=words, rejected="No.")
+    pairs, report = encode_pairs(smol_tokenizer, [record], max_length=64, truncation="truncate")
+    encoder = prompt_encoder(smol_tokenizer)
+    full_prompt, chosen, rejected = (encoder.prompt(record.prompt), encoder.response(record.chosen),
+                                     encoder.response(record.rejected))
+    prompt, (chosen, rejected), reasons = truncate_pieces(full_prompt, (chosen, rejected), 0, 64, None)
+    assert PROMPT_CUT in reasons and report[PROMPT_CUT] == 1
+    assert (pairs[0].prompt_ids, pairs[0].chosen_ids, pairs[0].rejected_ids) == (prompt, chosen, rejected)

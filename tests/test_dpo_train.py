@@ -99,5 +99,58 @@ def test_dry_run_explains_without_training(tmp_path, tiny_policy_dir):
     text = session.dry_run_text
     assert "4 per device x 2 accumulation x 1 process(es) = 8 examples per optimizer step" in text
     assert "12 train pairs -> 3 micro-batches, 2 steps per epoch, 6 optimizer steps" in text
-    assert "reference policy: precomputed once" in text and "lora: False -> True" in text
+    assert "reference policy: precomputed once" in text and "lora: True  (user; default False)" in text
     assert not (session.run_dir / "checkpoints").exists()
+
+
+def _recording_loss(monkeypatch, name):
+    """Replace the table entry of loss `name` by one that records the hyperparameters it gets."""
+    import dataclasses
+
+    from alignlab.train import dpo as dpo_module
+
+    calls, spec = [], dpo_module.LOSSES[name]
+
+    def fn(*args, **kwargs):
+        calls.append({k: v for k, v in kwargs.items() if not k.endswith("lengths") and k != "per_example"})
+        return spec.fn(*args, **kwargs)
+
+    monkeypatch.setitem(dpo_module.LOSSES, name, dataclasses.replace(spec, fn=fn))
+    return calls
+
+
+def test_simpo_trains_at_its_paper_defaults_unless_the_user_sets_beta(tmp_path, tiny_policy_dir, monkeypatch):
+    """Issue 19 defect 2: settings the user did not give come from the chosen loss's LossSpec."""
+    import yaml
+
+    calls = _recording_loss(monkeypatch, "simpo")
+    base = cfg(tmp_path / "paper", tiny_policy_dir, loss="simpo", max_steps=1)
+    unset = DPOConfig(**{k: getattr(base, k) for k in ("model", "output_dir", "batch_size", "learning_rate",
+                                                       "progress", "max_length", "loss", "max_steps")})
+    session = train_dpo(unset, train_records=records(TOPICS[:4]))
+    assert calls and all(c == {"beta": 2.0, "gamma": 0.5} for c in calls)
+    saved = yaml.safe_load((session.run_dir / "config.yaml").read_text())
+    assert saved["beta"] == 2.0 and saved["loss_options"] == {"gamma": 0.5}
+
+    calls.clear()  # the user's beta and options win; the options they did not give stay the paper's
+    train_dpo(cfg(tmp_path / "user", tiny_policy_dir, loss="simpo", beta=0.1, max_steps=1),
+              train_records=records(TOPICS[:4]))
+    assert calls and all(c == {"beta": 0.1, "gamma": 0.5} for c in calls)
+
+
+def test_cli_resolves_each_loss_default_and_dry_run_says_where_it_came_from(tmp_path, tiny_policy_dir):
+    from alignlab.config import resolve, sources
+
+    c = resolve(DPOConfig, None, {"loss": "cdpo"})
+    assert (c.beta, c.loss_options) == (0.1, {"label_smoothing": 0.1})
+    c = resolve(DPOConfig, None, {"loss": "simpo", "loss_options": "gamma=1.0"})
+    assert (c.beta, c.loss_options) == (2.0, {"gamma": 1.0})
+    assert sources(c)["beta"] == "simpo loss default" and sources(c)["loss"] == "user"
+    c = resolve(DPOConfig, None, {"loss": "simpo", "beta": "0.1"})
+    assert c.beta == 0.1 and sources(c)["beta"] == "user"
+    session = train_dpo(resolve(DPOConfig, None, {"model": str(tiny_policy_dir), "loss": "simpo",
+                                                  "output_dir": str(tmp_path / "r"), "max_length": "128"}),
+                        train_records=records(TOPICS[:4]), dry_run=True)
+    text = session.dry_run_text
+    assert "beta: 2.0  (simpo loss default)" in text and "loss: 'simpo'  (user; default 'dpo')" in text
+    assert "learning_rate=1e-06" in text.split("global defaults:")[1]

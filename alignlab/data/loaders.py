@@ -257,6 +257,8 @@ def load_records(
                     rejects.write(_reject_line(raw.raw, str(error)))
     if fmt is None and keys_seen:
         raise _undetected(dict.fromkeys(keys_seen), file, None)
+    if not report["rows read"]:
+        raise DataError("the data is empty: no rows to read (blank lines are not rows)", file=file)
     report.add(f"valid rows ({fmt or 'unknown'})", len(records))
     if to_pairs and pairing is not None:
         records = ratings_to_pairs(records, pairing, seed, report)

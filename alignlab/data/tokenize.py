@@ -40,6 +40,7 @@ DROPPED_NO_RESPONSE = "dropped: no room left for the response"
 SAME_AFTER_CUT = "chosen == rejected after truncation (kept; no preference signal)"
 ENCODED = "encoded pairs"
 _SENTINEL = "XALIGNLABSENTINELX"
+_FALLBACK_TOKEN_CHARS = 64  # tokenizers without a vocabulary to measure
 
 
 @dataclass
@@ -112,6 +113,17 @@ class PromptEncoder:
         after = _ids(tok(text[text.index(_SENTINEL) + len(_SENTINEL):], add_special_tokens=False))
         special = set(tok.all_special_ids)
         return next((after[: i + 1] for i, t in enumerate(after) if t in special), [])
+
+    @functools.cached_property
+    def max_token_chars(self) -> int:
+        """The most characters one token can stand for (its longest vocabulary entry; byte-level
+        entries count bytes, which is at least the characters). A text of C characters is thus at
+        least C / max_token_chars tokens, a bound known without tokenizing it."""
+        try:
+            vocab = self.tokenizer.get_vocab()
+        except (AttributeError, NotImplementedError, TypeError):
+            return _FALLBACK_TOKEN_CHARS
+        return max((len(t) for t in vocab), default=_FALLBACK_TOKEN_CHARS) or 1
 
     def prompt(self, prompt: Prompt) -> list[int]:
         tok = self.tokenizer
@@ -202,6 +214,17 @@ def fit_to_length(encoder: "PromptEncoder", prompt: list[int], responses: Sequen
     return truncate_pieces(prompt, responses, start, max_length, max_prompt_length)
 
 
+def _content_chars(prompt: Prompt) -> int:
+    return len(prompt) if isinstance(prompt, str) else sum(len(m.get("content") or "") for m in prompt)
+
+
+def _keep_end(prompt: Prompt, limit: int) -> Prompt:
+    """The prompt with each text cut to its last `limit` characters (truncation keeps the end)."""
+    if isinstance(prompt, str):
+        return prompt[-limit:]
+    return [{**m, "content": m["content"][-limit:]} if isinstance(m.get("content"), str) else m for m in prompt]
+
+
 def encode_pairs(
     tokenizer,
     records: Sequence[PairwiseRecord],
@@ -213,7 +236,7 @@ def encode_pairs(
 ) -> tuple[list[EncodedPair], DataReport]:
     """Tokenize pairs. Over-long pairs (prompt + longest response > max_length): `error` raises a
     DataError naming the record, `truncate` keeps the prompt's end and the responses' start
-    (see `_truncate`), `drop` leaves them out. Every cut and drop is counted in the report."""
+    (`fit_to_length`), `drop` leaves them out. Every cut and drop is counted in the report."""
     if truncation not in TRUNCATION:
         raise ValueError(f"truncation must be one of {', '.join(TRUNCATION)}, got {truncation!r}")
     if max_length < 2:
@@ -223,8 +246,25 @@ def encode_pairs(
         if not isinstance(record, PairwiseRecord):
             file, where = _location(record, index, source)
             raise DataError(f"expected a pairwise record, got {type(record).__name__}", file=file, location=where)
-        prompt = encoder.prompt(record.prompt)
-        chosen, rejected = encoder.response(record.chosen), encoder.response(record.rejected)
+        record_prompt, record_chosen, record_rejected = record.prompt, record.chosen, record.rejected
+        chars = _content_chars(record_prompt) + max(len(record_chosen), len(record_rejected))
+        if chars > max_length * encoder.max_token_chars:
+            # Over-long for certain, known from the raw length: never tokenize a hostile 50 MB line
+            # whole. Cut far outside what truncation keeps, or stop here.
+            limit = (max_length + 1) * encoder.max_token_chars
+            if truncation == "error":
+                file, where = _location(record, index, source)
+                raise DataError(
+                    f"prompt + longest response = {chars} characters, more than max_length {max_length} tokens "
+                    f"can hold (at most {encoder.max_token_chars} characters per token). Raise max_length, or set "
+                    "truncation: truncate or truncation: drop", file=file, location=where)
+            if truncation == "drop":
+                report.add(DROPPED_LONG, example=", ".join(_location(record, index, source)))
+                continue
+            record_prompt = _keep_end(record_prompt, limit)
+            record_chosen, record_rejected = record_chosen[:limit], record_rejected[:limit]
+        prompt = encoder.prompt(record_prompt)
+        chosen, rejected = encoder.response(record_chosen), encoder.response(record_rejected)
         total = len(prompt) + max(len(chosen), len(rejected))
         if total > max_length:
             if truncation == "error":

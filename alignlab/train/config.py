@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from alignlab.config import ConfigError, field
+from alignlab.data.pairing import PAIRINGS
 
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
 TRUNCATION = ("error", "truncate", "drop")
+REPORT_SINKS = ("tensorboard", "wandb")
+# The package each metric sink imports, and how to install it.
+SINK_PACKAGES = {"tensorboard": ("tensorboard", "pip install alignlab[tensorboard]"),
+                 "wandb": ("wandb", "pip install alignlab[wandb]")}
 
 
 @dataclass
@@ -65,7 +74,54 @@ class TrainConfig:
             (self.epochs > 0 or self.max_steps > 0, "epochs or max_steps must be positive"),
             (self.max_length > 0, "max_length must be positive"),
             (self.lora_layers >= 0, "lora_layers must be >= 0 (0: every layer)"),
+            (self.pairing in PAIRINGS, f"pairing must be one of {PAIRINGS}"),
+            (self.epochs >= 0 and self.max_steps >= 0, "epochs and max_steps must be >= 0"),
+            (0 <= self.max_prompt_length < self.max_length, "max_prompt_length must be >= 0 and < max_length"),
+            (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (len(self.adam_betas) == 2 and all(_is_number(b) and 0 <= b < 1 for b in self.adam_betas),
+             f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}"),
+            (self.max_grad_norm >= 0, "max_grad_norm must be >= 0 (0: off)"),
+            (self.lora_r >= 1 and self.lora_alpha > 0, "lora_r must be >= 1 and lora_alpha > 0"),
+            (0 <= self.lora_dropout < 1, "lora_dropout must be in [0, 1)"),
+            (self.eval_every >= 0 and self.save_every >= 0, "eval_every and save_every must be >= 0 (0: only at the end)"),
+            (self.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
+            (self.log_every >= 1, "log_every must be >= 1"),
+            (self.max_bad_steps >= 1, "max_bad_steps must be >= 1"),
+            (set(self.report_to) <= set(REPORT_SINKS), f"report_to takes {', '.join(REPORT_SINKS)}; got {self.report_to}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+
+    def preflight(self, default_dir: str = "runs") -> None:
+        """Check the settings against this machine before anything loads or is written: the run
+        folder can be created and written to, and every `report_to` sink's package is installed."""
+        check_output_dir(self.output_dir or default_dir)
+        for sink in self.report_to:
+            package, install = SINK_PACKAGES[sink]
+            if importlib.util.find_spec(package) is None:
+                raise ConfigError(f"report_to {sink} needs the {package} package: {install}")
+
+
+def check_output_dir(output_dir: str) -> None:
+    """ConfigError (one line) if `output_dir` is a file or cannot be created and written in."""
+    path = Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"output_dir {path} is a file, not a folder: choose another --output-dir")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"output_dir {path}: {existing} is a file, not a folder: choose another --output-dir")
+    try:  # a real write, not os.access: it also catches read-only filesystems and root's view of modes
+        handle, probe = tempfile.mkstemp(prefix=".alignlab-write-test-", dir=existing)
+        os.close(handle)
+        os.remove(probe)
+    except OSError as exc:
+        raise ConfigError(f"output_dir {path}: cannot write in {existing} ({exc.strerror or exc}): "
+                          "choose a writable --output-dir") from None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from alignlab.config import ConfigError, field
+from alignlab.config import ConfigError, field, fill_defaults
 from alignlab.losses import LOSSES
 from alignlab.models.load import is_peft, reference_context
 from alignlab.models.logprobs import SequenceScorer
@@ -24,26 +24,53 @@ from alignlab.train.config import TrainConfig
 from alignlab.train.session import TrainingSession, finish_session, start_session
 
 REFERENCE_MODES = ("auto", "precompute", "adapter_disabled", "none")
+# Ranges of the loss options, checked before anything loads (the loss functions check them too,
+# but only at the first step).
+OPTION_RANGES = {
+    "label_smoothing": (lambda v: 0 <= v <= 0.5, "[0, 0.5]"),
+    "alpha": (lambda v: 0 < v <= 1, "(0, 1]"),
+    "lambda_": (lambda v: 0 < v <= 1, "(0, 1]"),
+    "gamma": (lambda v: v >= 0, ">= 0"),
+}
 
 
 @dataclass
 class DPOConfig(TrainConfig):
     loss: str = field("dpo", "pairwise loss: dpo | ipo | cdpo | hinge | fdpo_js | fdpo_fkl | fdpo_alpha | simpo | cpl")
-    beta: float = field(0.1, "the loss's beta (KL strength / inverse temperature)")
-    loss_options: dict = field({}, "extra options of the loss, e.g. {label_smoothing: 0.1} (cdpo), {alpha: 0.5} (fdpo_alpha), {gamma: 0.5} (simpo)")
+    beta: float | None = field(None, "the loss's beta (KL strength / inverse temperature); unset: the chosen loss's paper value (dpo 0.1, simpo 2.0, ...)")
+    loss_options: dict = field({}, "options of the loss, e.g. {label_smoothing: 0.1} (cdpo), {alpha: 0.5} (fdpo_alpha), {gamma: 0.5} (simpo); options not given take the loss's paper values")
     reference: str = field("auto", "reference log-probs: auto (precompute) | precompute | adapter_disabled (LoRA only) | none")
     share_prompt: bool = field(True, "compute the prompt once for chosen and rejected (prefix sharing)")
+
+    def context_defaults(self, given: frozenset) -> dict:
+        """The chosen loss's paper values (LossSpec.default_beta, LossSpec.options) for the settings
+        the user did not give; the options the user gave win over the loss's own."""
+        spec = LOSSES.get(self.loss)
+        if spec is None:
+            return {}  # validate() names the valid losses
+        origin = f"{self.loss} loss default"
+        out = {} if "beta" in given and self.beta is not None else {"beta": (spec.default_beta, origin)}
+        if set(spec.options) - set(self.loss_options):
+            mixed = "user + " + origin if self.loss_options else origin
+            out["loss_options"] = ({**spec.options, **self.loss_options}, mixed)
+        return out
 
     def validate(self) -> None:
         super().validate()
         if self.loss not in LOSSES or LOSSES[self.loss].kind != "pairwise":
             pairwise = sorted(n for n, s in LOSSES.items() if s.kind == "pairwise")
             raise ConfigError(f"loss '{self.loss}' is not a pairwise loss; choose one of {pairwise}")
+        if self.beta is not None and not self.beta > 0:
+            raise ConfigError(f"beta must be > 0, got {self.beta}")
         unknown = set(self.loss_options) - set(LOSSES[self.loss].options)
         if unknown:
             raise ConfigError(
                 f"loss '{self.loss}' has no option(s) {sorted(unknown)}; its options are {sorted(LOSSES[self.loss].options)}"
             )
+        for name, value in self.loss_options.items():
+            ok, allowed = OPTION_RANGES.get(name, (lambda v: True, ""))
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not ok(value):
+                raise ConfigError(f"loss_options: {name} must be a number {allowed}, got {value!r}".replace("  ", " "))
         if self.reference not in REFERENCE_MODES:
             raise ConfigError(f"reference must be one of {REFERENCE_MODES}")
         if self.reference == "adapter_disabled" and not self.lora:
@@ -155,7 +182,9 @@ class DPOAlgorithm:
 
 def train_dpo(cfg: DPOConfig, *, train_records=None, eval_records=None, model=None, tokenizer=None,
               dry_run: bool = False, extra_eval=None) -> TrainingSession:
-    """Python API: train per `cfg`; records/model may be given in memory instead of by path."""
+    """Python API: train per `cfg`; records/model may be given in memory instead of by path.
+    Settings left at their defaults take the chosen loss's paper values (`fill_defaults`)."""
+    cfg = fill_defaults(cfg)
     session = start_session(cfg, "dpo", train_records=train_records, eval_records=eval_records, model=model,
                             tokenizer=tokenizer, dry_run=dry_run)
     if session.dry_run_text is not None:

@@ -3,8 +3,10 @@ what the data preparation touched, and which settings differ from the defaults."
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+import textwrap
 
 import torch
 
@@ -66,8 +68,26 @@ def explain(session, model=None) -> str:
         f"  total ~{(weights + optim) / _GB:.2f} GiB per process",
         "data preparation:",
         *("  " + line for line in session.report.lines()),
-        "settings that differ from the defaults:",
+        *settings_lines(cfg),
     ]
-    diffs = config_lib.differences(cfg)
-    lines += [f"  {k}: {d!r} -> {v!r}" for k, (d, v) in diffs.items()] or ["  (none)"]
     return "\n".join(lines)
+
+
+def settings_lines(cfg) -> list[str]:
+    """Every effective setting and where it came from: the user (YAML or flags), a context
+    default such as the chosen loss's paper value, or the global (dataclass) default."""
+    origins = config_lib.sources(cfg)
+    defaults = {f.name: getattr(type(cfg)(), f.name) for f in dataclasses.fields(cfg)}
+    chosen, rest = [], []
+    for f in dataclasses.fields(cfg):
+        value, origin = getattr(cfg, f.name), origins.get(f.name, config_lib.DEFAULT)
+        if origin == config_lib.DEFAULT:
+            rest.append(f"{f.name}={value!r}")
+        elif origin == config_lib.USER:
+            chosen.append(f"  {f.name}: {value!r}  (user; default {defaults[f.name]!r})")
+        else:
+            chosen.append(f"  {f.name}: {value!r}  ({origin})")
+    lines = ["settings given by you or by the chosen method (value, where it came from):"]
+    lines += chosen or ["  (none)"]
+    lines += ["global defaults:", *("  " + line for line in textwrap.wrap(", ".join(rest), 96))]
+    return lines

@@ -16,6 +16,7 @@ from alignlab.data import DataReport, encode_pairs, load_records
 from alignlab.data.records import PairwiseRecord
 from alignlab.models.load import add_lora, load_policy, load_tokenizer, save_final
 from alignlab.train.dryrun import explain
+from alignlab.train.errors import DiskFull, is_disk_full
 from alignlab.train.loop import LoopState, train_loop
 from alignlab.train.run import file_sha256, make_run_dir, write_run_header
 
@@ -84,7 +85,8 @@ def _load_split(cfg, path: str, records, run_dir: Path, name: str, report: DataR
     if bad:
         raise ValueError(
             f"{path or name}: this trainer needs pairwise preferences, got {len(bad)} {bad[0]} records "
-            "(rankings and ratings convert to pairs automatically; binary feedback needs `train kto`)"
+            "(rankings and ratings convert to pairs automatically; binary thumbs-up/down feedback trains a reward "
+            "model: `alignlab train rm --objective binary`)"
         )
     return list(records)
 
@@ -118,6 +120,7 @@ def start_session(cfg, algorithm_name: str, *, train_records=None, eval_records=
     from transformers import set_seed
 
     cfg.validate()
+    cfg.preflight()
     if train_records is None and not cfg.train_data:
         raise ValueError("no training data: set train_data (a file or datasets folder)")
     run_dir = make_run_dir(cfg.output_dir, algorithm_name)
@@ -135,7 +138,8 @@ def start_session(cfg, algorithm_name: str, *, train_records=None, eval_records=
         session.dry_run_text = explain(session, model)
         return session
     if not session.train_pairs:
-        raise ValueError("no training pairs left after loading and filtering: see the data report above")
+        raise ValueError(f"{cfg.train_data or 'train records'}: no training pairs left after loading and filtering "
+                         f"({'; '.join(report.lines()) or 'no records given'})")
     session.model = model if model is not None else load_policy(cfg.model)
     if cfg.gradient_checkpointing:
         session.model.gradient_checkpointing_enable()
@@ -154,9 +158,15 @@ def start_session(cfg, algorithm_name: str, *, train_records=None, eval_records=
 
 def finish_session(session: TrainingSession, algorithm, scorer) -> TrainingSession:
     cfg = session.cfg
-    session.state = train_loop(cfg, algorithm, session.model, scorer, session.accelerator, session.run_dir)
-    if session.accelerator.is_main_process:
-        session.final_dir = save_final(session.model, session.tokenizer, session.run_dir / "final", merge_lora=cfg.merge_lora)
+    try:
+        session.state = train_loop(cfg, algorithm, session.model, scorer, session.accelerator, session.run_dir)
+        if session.accelerator.is_main_process:
+            session.final_dir = save_final(session.model, session.tokenizer, session.run_dir / "final",
+                                           merge_lora=cfg.merge_lora)
+    except OSError as exc:
+        if is_disk_full(exc) and not isinstance(exc, DiskFull):
+            raise DiskFull(session.run_dir, exc) from exc
+        raise
     evals = [r for r in session.state.history if any(k.startswith("eval/") for k in r)]
     session.summary.update(
         steps=session.state.step,
