@@ -62,6 +62,11 @@ def _words(command: str) -> list[str]:
     return [t for t in tokens if t not in ("...", "[", "]")]
 
 
+def _placeholder(word: str) -> bool:
+    """METHOD or <experiment>: a word a reader fills in."""
+    return word.isupper() or (word.startswith("<") and word.endswith(">"))
+
+
 def check(command: str) -> str | None:
     """None if `command` exists, else what is wrong."""
     tokens = _words(command)
@@ -78,7 +83,7 @@ def check(command: str) -> str | None:
     if words[0] == "train":
         from alignlab.train.online_config import ONLINE_METHODS, OnlineConfig
 
-        if len(words) < 2 or words[1].startswith("-") or words[1].isupper():
+        if len(words) < 2 or words[1].startswith("-") or _placeholder(words[1]):
             return None  # `alignlab train --help`, `alignlab train METHOD`: no algorithm named
         trainers = _trainers()
         if words[1] not in trainers and words[1] not in ONLINE_METHODS:
@@ -91,7 +96,8 @@ def check(command: str) -> str | None:
             key = token[2:].split("=")[0].replace("-", "_") if token.startswith("--") else None
             if key and key not in names:
                 return f"'train {words[1]}' has no setting --{key}"
-    if words[0] == "lab" and len(words) > 1 and not words[1].startswith("-") and words[1] not in LAB_EXPERIMENTS:
+    if words[0] == "lab" and len(words) > 1 and not words[1].startswith("-") and not _placeholder(words[1]) \
+            and words[1] not in LAB_EXPERIMENTS:
         return f"no lab experiment '{words[1]}'"
     return None
 
