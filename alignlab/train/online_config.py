@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from alignlab.config import ConfigError, field
+from alignlab.config import ConfigError, apply_overrides, field
 from alignlab.losses.control import LAGRANGE_UPDATES
 from alignlab.losses.policy import KL_ESTIMATORS
 from alignlab.losses.reduce import REDUCTIONS
@@ -246,8 +246,6 @@ def method_defaults(method: str, preset: str = "") -> dict:
 def settings_help(method: str) -> str:
     """Every setting with its help and the value `alignlab train METHOD` starts from (the method's
     paper defaults applied), so that help, dry run and run show the same values."""
-    from alignlab.config import apply_overrides
-
     cfg = apply_overrides(OnlineConfig(method=method), method_defaults(method), f"{method} defaults", validate=False)
     unread = cfg.unread_settings()
     lines = [f"settings of `alignlab train {method}` (YAML keys or --flags), with {method}'s defaults:"]
