@@ -79,12 +79,13 @@ def cmd_train(args, rest: list[str]) -> int:
 def cmd_train_online(args, rest: list[str]) -> int:
     from alignlab.config import to_dict
     from alignlab.train.online import resolve_online, train_online
-    from alignlab.train.online_config import OnlineConfig
+    from alignlab.train.online_config import settings_help
 
     if args.help_settings:
-        print(_config_help(OnlineConfig))
+        print(settings_help(args.algorithm))
         return 0
     cfg = resolve_online(args.algorithm, args.config, parse_flags(rest))
+    cfg.check_eval_source()
     cfg.preflight()
     if args.dry_run:
         steps = cfg.iterations * cfg.ppo_epochs * -(-cfg.prompts_per_step * cfg.samples_per_prompt // (cfg.batch_size * cfg.grad_accum))

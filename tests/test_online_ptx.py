@@ -78,9 +78,9 @@ def test_ptx_settings_are_checked_and_ppo_max_turns_the_term_on(capsys):
 def run(tmp_path, policy_dir, demos, reward, **overrides):
     flags = dict(model=str(policy_dir), output_dir=str(tmp_path), iterations=4, prompts_per_step=4, max_new_tokens=8,
                  batch_size=8, learning_rate=1e-2, lr_schedule="constant", warmup_ratio=0.0, kl_coef=0.0,
-                 progress=False, eval_prompts=2, seed=0, samples_per_prompt=4, max_length=64)
-    if demos is not None:
-        flags.update(ptx_data=str(demos), ptx_coef=1.0, ptx_batch_size=2)
+                 progress=False, eval_prompts=2, seed=0, samples_per_prompt=4)
+    if demos is not None:  # max_length applies to the demonstrations only
+        flags.update(ptx_data=str(demos), ptx_coef=1.0, ptx_batch_size=2, max_length=64)
     flags.update(overrides)
     cfg = resolve_online("grpo", flags=flags)
     return train_online(cfg, train_rows=PROMPTS, eval_rows=PROMPTS[:2], rewards=reward)

@@ -34,9 +34,33 @@ def lagrange_update(multiplier: float, mean_cost: float, *, threshold: float, lr
     return min(value, max_value) if max_value is not None else value
 
 
+def lagrange_update_log(multiplier: float, mean_cost: float, *, threshold: float, lr: float,
+                        max_value: float | None = None) -> float:
+    """The same ascent with lambda = exp(log_lambda), as Safe RLHF's reference code does it: one
+    gradient-ascent step on log_lambda of the Lagrangian's lambda * (J_C - d), whose derivative
+    in log_lambda is lambda * (J_C - d):
+
+        log_lambda <- log_lambda + lr * lambda * (J_C - d),    lambda <- exp(log_lambda)
+
+    lambda stays > 0 (it never reaches 0, so the cost term never switches off) and its steps
+    scale with lambda. `multiplier` must be > 0; `max_value` caps lambda."""
+    if multiplier <= 0:
+        raise ValueError(f"the log-space multiplier update needs lambda > 0, got {multiplier}")
+    value = math.exp(math.log(multiplier) + lr * multiplier * (mean_cost - threshold))
+    return min(value, max_value) if max_value is not None else value
+
+
+LAGRANGE_UPDATES = {"additive": lagrange_update, "log": lagrange_update_log}
+
+
 def lagrangian_advantages(reward_advantages: Tensor, cost_advantages: Tensor, multiplier: float) -> Tensor:
     """Safe RLHF's policy advantage (their PPO-Lagrangian update): (A_R - lambda * A_C) / (1 + lambda),
-    the normalization keeping the step size independent of lambda."""
+    the normalization keeping the step size independent of lambda.
+
+    The KL penalty must enter both: reward token rewards r_t = -beta * kl_t (+ R at the end) and
+    cost token rewards c_t = +beta * kl_t (+ C at the end), as in Safe RLHF's reference code. Then
+    the KL part of the combined advantage is (-beta - lambda * beta) / (1 + lambda) * KL = -beta * KL
+    for every lambda; with the KL in the reward alone it would be -beta / (1 + lambda) * KL."""
     return (reward_advantages - multiplier * cost_advantages) / (1.0 + multiplier)
 
 

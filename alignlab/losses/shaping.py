@@ -40,6 +40,11 @@ def par_shaping(rewards: Tensor, reference_rewards: Tensor) -> Tensor:
     return torch.sigmoid(rewards[:, None] - reference_rewards).mean(-1)
 
 
+def kept_per_group(strategy: str, n: int) -> int:
+    """How many of each prompt's n samples `policy_filter` keeps."""
+    return {"none": n, "best_of_n": 1}.get(strategy, min(2, n))
+
+
 def policy_filter(rewards: Tensor, n: int, strategy: str = "best_worst", *, generator: torch.Generator | None = None
                   ) -> Tensor:
     """PF-PPO's filtration (Shen et al. 2024, sec. 4): among each prompt's n samples keep
@@ -50,7 +55,8 @@ def policy_filter(rewards: Tensor, n: int, strategy: str = "best_worst", *, gene
       reward model: its rewards are most reliable at the extremes);
     - "none": all.
 
-    Returns a (B,) bool keep-mask; the trainer computes advantages on the kept samples only.
+    Returns a (B,) bool keep-mask; the trainer computes advantages on the kept samples only (group
+    statistics and whitening over them, as the paper trains on the filtered samples alone).
     Ties go to the lower index. Needs n >= 2 except for "none" and "best_of_n"."""
     if strategy not in PF_STRATEGIES:
         raise ValueError(f"unknown policy filter {strategy!r}; valid: {', '.join(PF_STRATEGIES)}")

@@ -203,8 +203,11 @@ def _one_step(cfg, algorithm, scorer, params, optimizer, scheduler, accelerator,
     state.examples_seen += n_total
     state.train_seconds += time.perf_counter() - start
     row = {"step": state.step, "loss": loss_sum / n_total, **{k: v / n_total for k, v in totals.items()}}
-    row.update(grad_norm=grad_norm, lr=scheduler.get_last_lr()[0], epoch=state.epoch, examples_seen=state.examples_seen)
-    row["examples_per_second"] = state.examples_seen / max(state.train_seconds, 1e-9)
+    # the counter is in the algorithm's unit of examples_in (an online method counts tokens, sequences or pairs)
+    unit = getattr(algorithm, "unit_name", "examples")
+    row.update(grad_norm=grad_norm, lr=scheduler.get_last_lr()[0], epoch=state.epoch)
+    row[f"{unit}_seen"] = state.examples_seen
+    row[f"{unit}_per_second"] = state.examples_seen / max(state.train_seconds, 1e-9)
     row["step_seconds"] = time.perf_counter() - start
     step_metrics = getattr(algorithm, "step_metrics", None)  # e.g. an online method's rollout statistics
     if step_metrics is not None:

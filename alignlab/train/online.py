@@ -128,6 +128,13 @@ class OnlineAlgorithm:
         return {f"rollout/{k}": v for k, v in self._cache[1].metrics.items()} if self._cache else {}
 
     # -- loss -----------------------------------------------------------------------------------
+    @property
+    def unit_name(self) -> str:
+        """What `examples_in` counts, for the loop's metrics (`tokens_seen`, ...)."""
+        if self.cfg.method == "p3o":
+            return "pairs"
+        return {"token_mean": "tokens", "seq_mean_token_mean": "sequences"}.get(self.cfg.loss_reduction, "token_slots")
+
     def examples_in(self, mb: OnlineMicroBatch) -> int:
         c = self.cfg
         if c.method == "p3o":
@@ -273,19 +280,11 @@ def train_online(cfg: OnlineConfig, *, model=None, tokenizer=None, train_rows=No
     from alignlab.rewards.spec import WeightedRewards, build_rewards
 
     cfg.validate()
+    train_rows, eval_rows = _prompt_rows(cfg, train_rows, eval_rows)
+    cfg.check_eval_source(bool(eval_rows))
     set_seed(cfg.seed)
     run_dir = make_run_dir(cfg.output_dir, cfg.method)
     tokenizer = tokenizer or load_tokenizer(cfg.model)
-    if train_rows is None:
-        if not cfg.train_data:
-            raise ValueError("no prompts: set train_data (a prompts file, or lab:sentiment / lab:arithmetic / lab:length)")
-        train_rows = load_prompt_split(cfg.train_data, "train", 0, cfg.seed)
-    if eval_rows is None:
-        source = cfg.eval_data or (cfg.train_data if cfg.train_data.startswith("lab:") else "")
-        eval_rows = load_prompt_split(source, "eval", max(cfg.eval_prompts, cfg.safety_prompts if cfg.hc_delta else 0),
-                                      cfg.seed) if source else []
-    if not train_rows:
-        raise ValueError(f"{cfg.train_data}: no prompts")
     answers = _answers(train_rows + eval_rows)
     if rewards is None:
         rewards = build_rewards(cfg.reward, cfg.reward_weights or None, how=cfg.reward_how, answers=answers)
@@ -302,6 +301,8 @@ def train_online(cfg: OnlineConfig, *, model=None, tokenizer=None, train_rows=No
     model, scorer, reference = _build_models(cfg, model)
     accelerator = Accelerator(mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.precision])
     model.to(accelerator.device)
+    if reference is not None:
+        reference.to(accelerator.device)  # the frozen copy of full fine-tuning (LoRA's is the model itself)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     write_run_header(run_dir, cfg, cfg.method, [cfg.train_data, cfg.eval_data])
     maker = RolloutMaker(cfg, model=model, scorer=scorer, reference_scorer=reference, tokenizer=tokenizer,
@@ -326,6 +327,35 @@ def train_online(cfg: OnlineConfig, *, model=None, tokenizer=None, train_rows=No
         summary["safety_test"] = run_safety_test(cfg, maker, eval_rows, cost)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
     return summary
+
+
+def _prompt_rows(cfg: OnlineConfig, train_rows, eval_rows) -> tuple[list[dict], list[dict]]:
+    """Training and held-out prompts: given in memory, read from train_data / eval_data (a lab
+    task's own eval split), or with eval_fraction a seeded share of the training prompts held out."""
+    if train_rows is None:
+        if not cfg.train_data:
+            raise ValueError("no prompts: set train_data (a prompts file, or lab:sentiment / lab:arithmetic / lab:length)")
+        train_rows = load_prompt_split(cfg.train_data, "train", 0, cfg.seed)
+    if not train_rows:
+        raise ValueError(f"{cfg.train_data}: no prompts")
+    if cfg.eval_fraction:
+        if eval_rows is not None:
+            raise ConfigError("eval_fraction holds out a share of the training prompts, but held-out prompts were given")
+        return split_prompts(train_rows, cfg.eval_fraction, cfg.seed)
+    if eval_rows is None:
+        source = cfg.eval_data or (cfg.train_data if cfg.train_data.startswith("lab:") else "")
+        eval_rows = load_prompt_split(source, "eval", max(cfg.eval_prompts, cfg.safety_prompts if cfg.hc_delta else 0),
+                                      cfg.seed) if source else []
+    return train_rows, eval_rows
+
+
+def split_prompts(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, held-out): round(fraction * N) prompts (at least 1) drawn by `seed`, never trained on."""
+    k = max(1, round(fraction * len(rows)))
+    if k >= len(rows):
+        raise ConfigError(f"eval_fraction {fraction} of {len(rows)} prompts leaves none to train on")
+    held = set(torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)).tolist()[:k])
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
 
 
 def _ptx_mixer(cfg: OnlineConfig, tokenizer, pad: int):

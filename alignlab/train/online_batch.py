@@ -51,6 +51,7 @@ class RolloutBatch:
     old_values: Tensor | None = None  # (B, T, C)
     costs: Tensor | None = None  # (B,)
     keep: Tensor | None = None  # (B,) bool: rows that are trained on (PF-PPO filtration)
+    baseline: Tensor | None = None  # (P,) ReMax: each prompt's greedy reward, shaped as the samples' rewards
     metrics: dict = field(default_factory=dict)
     controller: dict = field(default_factory=dict)
     """Controller state after this iteration (kl_coef, Lagrange multiplier), restored on resume."""

@@ -8,12 +8,15 @@ each method the defaults of its paper (`method_defaults`), then YAML and flags o
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
-from alignlab.config import ConfigError, field
+from alignlab.config import ConfigError, apply_overrides, field
+from alignlab.losses.control import LAGRANGE_UPDATES
 from alignlab.losses.policy import KL_ESTIMATORS
 from alignlab.losses.reduce import REDUCTIONS
-from alignlab.losses.shaping import PF_STRATEGIES
+from alignlab.losses.advantages import ESTIMATORS
+from alignlab.losses.shaping import PF_STRATEGIES, kept_per_group
 from alignlab.train.config import TrainConfig
 
 
@@ -53,6 +56,24 @@ PRESETS: dict[str, dict] = {
     "ppo_max": {"reward_normalize": True, "reward_clip": 5.0, "kl_mode": "reward", "kl_estimator": "k1",
                 "value_clip": 0.2, "whiten_advantages": True, "max_grad_norm": 1.0, "ptx_coef": 1.0},
 }
+
+
+# Settings inherited from TrainConfig that no online trainer reads: setting one is an error (a
+# setting that does nothing must not look as if it did), with what to use instead.
+NOT_READ: dict[str, str] = {
+    "epochs": "the run's length is `iterations` (rollouts) times `ppo_epochs` (passes over each)",
+    "data_format": "prompts are read from a JSONL `prompt` field or one per line of a .txt file",
+    "columns": "prompts are read from the JSONL `prompt` (and `answer`) fields",
+    "pairing": "online methods score their own samples and read no preference pairs",
+    "skip_invalid": "an invalid prompt line is always an error",
+    "max_prompt_length": "prompts are not truncated",
+}
+EVAL_SETTINGS = ("eval_prompts", "eval_temperature", "eval_every", "eval_reward")
+
+
+def _default(name: str):
+    f = OnlineConfig.__dataclass_fields__[name]
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
 
 @dataclass
@@ -107,7 +128,8 @@ class OnlineConfig(TrainConfig):
     # safety (ppo_lagrangian)
     cost_threshold: float = field(0.0, "d: the constraint is E[cost] <= d")
     lagrange_init: float = field(1.0, "initial Lagrange multiplier lambda")
-    lagrange_lr: float = field(0.05, "step size of lambda's projected gradient ascent, per iteration")
+    lagrange_lr: float = field(0.05, "step size of lambda's gradient ascent, per iteration")
+    lagrange_update: str = field("additive", "lambda's update: additive (lambda += lr * (J_C - d), projected onto >= 0; the paper's) | log (log lambda += lr * lambda * (J_C - d); Safe RLHF's code)")
     hc_delta: float = field(0.0, "HC-RLHF: optimize under the (1 - delta) upper confidence bound of the cost and run the held-out safety test at the end (0: off)")
     hc_inflation: float = field(2.0, "HC-RLHF: width multiplier of the pessimistic bound during training")
     safety_prompts: int = field(64, "HC-RLHF: held-out prompts (from eval data) sampled for the safety test")
@@ -119,6 +141,43 @@ class OnlineConfig(TrainConfig):
     @property
     def spec(self) -> MethodSpec:
         return ONLINE_METHODS[self.method]
+
+    def unread_settings(self) -> dict[str, str]:
+        """Settings this method (with these switches) never reads -> why."""
+        spec, out = self.spec, dict(NOT_READ)
+        if not self.ptx_data:
+            out.update(dict.fromkeys(("max_length", "truncation", "ptx_batch_size"),
+                                     "it applies to ptx_data only (prompts are not truncated)"))
+        if not spec.critics:
+            out.update(dict.fromkeys(("vf_coef", "value_clip", "lam"), f"{self.method} has no critic"))
+        if spec.estimator != "gae":
+            out["whiten_advantages"] = f"{self.method} does not use GAE advantages"
+        if spec.estimator != "grpo":
+            out["scale_rewards"] = "it is GRPO's group-std scaling"
+        if spec.estimator not in ("gae", "reinforce_pp"):
+            out["gamma"] = f"{self.method} uses sequence-level advantages (no discounting)"
+        if not spec.needs_cost:
+            out.update(dict.fromkeys(("cost", "cost_threshold", "lagrange_init", "lagrange_lr", "lagrange_update",
+                                      "hc_delta", "hc_inflation", "safety_prompts"), "it applies to ppo_lagrangian only"))
+        elif not self.hc_delta:
+            out.update(dict.fromkeys(("hc_inflation", "safety_prompts"), "it applies with hc_delta > 0 only"))
+        if not self.kl_target:
+            out["kl_horizon"] = "it applies with kl_target > 0 only (the adaptive KL controller)"
+        return out
+
+    def check_eval_source(self, has_eval_prompts: bool | None = None) -> None:
+        """Refuse evaluation settings when there are no held-out prompts to evaluate on (None: as
+        the settings say: eval_data, eval_fraction or a lab task's eval split)."""
+        if has_eval_prompts is None:
+            has_eval_prompts = bool(self.eval_data or self.eval_fraction or self.train_data.startswith("lab:"))
+        if has_eval_prompts:
+            return
+        fix = "give eval_data, or eval_fraction to hold out a share of train_data's prompts"
+        if self.hc_delta:
+            raise ConfigError(f"hc_delta: HC-RLHF's safety test samples held-out prompts, and there are none: {fix}")
+        for name in EVAL_SETTINGS:
+            if getattr(self, name) != _default(name):
+                raise ConfigError(f"{name} is set but there are no held-out prompts to evaluate on: {fix}")
 
     def validate(self) -> None:
         super().validate()
@@ -138,13 +197,22 @@ class OnlineConfig(TrainConfig):
             (self.ppo_epochs >= 1, "ppo_epochs must be >= 1"),
             (self.dual_clip == 0 or self.dual_clip > 1, "dual_clip must be 0 (off) or > 1"),
             (0 <= self.hc_delta < 1, "hc_delta must be in [0, 1)"),
+            (self.lagrange_update in LAGRANGE_UPDATES, f"lagrange_update must be one of {sorted(LAGRANGE_UPDATES)}"),
+            (self.lagrange_update != "log" or self.lagrange_init > 0,
+             "lagrange_update log needs lagrange_init > 0 (lambda = exp(log lambda) is never 0)"),
             (self.ptx_coef >= 0 and self.ptx_batch_size >= 1, "ptx_coef must be >= 0 and ptx_batch_size >= 1"),
             (not self.ptx_data or self.ptx_coef > 0, "ptx_data is set but ptx_coef is 0: set ptx_coef (gamma) > 0"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        if self.eval_fraction and (self.eval_data or self.train_data.startswith("lab:")):
+            raise ConfigError("eval_fraction holds out a share of train_data when there is no other held-out set, but "
+                              + ("eval_data is set" if self.eval_data else f"{self.train_data} has its own eval split"))
         spec = self.spec
+        for name, why in self.unread_settings().items():
+            if getattr(self, name) != _default(name):
+                raise ConfigError(f"{name} is set but {self.method} training does not read it: {why}")
         if spec.estimator in ("grpo", "rloo") and self.samples_per_prompt < 2:
             raise ConfigError(f"{self.method} needs samples_per_prompt >= 2 (a group baseline)")
         if self.method == "p3o" and self.samples_per_prompt % 2:
@@ -153,6 +221,14 @@ class OnlineConfig(TrainConfig):
             raise ConfigError("ppo_lagrangian needs a cost source (cost: rm:DIR or python:module:function)")
         if self.policy_filter not in ("none", "best_of_n") and self.samples_per_prompt < 2:
             raise ConfigError(f"policy_filter {self.policy_filter} needs samples_per_prompt >= 2")
+        kept = kept_per_group(self.policy_filter, self.samples_per_prompt)
+        if self.method == "p3o" and kept < 2:
+            raise ConfigError(f"p3o compares two responses to the same prompt, but policy_filter {self.policy_filter} keeps"
+                              f" {kept} per prompt (pairs would mix prompts): use none, best_worst or best_random")
+        if spec.estimator and kept < ESTIMATORS[spec.estimator].min_samples:
+            raise ConfigError(f"{self.method}'s group baseline needs >= {ESTIMATORS[spec.estimator].min_samples} samples"
+                              f" per prompt, but policy_filter {self.policy_filter} keeps {kept}: use best_worst or"
+                              " best_random")
 
 
 def method_defaults(method: str, preset: str = "") -> dict:
@@ -165,3 +241,16 @@ def method_defaults(method: str, preset: str = "") -> dict:
             raise ConfigError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
         out.update(PRESETS[preset])
     return out
+
+
+def settings_help(method: str) -> str:
+    """Every setting with its help and the value `alignlab train METHOD` starts from (the method's
+    paper defaults applied), so that help, dry run and run show the same values."""
+    cfg = apply_overrides(OnlineConfig(method=method), method_defaults(method), f"{method} defaults", validate=False)
+    unread = cfg.unread_settings()
+    lines = [f"settings of `alignlab train {method}` (YAML keys or --flags), with {method}'s defaults:"]
+    for f in dataclasses.fields(OnlineConfig):
+        note = f" (not read with the defaults: {unread[f.name]})" if f.name in unread else ""
+        lines.append(f"  --{f.name.replace('_', '-'):<24} {f.metadata.get('help', '')} [default: {getattr(cfg, f.name)!r}]"
+                     + note)
+    return "\n".join(lines)

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 import torch
 
 from alignlab.losses.advantages import compute_advantages, sequence_kl
-from alignlab.losses.control import cost_upper_bound, lagrangian_advantages
+from alignlab.losses.control import LAGRANGE_UPDATES, cost_upper_bound, lagrangian_advantages
 from alignlab.losses.policy import kl_estimate
 from alignlab.losses.shaping import length_penalty, par_shaping, policy_filter
-from alignlab.models.load import reference_context
+from alignlab.models.load import is_peft, reference_context
 from alignlab.rollout.base import SamplingParams
 from alignlab.rollout.hf import HFGenerator
 from alignlab.train.online_batch import RolloutBatch, make_micro_batch, pad_tokens
@@ -86,6 +86,12 @@ class RolloutMaker:
         self.cfg, self.model, self.scorer, self.reference_scorer = cfg, model, scorer, reference_scorer
         self.tokenizer, self.rewards, self.cost, self.pad_token_id = tokenizer, rewards, cost, pad_token_id
         self.generator = HFGenerator(model, tokenizer, batch_size=cfg.rollout_batch_size)
+        # PAR samples the reference policy: the same model with its adapter disabled under LoRA, the
+        # frozen copy under full fine-tuning (where disabling an adapter would change nothing)
+        self.reference_generator = None
+        if cfg.par_references:
+            reference_model = model if is_peft(model) else reference_scorer.model
+            self.reference_generator = HFGenerator(reference_model, tokenizer, batch_size=cfg.rollout_batch_size)
 
     def _params(self, iteration: int, n: int, **kw) -> SamplingParams:
         c = self.cfg
@@ -114,7 +120,9 @@ class RolloutMaker:
         t1 = time.perf_counter()
         raw, metrics = self._score(rows_prompts, out.texts, lengths)
         score_seconds = time.perf_counter() - t1
-        rewards = self._shape(raw, iteration, prompts, prompt_ids, ctl, metrics)
+        greedy_raw = self._greedy_rewards(iteration, prompts, prompt_ids, metrics) if spec.estimator == "remax" else None
+        rewards, greedy = self._shape(raw, iteration, prompts, prompt_ids, ctl, metrics, greedy_raw)
+        batch.baseline = greedy
         t2 = time.perf_counter()
         rows = list(range(len(batch)))
         chunk = max(1, c.batch_size)
@@ -127,7 +135,6 @@ class RolloutMaker:
         pass_seconds = time.perf_counter() - t2
         kl = kl_estimate(batch.old_logps, batch.ref_logps, c.kl_estimator) if batch.ref_logps is not None else None
         seq_kl = sequence_kl(kl_estimate(batch.old_logps, batch.ref_logps, "k1"), batch.mask) if kl is not None else None
-        greedy = self._greedy_rewards(iteration, prompts, prompt_ids) if spec.estimator == "remax" else None
         self._advantages(batch, rewards, kl, greedy, ctl)
         if spec.needs_cost:
             self._update_lagrange(batch, ctl, metrics)
@@ -153,27 +160,44 @@ class RolloutMaker:
         batch.metrics, batch.controller = metrics, ctl.to_dict()
         return batch
 
-    def _shape(self, raw, iteration, prompts, prompt_ids, ctl: Controllers, metrics) -> torch.Tensor:
+    def _shape(self, raw, iteration, prompts, prompt_ids, ctl: Controllers, metrics, greedy_raw=None
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The samples' rewards (B,) after PAR, running normalization and clipping, and ReMax's
+        greedy baseline (P,) through exactly the same transform (the same reference rewards, the
+        same moments, which only the samples update: the baseline is not a draw from the policy)."""
         c = self.cfg
-        rewards = raw
+        rewards, baseline = raw, greedy_raw
         if c.par_references:  # PAR: sigmoid of the margin over the reference policy's own samples
-            with reference_context(self.model):
-                ref = self.generator.generate(prompt_ids, self._params(iteration + 1_000_000, c.par_references))
-            ref_prompts = [prompts[i] for i in ref.prompt_index]
-            ref_raw, _ = self._score(ref_prompts, ref.texts, torch.tensor([len(x) for x in ref.completion_ids]))
-            per_prompt = ref_raw.reshape(len(prompts), c.par_references)
+            per_prompt = self._reference_rewards(iteration, prompts, prompt_ids, metrics)  # (P, M)
             rewards = par_shaping(raw, per_prompt.repeat_interleave(c.samples_per_prompt, dim=0))
-            metrics["reward/reference_mean"] = float(ref_raw.mean())
+            baseline = par_shaping(baseline, per_prompt) if baseline is not None else None
         if c.reward_normalize:
             ctl.reward_moments.update(rewards)
-            rewards = (rewards - ctl.reward_moments.mean) / max(ctl.reward_moments.std, 1e-6)
+            mean, std = ctl.reward_moments.mean, max(ctl.reward_moments.std, 1e-6)
+            rewards = (rewards - mean) / std
+            baseline = (baseline - mean) / std if baseline is not None else None
         if c.reward_clip:
             rewards = rewards.clamp(-c.reward_clip, c.reward_clip)
-        return rewards
+            baseline = baseline.clamp(-c.reward_clip, c.reward_clip) if baseline is not None else None
+        return rewards, baseline
 
-    def _greedy_rewards(self, iteration, prompts, prompt_ids) -> torch.Tensor:
+    def _reference_rewards(self, iteration, prompts, prompt_ids, metrics) -> torch.Tensor:
+        """(P, M) raw rewards of M samples per prompt from the reference policy (PAR): the
+        adapter-disabled policy with LoRA, the frozen copy under full fine-tuning."""
+        c = self.cfg
+        with reference_context(self.model):
+            ref = self.reference_generator.generate(prompt_ids, self._params(iteration + 1_000_000, c.par_references))
+        ref_prompts = [prompts[i] for i in ref.prompt_index]
+        ref_raw, _ = self._score(ref_prompts, ref.texts, torch.tensor([len(x) for x in ref.completion_ids]))
+        metrics["reward/reference_mean"] = float(ref_raw.mean())
+        return ref_raw.reshape(len(prompts), c.par_references)
+
+    def _greedy_rewards(self, iteration, prompts, prompt_ids, metrics) -> torch.Tensor:
+        """ReMax's baseline before shaping: the raw reward (length penalty included) of each prompt's
+        greedy completion, (P,)."""
         out = self.generator.generate(prompt_ids, self._params(iteration, 1, greedy=True))
         raw, _ = self._score(prompts, out.texts, torch.tensor([len(x) for x in out.completion_ids]))
+        metrics["reward/greedy_mean"] = float(raw.mean())
         return raw
 
     def _advantages(self, batch: RolloutBatch, rewards, kl, greedy, ctl: Controllers) -> None:
@@ -181,36 +205,54 @@ class RolloutMaker:
         n = c.samples_per_prompt
         kl_coef = ctl.kl_coef if c.kl_mode == "reward" else 0.0
         keep = policy_filter(rewards, n, c.policy_filter) if c.policy_filter != "none" else None
-        batch.keep = keep
+        batch.keep, batch.rewards = keep, rewards
         if spec.estimator is None:  # P3O: the pairwise loss uses KL-shaped sequence rewards directly
-            batch.rewards = rewards - kl_coef * sequence_kl(kl, batch.mask) if kl is not None and kl_coef else rewards
+            if kl is not None and kl_coef:
+                batch.rewards = rewards - kl_coef * sequence_kl(kl, batch.mask)
             return
-        batch.rewards = rewards
-        values = batch.old_values[..., 0] if batch.old_values is not None else None
-        adv, ret = compute_advantages(spec.estimator, rewards, batch.mask, n=n, kl=kl, kl_coef=kl_coef, values=values,
-                                      greedy_rewards=greedy, gamma=c.gamma, lam=c.lam, scale=c.scale_rewards,
-                                      whiten_advantages=c.whiten_advantages)
         if spec.needs_cost:
             batch.costs = self.cost.score(batch.prompts, batch.texts).float()
-            cost_adv, cost_ret = compute_advantages("gae", batch.costs, batch.mask, n=n, values=batch.old_values[..., 1],
-                                                    gamma=c.gamma, lam=c.lam, whiten_advantages=c.whiten_advantages)
-            adv = lagrangian_advantages(adv, cost_adv, ctl.lagrange)
-            ret = torch.stack([ret, cost_ret], -1)
-        elif ret is not None:
-            ret = ret[..., None]
-        batch.advantages, batch.returns = adv, ret
+        # PF-PPO (Shen et al. 2024): advantages (group statistics, whitening) from the kept samples
+        # only; filtered rows get none and are never trained on
+        rows = keep.nonzero()[:, 0] if keep is not None else torch.arange(len(batch))
+        adv, ret = self._estimate(batch, rows, len(rows) * n // len(batch), rewards, kl, kl_coef, greedy, ctl)
+        batch.advantages = torch.zeros(batch.mask.shape, dtype=adv.dtype)
+        batch.advantages[rows] = adv
+        if ret is not None:
+            batch.returns = torch.zeros(*batch.mask.shape, ret.shape[-1], dtype=ret.dtype)
+            batch.returns[rows] = ret
         if c.mask_truncated:  # DAPO's overlong filtering: a cut-off completion's reward says little, so its
             # tokens leave the loss (and its normalizer); its reward still counted in its group's baseline
             batch.mask = batch.mask * torch.tensor(batch.finished, dtype=batch.mask.dtype)[:, None]
 
-    def _update_lagrange(self, batch: RolloutBatch, ctl: Controllers, metrics: dict) -> None:
-        """Safe RLHF: lambda follows the batch's mean cost; HC-RLHF: its pessimistic upper bound."""
-        from alignlab.losses.control import lagrange_update
+    def _estimate(self, batch: RolloutBatch, rows, n: int, rewards, kl, kl_coef: float, greedy, ctl: Controllers):
+        """Advantages (k, T) and value targets (k, T, C) or None of the k = len(rows) rows, which form
+        whole prompt groups of n each (prompt-major)."""
+        c, spec = self.cfg, self.cfg.spec
+        mask = batch.mask[rows]
+        sub_kl = kl[rows] if kl is not None else None
+        values = batch.old_values[rows] if batch.old_values is not None else None  # (k, T, C)
+        adv, ret = compute_advantages(spec.estimator, rewards[rows], mask, n=n, kl=sub_kl, kl_coef=kl_coef,
+                                      values=values[..., 0] if values is not None else None, greedy_rewards=greedy,
+                                      gamma=c.gamma, lam=c.lam, scale=c.scale_rewards,
+                                      whiten_advantages=c.whiten_advantages)
+        if not spec.needs_cost:
+            return adv, (ret[..., None] if ret is not None else None)
+        # +beta * kl_t in the cost token rewards (kl_coef negated), as Safe RLHF's code: the combined
+        # advantage then keeps -beta * kl for every lambda (lagrangian_advantages; issue 19)
+        cost_adv, cost_ret = compute_advantages("gae", batch.costs[rows], mask, n=n, kl=sub_kl, kl_coef=-kl_coef,
+                                                values=values[..., 1], gamma=c.gamma, lam=c.lam,
+                                                whiten_advantages=c.whiten_advantages)
+        return lagrangian_advantages(adv, cost_adv, ctl.lagrange), torch.stack([ret, cost_ret], -1)
 
+    def _update_lagrange(self, batch: RolloutBatch, ctl: Controllers, metrics: dict) -> None:
+        """Safe RLHF: lambda follows the batch's mean cost; HC-RLHF: its pessimistic upper bound.
+        `lagrange_update` picks the additive (projected) or the log-space ascent."""
         c = self.cfg
         cost = float(batch.costs.mean())
         if c.hc_delta:
             cost = cost_upper_bound(batch.costs, delta=c.hc_delta, inflation=c.hc_inflation).upper
             metrics["cost/upper_bound"] = cost
         metrics.update({"cost/mean": float(batch.costs.mean()), "lagrange_multiplier": ctl.lagrange})
-        ctl.lagrange = lagrange_update(ctl.lagrange, cost, threshold=c.cost_threshold, lr=c.lagrange_lr)
+        ctl.lagrange = LAGRANGE_UPDATES[c.lagrange_update](ctl.lagrange, cost, threshold=c.cost_threshold,
+                                                           lr=c.lagrange_lr)
