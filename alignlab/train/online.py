@@ -113,7 +113,7 @@ class OnlineAlgorithm:
         if self._cache is None or self._cache[0] != epoch:
             batch = self.rollout(epoch)
             rows = micro_batch_rows(batch, batch_size=self.cfg.batch_size, epochs=self.cfg.ppo_epochs,
-                                    seed=self.cfg.seed * 31 + epoch, pairs=self.cfg.method == "p3o")
+                                    seed=self.cfg.seed * 31 + epoch, pairs=self.cfg.spec.pairs)
             first_pass = len(rows) // self.cfg.ppo_epochs
             mbs = [make_micro_batch(batch, r, self.pad_token_id, entropy=self.cfg.log_entropy and i < first_pass)
                    for i, r in enumerate(rows)]
@@ -131,13 +131,13 @@ class OnlineAlgorithm:
     @property
     def unit_name(self) -> str:
         """What `examples_in` counts, for the loop's metrics (`tokens_seen`, ...)."""
-        if self.cfg.method == "p3o":
+        if self.cfg.spec.pairs:
             return "pairs"
         return {"token_mean": "tokens", "seq_mean_token_mean": "sequences"}.get(self.cfg.loss_reduction, "token_slots")
 
     def examples_in(self, mb: OnlineMicroBatch) -> int:
         c = self.cfg
-        if c.method == "p3o":
+        if c.spec.pairs:
             return len(mb.rows) // 2
         if c.loss_reduction == "token_mean":
             return int(mb.mask.sum())
@@ -172,7 +172,7 @@ class OnlineAlgorithm:
         if mb.ref_logps is not None:
             kl_tokens = kl_estimate(logps, mb.ref_logps.to(device), c.kl_estimator)
             metrics["kl_token_mean"] = (kl_tokens.detach() * mask).sum() / mask.sum().clamp(min=1)
-        if c.method == "p3o":
+        if c.spec.pairs:
             return self._p3o_loss(logps, old, mask, kl_tokens, mb, metrics)
         token_loss, m = clipped_surrogate(logps, old, mb.advantages.to(device), mask, clip_low=c.clip_low,
                                           clip_high=c.clip_high or None, dual_clip=c.dual_clip or None, reduction="none")

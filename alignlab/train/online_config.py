@@ -12,32 +12,50 @@ import dataclasses
 from dataclasses import dataclass
 
 from alignlab.config import ConfigError, apply_overrides, field
+from alignlab.losses.advantages import ESTIMATORS
 from alignlab.losses.control import LAGRANGE_UPDATES
 from alignlab.losses.policy import KL_ESTIMATORS
 from alignlab.losses.reduce import REDUCTIONS
-from alignlab.losses.advantages import ESTIMATORS
 from alignlab.losses.shaping import PF_STRATEGIES, kept_per_group
 from alignlab.train.config import TrainConfig
 
 
 @dataclass(frozen=True)
 class MethodSpec:
+    """What an online method needs; the trainer asks these, never the method's name (STYLE 4)."""
+
     estimator: str | None
-    """Advantage estimator of `alignlab.losses.advantages.ESTIMATORS`; None for P3O's pairwise loss."""
+    """Advantage estimator of `alignlab.losses.advantages.ESTIMATORS`; None for a pairwise loss."""
     critics: int
     """Value heads: 0, 1 (reward) or 2 (reward and cost)."""
     needs_cost: bool
+    """A cost source and a Lagrange multiplier (the constraint E[cost] <= d)."""
+    pairs: bool
+    """The loss compares two samples of one prompt (P3O): micro-batches keep pairs together, the
+    loss counts pairs, samples_per_prompt must be even and a policy filter must keep two."""
+    greedy_baseline: bool
+    """A greedy response per prompt is generated and scored as the baseline (ReMax)."""
     paper: str
+
+    @property
+    def group_baseline(self) -> bool:
+        """The estimator's baseline is the other samples of the prompt's group (GRPO, RLOO)."""
+        return self.estimator is not None and ESTIMATORS[self.estimator].min_samples > 1
+
+
+def _method(estimator, critics=0, *, cost=False, pairs=False, greedy=False, paper) -> MethodSpec:
+    return MethodSpec(estimator, critics, cost, pairs, greedy, paper)
 
 
 ONLINE_METHODS: dict[str, MethodSpec] = {
-    "ppo": MethodSpec("gae", 1, False, "Schulman et al. 2017 (arXiv 1707.06347); Ouyang et al. 2022"),
-    "grpo": MethodSpec("grpo", 0, False, "Shao et al. 2024, DeepSeekMath (arXiv 2402.03300)"),
-    "rloo": MethodSpec("rloo", 0, False, "Ahmadian et al. 2024, Back to Basics (arXiv 2402.14740)"),
-    "reinforce_pp": MethodSpec("reinforce_pp", 0, False, "Hu 2025, REINFORCE++ (arXiv 2501.03262)"),
-    "remax": MethodSpec("remax", 0, False, "Li et al. 2023, ReMax (arXiv 2310.10505)"),
-    "p3o": MethodSpec(None, 0, False, "Wu et al. 2023, Pairwise PPO (arXiv 2310.00212)"),
-    "ppo_lagrangian": MethodSpec("gae", 2, True, "Dai et al. 2023, Safe RLHF (arXiv 2310.12773); HC-RLHF (Chittepu et al. 2025)"),
+    "ppo": _method("gae", 1, paper="Schulman et al. 2017 (arXiv 1707.06347); Ouyang et al. 2022"),
+    "grpo": _method("grpo", paper="Shao et al. 2024, DeepSeekMath (arXiv 2402.03300)"),
+    "rloo": _method("rloo", paper="Ahmadian et al. 2024, Back to Basics (arXiv 2402.14740)"),
+    "reinforce_pp": _method("reinforce_pp", paper="Hu 2025, REINFORCE++ (arXiv 2501.03262)"),
+    "remax": _method("remax", greedy=True, paper="Li et al. 2023, ReMax (arXiv 2310.10505)"),
+    "p3o": _method(None, pairs=True, paper="Wu et al. 2023, Pairwise PPO (arXiv 2310.00212)"),
+    "ppo_lagrangian": _method("gae", 2, cost=True,
+                              paper="Dai et al. 2023, Safe RLHF (arXiv 2310.12773); HC-RLHF (Chittepu et al. 2025)"),
 }
 
 # Paper defaults per method, applied before YAML/flags. PPO-max (Secrets of RLHF I) is the
@@ -213,17 +231,17 @@ class OnlineConfig(TrainConfig):
         for name, why in self.unread_settings().items():
             if getattr(self, name) != _default(name):
                 raise ConfigError(f"{name} is set but {self.method} training does not read it: {why}")
-        if spec.estimator in ("grpo", "rloo") and self.samples_per_prompt < 2:
+        if spec.group_baseline and self.samples_per_prompt < 2:
             raise ConfigError(f"{self.method} needs samples_per_prompt >= 2 (a group baseline)")
-        if self.method == "p3o" and self.samples_per_prompt % 2:
-            raise ConfigError("p3o compares pairs: samples_per_prompt must be even")
+        if spec.pairs and self.samples_per_prompt % 2:
+            raise ConfigError(f"{self.method} compares pairs: samples_per_prompt must be even")
         if spec.needs_cost and not self.cost:
-            raise ConfigError("ppo_lagrangian needs a cost source (cost: rm:DIR or python:module:function)")
+            raise ConfigError(f"{self.method} needs a cost source (cost: rm:DIR or python:module:function)")
         if self.policy_filter not in ("none", "best_of_n") and self.samples_per_prompt < 2:
             raise ConfigError(f"policy_filter {self.policy_filter} needs samples_per_prompt >= 2")
         kept = kept_per_group(self.policy_filter, self.samples_per_prompt)
-        if self.method == "p3o" and kept < 2:
-            raise ConfigError(f"p3o compares two responses to the same prompt, but policy_filter {self.policy_filter} keeps"
+        if spec.pairs and kept < 2:
+            raise ConfigError(f"{self.method} compares two responses to the same prompt, but policy_filter {self.policy_filter} keeps"
                               f" {kept} per prompt (pairs would mix prompts): use none, best_worst or best_random")
         if spec.estimator and kept < ESTIMATORS[spec.estimator].min_samples:
             raise ConfigError(f"{self.method}'s group baseline needs >= {ESTIMATORS[spec.estimator].min_samples} samples"

@@ -120,7 +120,7 @@ class RolloutMaker:
         t1 = time.perf_counter()
         raw, metrics = self._score(rows_prompts, out.texts, lengths)
         score_seconds = time.perf_counter() - t1
-        greedy_raw = self._greedy_rewards(iteration, prompts, prompt_ids, metrics) if spec.estimator == "remax" else None
+        greedy_raw = self._greedy_rewards(iteration, prompts, prompt_ids, metrics) if spec.greedy_baseline else None
         rewards, greedy = self._shape(raw, iteration, prompts, prompt_ids, ctl, metrics, greedy_raw)
         batch.baseline = greedy
         t2 = time.perf_counter()
@@ -154,7 +154,7 @@ class RolloutMaker:
             "time/reference_and_old": pass_seconds, "generated_tokens_per_second": gen_tokens / max(gen_seconds, 1e-9),
             "completions": len(out),
         })
-        if spec.estimator == "grpo":
+        if spec.group_baseline:  # groups whose samples all scored alike teach nothing
             g = rewards.reshape(-1, n)
             metrics["zero_advantage_groups"] = float((g.max(-1).values == g.min(-1).values).float().mean())
         batch.metrics, batch.controller = metrics, ctl.to_dict()
