@@ -49,7 +49,7 @@ def _config_help(cls) -> str:
 
 
 def cmd_train(args, rest: list[str]) -> int:
-    from alignlab.train.online_config import ONLINE_METHODS
+    from alignlab.train.online.config import ONLINE_METHODS
 
     if args.algorithm in ONLINE_METHODS:
         return cmd_train_online(args, rest)
@@ -79,7 +79,7 @@ def cmd_train(args, rest: list[str]) -> int:
 def cmd_train_online(args, rest: list[str]) -> int:
     from alignlab.config import to_dict
     from alignlab.train.online import resolve_online, train_online
-    from alignlab.train.online_config import settings_help
+    from alignlab.train.online.config import settings_help
 
     if args.help_settings:
         print(settings_help(args.algorithm))

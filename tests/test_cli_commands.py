@@ -81,7 +81,7 @@ def check(command: str) -> str | None:
         if len(words) < 2 or words[1] not in nested[0].choices:
             return f"no command '{' '.join(words[:2])}'"
     if words[0] == "train":
-        from alignlab.train.online_config import ONLINE_METHODS, OnlineConfig
+        from alignlab.train.online.config import ONLINE_METHODS, OnlineConfig
 
         if len(words) < 2 or words[1].startswith("-") or _placeholder(words[1]):
             return None  # `alignlab train --help`, `alignlab train METHOD`: no algorithm named

@@ -13,7 +13,7 @@ from alignlab.data.demonstrations import encode_demonstrations, read_demonstrati
 from alignlab.data.errors import DataError
 from alignlab.rewards.base import FunctionReward
 from alignlab.train.online import resolve_online, train_online
-from alignlab.train.online_ptx import ptx_nll
+from alignlab.train.online.ptx import ptx_nll
 
 PROMPTS = [{"prompt": [{"role": "user", "content": f"Tell me about {w}."}]} for w in ["cats", "rain", "tea", "maps"]]
 
@@ -64,7 +64,7 @@ def test_overlong_demonstrations_error_or_are_counted(tmp_path, smol_tokenizer):
 
 
 def test_ptx_settings_are_checked_and_ppo_max_turns_the_term_on(capsys):
-    from alignlab.train.online import _ptx_mixer
+    from alignlab.train.online.trainer import _ptx_mixer
 
     with pytest.raises(ConfigError, match="ptx_coef is 0"):
         resolve_online("ppo", flags={"ptx_data": "demos.jsonl"})
@@ -105,7 +105,7 @@ def test_ptx_enters_the_loss_with_weight_gamma_and_raises_the_demonstrations_lik
 def test_ptx_batches_depend_only_on_seed_iteration_and_micro_batch(tmp_path, smol_tokenizer):
     from types import SimpleNamespace
 
-    from alignlab.train.online_ptx import PtxMixer
+    from alignlab.train.online.ptx import PtxMixer
 
     demos = write(tmp_path / "d.jsonl", [{"text": f"Demonstration number {i} is here."} for i in range(10)])
     cfg = SimpleNamespace(ptx_data=str(demos), max_length=64, truncation="error", ptx_coef=1.0, ptx_batch_size=3, seed=0)

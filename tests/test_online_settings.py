@@ -14,7 +14,7 @@ from alignlab.cli import main
 from alignlab.config import ConfigError, to_dict
 from alignlab.rewards.base import FunctionReward
 from alignlab.train.online import resolve_online, split_prompts, train_online
-from alignlab.train.online_config import ONLINE_METHODS
+from alignlab.train.online.config import ONLINE_METHODS
 
 PROMPTS = [{"prompt": f"Tell me about {w}."} for w in ("cats", "rain", "tea", "maps", "owls", "snow", "bread", "lamps")]
 
@@ -127,7 +127,7 @@ def test_dry_run_and_run_record_the_methods_defaults(tmp_path, tiny_policy_dir, 
                                                    ("grpo", "seq_mean_token_mean", "sequences"),
                                                    ("p3o", "token_mean", "pairs")])
 def test_online_metrics_count_in_the_methods_unit(tmp_path, tiny_policy_dir, method, reduction, unit):
-    from alignlab.train.online_batch import RolloutBatch
+    from alignlab.train.online.batch import RolloutBatch
 
     cfg = resolve_online(method, flags=flags(tmp_path, model=str(tiny_policy_dir), iterations=1, prompts_per_step=4,
                                              batch_size=16, loss_reduction=reduction))

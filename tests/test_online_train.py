@@ -10,7 +10,7 @@ import torch
 
 from alignlab.rewards.base import FunctionReward
 from alignlab.train.online import resolve_online, train_online
-from alignlab.train.online_config import ONLINE_METHODS
+from alignlab.train.online.config import ONLINE_METHODS
 
 WORDS = ["cats", "rain", "tea", "maps", "trains", "bread", "snow", "music", "paint", "boats", "lamps", "owls"]
 PROMPTS = [{"prompt": [{"role": "user", "content": f"Tell me about {w}."}]} for w in WORDS]
@@ -87,7 +87,7 @@ def test_packed_group_logps_land_on_the_right_tokens(tiny_policy_dir):
     # returns in (b, T) layout must equal a plain forward of prompt + completion, row by row.
     from alignlab.models.load import load_policy
     from alignlab.models.policy_value import PolicyValue
-    from alignlab.train.online_batch import RolloutBatch, make_micro_batch, pad_tokens
+    from alignlab.train.online.batch import RolloutBatch, make_micro_batch, pad_tokens
 
     model = load_policy(str(tiny_policy_dir)).eval()
     prompts = [[5, 6, 7], [8, 9]]
@@ -138,7 +138,7 @@ def test_resume_continues_on_the_same_rollouts_and_ends_at_the_same_weights(tmp_
 
 
 def test_kl_coef_zero_skips_the_reference_pass(tmp_path, tiny_policy_dir, smol_tokenizer):
-    from alignlab.train.online_batch import RolloutBatch
+    from alignlab.train.online.batch import RolloutBatch
 
     s0 = run(tmp_path / "k0", tiny_policy_dir, smol_tokenizer, "grpo", iterations=1, kl_coef=0.0)
     s1 = run(tmp_path / "k1", tiny_policy_dir, smol_tokenizer, "grpo", iterations=1, kl_coef=0.1)
@@ -151,7 +151,7 @@ def test_kl_coef_zero_skips_the_reference_pass(tmp_path, tiny_policy_dir, smol_t
 
 
 def test_ppo_lagrangian_multiplier_follows_the_cost(tmp_path, tiny_policy_dir, smol_tokenizer):
-    from alignlab.train.online_batch import RolloutBatch
+    from alignlab.train.online.batch import RolloutBatch
 
     def multipliers(threshold):
         out = tmp_path / f"t{threshold}"
@@ -179,7 +179,7 @@ def test_grpo_with_lora_raises_its_reward_and_keeps_the_base_weights(tmp_path, s
 
 def test_policy_filter_trains_only_each_groups_extremes_and_par_bounds_the_reward(tmp_path, tiny_policy_dir,
                                                                                  smol_tokenizer):
-    from alignlab.train.online_batch import RolloutBatch, micro_batch_rows
+    from alignlab.train.online.batch import RolloutBatch, micro_batch_rows
 
     s = run(tmp_path, tiny_policy_dir, smol_tokenizer, "grpo", iterations=1, policy_filter="best_worst",
             par_references=2, kl_coef=0.05)
@@ -193,7 +193,7 @@ def test_policy_filter_trains_only_each_groups_extremes_and_par_bounds_the_rewar
 
 
 def test_mask_truncated_leaves_cut_off_completions_out_of_the_loss(tmp_path, tiny_policy_dir, smol_tokenizer):
-    from alignlab.train.online_batch import RolloutBatch
+    from alignlab.train.online.batch import RolloutBatch
 
     s = run(tmp_path, tiny_policy_dir, smol_tokenizer, "grpo", iterations=1, mask_truncated=True)
     batch = RolloutBatch.load(next((tmp_path / "grpo" / "rollouts").glob("*.pt")))
@@ -204,7 +204,7 @@ def test_mask_truncated_leaves_cut_off_completions_out_of_the_loss(tmp_path, tin
 
 
 def test_hc_rlhf_trains_under_the_pessimistic_bound_and_runs_the_safety_test(tmp_path, tiny_policy_dir, smol_tokenizer):
-    from alignlab.train.online_batch import RolloutBatch
+    from alignlab.train.online.batch import RolloutBatch
 
     # cost = characters / 40 is always > 0: a threshold of 100 passes, one of -1 fails
     ok = run(tmp_path / "ok", tiny_policy_dir, smol_tokenizer, "ppo_lagrangian", iterations=1, hc_delta=0.1,

@@ -16,7 +16,7 @@ from alignlab.rewards.base import FunctionReward
 from alignlab.rollout.base import SamplingParams
 from alignlab.rollout.hf import HFGenerator
 from alignlab.train.online import resolve_online, train_online
-from alignlab.train.online_batch import RolloutBatch, pad_tokens
+from alignlab.train.online.batch import RolloutBatch, pad_tokens
 
 WORDS = ["cats", "rain", "tea", "maps", "trains", "bread", "snow", "music"]
 PROMPTS = [{"prompt": [{"role": "user", "content": f"Tell me about {w}."}]} for w in WORDS]
@@ -53,7 +53,7 @@ def train(tmp_path, policy_dir, method, rewards, **overrides):
 def test_ppo_lagrangian_combined_advantage_keeps_minus_beta_kl_for_every_lambda(tiny_policy_dir, smol_tokenizer,
                                                                                multiplier):
     from alignlab.models.load import load_policy
-    from alignlab.train.online_rollout import Controllers, RolloutMaker
+    from alignlab.train.online.rollout import Controllers, RolloutMaker
 
     beta = 0.1
     cfg = resolve_online("ppo_lagrangian", flags=dict(cost="python:unused:unused", kl_coef=beta, gamma=1.0, lam=1.0,

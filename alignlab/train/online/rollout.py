@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 import torch
 
 from alignlab.losses.advantages import compute_advantages, sequence_kl
-from alignlab.losses.control import LAGRANGE_UPDATES, cost_upper_bound, lagrangian_advantages
+from alignlab.losses.control import LAGRANGE_UPDATES, adaptive_kl_coef, cost_upper_bound, lagrangian_advantages
 from alignlab.losses.policy import kl_estimate
 from alignlab.losses.shaping import length_penalty, par_shaping, policy_filter
 from alignlab.models.load import is_peft, reference_context
 from alignlab.rollout.base import SamplingParams
 from alignlab.rollout.hf import HFGenerator
-from alignlab.train.online_batch import RolloutBatch, make_micro_batch, pad_tokens
+from alignlab.train.online.batch import RolloutBatch, make_micro_batch, pad_tokens
 
 
 @dataclass
@@ -139,8 +139,6 @@ class RolloutMaker:
         if spec.needs_cost:
             self._update_lagrange(batch, ctl, metrics)
         if c.kl_target and seq_kl is not None:
-            from alignlab.losses.control import adaptive_kl_coef
-
             ctl.kl_coef = adaptive_kl_coef(ctl.kl_coef, float(seq_kl.mean()), target=c.kl_target, horizon=c.kl_horizon,
                                            n_steps=len(batch))
         gen_tokens = int(lengths.sum())

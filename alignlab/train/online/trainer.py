@@ -1,8 +1,8 @@
-"""Online RL from feedback on the one loop: PPO, GRPO, RLOO, REINFORCE++, ReMax, P3O, PPO-Lagrangian.
+"""The online trainer: PPO, GRPO, RLOO, REINFORCE++, ReMax, P3O, PPO-Lagrangian on the one loop.
 
 The loop's "epoch" is one rollout iteration: `micro_batches(i)` samples prompts x n completions
 with the current policy, scores them with the reward sources, computes advantages
-(online_rollout.RolloutMaker) and returns `ppo_epochs` shuffled passes of micro-batches over
+(rollout.RolloutMaker) and returns `ppo_epochs` shuffled passes of micro-batches over
 them; the loop then takes one optimizer step per `grad_accum` micro-batches. Each iteration's
 rollout is saved in the run folder before its first update, so a resumed run trains on exactly
 the samples it had drawn (and the controllers' state comes back with them).
@@ -23,15 +23,21 @@ from pathlib import Path
 import torch
 
 from alignlab.config import ConfigError, apply_overrides, load_yaml
+from alignlab.data.prompts import read_prompt_rows
 from alignlab.data.tokenize import encode_prompt
 from alignlab.lab.tasks import get_task  # importing the lab also registers its lab:<task> rewards
 from alignlab.losses.policy import clipped_surrogate, clipped_value_loss, kl_estimate, p3o_loss
-from alignlab.models.load import add_lora, is_peft, load_policy, load_tokenizer, save_final
+from alignlab.models.load import add_lora, is_peft, load_policy, load_tokenizer, reference_context, save_final
 from alignlab.models.policy_value import PolicyValue
+from alignlab.rewards.spec import WeightedRewards, build_reward_source, build_rewards
+from alignlab.rewards.verifiable import answers_of
+from alignlab.rollout.base import SamplingParams
 from alignlab.train.loop import train_loop
-from alignlab.train.online_batch import OnlineMicroBatch, RolloutBatch, make_micro_batch, micro_batch_rows
-from alignlab.train.online_config import OnlineConfig, method_defaults
-from alignlab.train.online_rollout import Controllers, RolloutMaker
+from alignlab.train.online.batch import OnlineMicroBatch, RolloutBatch, make_micro_batch, micro_batch_rows, pad_tokens
+from alignlab.train.online.config import OnlineConfig, method_defaults
+from alignlab.train.online.ptx import PtxMixer, ptx_nll
+from alignlab.train.online.rollout import Controllers, RolloutMaker, token_pass
+from alignlab.train.online.safety import run_safety_test
 from alignlab.train.run import make_run_dir, write_run_header
 
 
@@ -57,7 +63,6 @@ def load_prompt_split(source: str, split: str, n: int, seed: int) -> list[dict]:
     if source.startswith("lab:"):
         rows = get_task(source[4:], seed=seed).prompt_rows(split)
         return rows[:n] if n else rows
-    from alignlab.data.prompts import read_prompt_rows
 
     rows = read_prompt_rows(source)
     return rows[:n] if n else rows
@@ -151,7 +156,6 @@ class OnlineAlgorithm:
             return per_example, metrics
         # gamma * L_ptx enters the loss with this micro-batch's share of the window's units, so the
         # loop's sum / n_total leaves exactly gamma * (unit-weighted mean of L_ptx) in the gradient
-        from alignlab.train.online_ptx import ptx_nll
 
         out, _ = scorer(mb.ptx.to(next(self.scorer.parameters()).device), temperature=1.0, values=False)
         nll = ptx_nll(out.logps)
@@ -214,7 +218,6 @@ class OnlineAlgorithm:
     def evaluate(self, scorer) -> dict[str, float]:
         if not self.eval_rows:
             return {}
-        from alignlab.rollout.base import SamplingParams
 
         c = self.cfg
         rows = self.eval_rows[: c.eval_prompts]
@@ -233,9 +236,6 @@ class OnlineAlgorithm:
 
     def _sample_kl(self, out) -> float:
         """Monte-Carlo KL(pi || pi_ref) per sequence on the evaluation samples."""
-        from alignlab.models.load import reference_context
-        from alignlab.train.online_batch import pad_tokens
-        from alignlab.train.online_rollout import token_pass
 
         batch = RolloutBatch(-1, 1, [None] * len(out), out.prompt_ids, out.completion_ids, out.texts, out.finished,
                              mask=pad_tokens([[1.0] * len(x) for x in out.completion_ids]),
@@ -277,7 +277,6 @@ def train_online(cfg: OnlineConfig, *, model=None, tokenizer=None, train_rows=No
     from accelerate import Accelerator
     from transformers import set_seed
 
-    from alignlab.rewards.spec import WeightedRewards, build_rewards
 
     cfg.validate()
     train_rows, eval_rows = _prompt_rows(cfg, train_rows, eval_rows)
@@ -295,7 +294,6 @@ def train_online(cfg: OnlineConfig, *, model=None, tokenizer=None, train_rows=No
         eval_rewards = build_rewards(extra, how=cfg.reward_how, answers=answers) if extra else None
         eval_rewards = _combine(rewards, eval_rewards)
     if cfg.spec.needs_cost and cost is None:
-        from alignlab.rewards.spec import build_reward_source
 
         cost = build_reward_source(cfg.cost, how=cfg.reward_how, answers=answers)
     model, scorer, reference = _build_models(cfg, model)
@@ -322,7 +320,6 @@ def train_online(cfg: OnlineConfig, *, model=None, tokenizer=None, train_rows=No
     summary = {**_summary(cfg, state, run_dir, final_dir, loop_seconds), "eval_before": before,
                **(ptx.report if ptx is not None else {})}
     if cfg.spec.needs_cost and cfg.hc_delta:
-        from alignlab.train.online_safety import run_safety_test
 
         summary["safety_test"] = run_safety_test(cfg, maker, eval_rows, cost)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
@@ -364,7 +361,6 @@ def _ptx_mixer(cfg: OnlineConfig, tokenizer, pad: int):
         if cfg.ptx_coef > 0:
             print(f"alignlab: ptx_coef {cfg.ptx_coef} but no ptx_data: no pretraining/SFT mixing term")
         return None
-    from alignlab.train.online_ptx import PtxMixer
 
     mixer = PtxMixer(cfg, tokenizer, pad)
     r = mixer.report["ptx_data"]
@@ -388,8 +384,6 @@ def _eval_before(algorithm: OnlineAlgorithm, scorer, run_dir: Path) -> dict:
 
 def _combine(train, extra):
     """Evaluation reports the training rewards and any extra (e.g. gold) sources side by side."""
-    from alignlab.rewards.spec import WeightedRewards
-
     if extra is None:
         return train
     return WeightedRewards(train.sources + extra.sources, train.weights + [0.0] * len(extra.sources),
@@ -397,7 +391,6 @@ def _combine(train, extra):
 
 
 def _answers(rows: list[dict]) -> dict:
-    from alignlab.rewards.verifiable import answers_of
 
     return answers_of(rows)
 
