@@ -257,6 +257,7 @@ def train_reward_model(cfg: RMConfig, *, train_records=None, eval_records=None, 
         return session
     from alignlab.models.reward_io import save_reward_model
     from alignlab.train.loop import train_loop
+    from alignlab.train.run import release_run
 
     algorithm = RewardAlgorithm(cfg, session.model, items["train"], items["eval"], session.pad_token_id)
     session.state = train_loop(cfg, algorithm, session.model, session.model, session.accelerator, session.run_dir)
@@ -271,4 +272,5 @@ def train_reward_model(cfg: RMConfig, *, train_records=None, eval_records=None, 
                            examples_per_second=session.state.examples_seen / max(session.state.train_seconds, 1e-9),
                            final_eval=evals[-1] if evals else {}, data_report=session.report.to_dict())
     (session.run_dir / "summary.json").write_text(json.dumps(session.summary, indent=1, default=float))
+    release_run(session.run_dir)
     return session
