@@ -28,10 +28,11 @@ from alignlab.losses.policy import clipped_surrogate, clipped_value_loss, kl_est
 from alignlab.models.load import add_lora, is_peft, load_policy, load_tokenizer, save_final
 from alignlab.models.policy_value import PolicyValue
 from alignlab.train.loop import train_loop
-from alignlab.train.online_batch import OnlineMicroBatch, RolloutBatch, make_micro_batch, micro_batch_rows
+from alignlab.train.online_batch import (OnlineMicroBatch, RolloutBatch, make_micro_batch, micro_batch_rows,
+                                        rollout_files, rollout_path)
 from alignlab.train.online_config import OnlineConfig, method_defaults
 from alignlab.train.online_rollout import Controllers, RolloutMaker
-from alignlab.train.run import make_run_dir, write_run_header
+from alignlab.train.run import make_run_dir, release_run, write_run_header
 
 
 def resolve_online(method: str, yaml_path: str | None = None, flags: dict | None = None) -> OnlineConfig:
@@ -94,7 +95,7 @@ class OnlineAlgorithm:
         return self._prompt_ids[i]
 
     def _path(self, iteration: int) -> Path:
-        return self.rollout_dir / f"iter-{iteration:05d}.pt"
+        return rollout_path(self.rollout_dir, iteration)
 
     def rollout(self, iteration: int) -> RolloutBatch:
         path = self._path(iteration)
@@ -275,7 +276,7 @@ def train_online(cfg: OnlineConfig, *, model=None, tokenizer=None, train_rows=No
 
     cfg.validate()
     set_seed(cfg.seed)
-    run_dir = make_run_dir(cfg.output_dir, cfg.method)
+    run_dir = make_run_dir(cfg, cfg.method)
     tokenizer = tokenizer or load_tokenizer(cfg.model)
     if train_rows is None:
         if not cfg.train_data:
@@ -326,6 +327,7 @@ def train_online(cfg: OnlineConfig, *, model=None, tokenizer=None, train_rows=No
 
         summary["safety_test"] = run_safety_test(cfg, maker, eval_rows, cost)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+    release_run(run_dir)
     return summary
 
 
@@ -376,7 +378,7 @@ def _answers(rows: list[dict]) -> dict:
 def _summary(cfg, state, run_dir: Path, final_dir: Path, loop_seconds: float) -> dict:
     steps = [r for r in state.history if "loss" in r]
     evals = [r for r in state.history if any(k.startswith("eval/") for k in r)]
-    rollouts = [RolloutBatch.load(p).metrics for p in sorted((run_dir / "rollouts").glob("iter-*.pt"))]
+    rollouts = [RolloutBatch.load(p).metrics for p in rollout_files(run_dir / "rollouts")]
     gen = sum(m["time/generation"] for m in rollouts)
     passes = sum(m["time/reference_and_old"] + m["time/scoring"] for m in rollouts)
     completions = sum(m["completions"] for m in rollouts)
