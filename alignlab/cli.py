@@ -182,12 +182,15 @@ def cmd_bon(args, rest: list[str]) -> int:
 
     from alignlab.rewards.bon import read_prompts, run_best_of_n
     from alignlab.rewards.model import load_reward_source
+    from alignlab.train.run import refuse_existing_output
 
     if rest:
         raise ConfigError(f"unknown option(s) for bon: {' '.join(rest)}")
+    refuse_existing_output(args.output, args.overwrite, move=False)  # before loading any model
     source = load_reward_source(args.rm, how=args.how, progress=True, direction=args.direction)
     summary = run_best_of_n(args.policy, source, read_prompts(args.prompts), n=args.n, output=args.output,
-                            max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+                            max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed,
+                            overwrite=args.overwrite)
     print(json.dumps(summary, indent=1))
     return 0
 
@@ -277,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     bon.add_argument("--temperature", type=float, default=1.0)
     bon.add_argument("--seed", type=int, default=0)
     bon.add_argument("--output", default="bon.jsonl", help="where the selections go (jsonl: prompt, completion, reward)")
+    bon.add_argument("--overwrite", action="store_true", help="replace an existing --output (moved aside to NAME.old-<time>)")
     bon.set_defaults(func=cmd_bon)
 
     lab = sub.add_parser("lab", help="measurement experiments with simulated feedback and a known gold reward")
@@ -296,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     try:
         return args.func(args, rest)
+    except KeyboardInterrupt as exc:  # Ctrl-C: no traceback; a training run has saved a checkpoint
+        return _interrupted(exc, sys.argv[1:] if argv is None else argv)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -312,6 +318,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         raise
+
+
+def _interrupted(exc: KeyboardInterrupt, argv: list[str]) -> int:
+    from alignlab.train.loop import TrainingInterrupted
+    from alignlab.train.run import resume_command
+
+    if isinstance(exc, TrainingInterrupted):
+        print(f"\nalignlab: interrupted at step {exc.step}; checkpoint saved to {exc.checkpoint}\n"
+              f"  resume with: {resume_command(argv, exc.run_dir)}", file=sys.stderr)
+    else:
+        print("\nalignlab: interrupted", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ def test_reference_modes_and_layouts_agree(tmp_path, tiny_policy_dir):
 def test_reference_free_loss_skips_the_reference_pass(tmp_path, tiny_policy_dir):
     session = train_dpo(cfg(tmp_path, tiny_policy_dir, loss="simpo", beta=2.0, max_steps=2),
                         train_records=records(TOPICS[:8]))
-    assert not (session.run_dir / "reference_logps.pt").exists()
+    assert not (session.run_dir / "reference_logps.safetensors").exists()
 
 
 def test_truncation_policies_are_counted(tmp_path, tiny_policy_dir):

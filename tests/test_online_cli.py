@@ -44,7 +44,7 @@ def test_train_online_method_from_the_command_line(tmp_path, tiny_policy_dir, pr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["iterations"] == 2 and summary["completions"] == 12
     assert (out / "final" / "model.safetensors").is_file()
-    assert len(list((out / "rollouts").glob("iter-*.pt"))) == 2
+    assert len(list((out / "rollouts").glob("iter-*.safetensors"))) == 2
     if method == "ppo":
         assert (out / "final" / "value_head.safetensors").is_file()
 

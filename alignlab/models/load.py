@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from alignlab.models.embedded import POLICY_NAME, embedded_policy_dir
+from alignlab.models.embedded import POLICY_NAME, cache_dir, embedded_policy_dir
 
 EMBEDDED_NAMES = ("embedded", POLICY_NAME, "HuggingFaceTB/SmolLM2-135M-Instruct")
 
@@ -17,18 +17,73 @@ class ModelSourceError(RuntimeError):
     pass
 
 
+EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
 def resolve_model_path(name: str) -> str:
-    """'embedded' -> the cached embedded folder; an existing folder -> itself; else a hub id."""
+    """'embedded' -> the cached embedded folder; an existing folder -> itself; a LoRA adapter
+    folder -> its base with the adapter merged in (cached, see `merged_adapter_dir`); else a hub id."""
     if not name or name in EMBEDDED_NAMES:
         return str(embedded_policy_dir())
     path = Path(name).expanduser()
     if path.exists():
+        if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
+            return str(merged_adapter_dir(path))
         if not (path / "config.json").is_file():
             raise ModelSourceError(f"model folder {path} has no config.json (expected a save_pretrained folder)")
         return str(path)
     if name.startswith((".", "/", "~")) or name.count("/") != 1:
         raise ModelSourceError(f"model '{name}' is neither an existing folder nor a hub id of the form owner/name")
     return name
+
+
+def portable_name(name_or_path: str) -> str:
+    """The base-model name a saved adapter records: the embedded model's hub id instead of its
+    machine-local cache folder; anything else as the user gave it."""
+    if not name_or_path or name_or_path in EMBEDDED_NAMES:
+        return EMBEDDED_HUB_ID
+    embedded_cache = cache_dir() / "models" / POLICY_NAME
+    try:
+        if Path(name_or_path).expanduser().resolve() == embedded_cache.resolve():
+            return EMBEDDED_HUB_ID
+    except OSError:
+        pass
+    return name_or_path
+
+
+def merged_adapter_dir(adapter: Path) -> Path:
+    """A plain model folder of `adapter`'s base with the adapter merged in, built once and cached
+    under the alignlab cache (keyed by the adapter's content), so that an adapter folder works
+    wherever a model folder does (training, sampling, reward-model backbones, evaluation)."""
+    import json
+    import shutil
+    import tempfile
+
+    from alignlab.train.run import file_sha256
+
+    try:
+        base = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelSourceError(f"{adapter / 'adapter_config.json'}: cannot read its base_model_name_or_path ({exc})") from None
+    target = cache_dir() / "merged" / f"{adapter.resolve().name}-{file_sha256(adapter)[:16]}"
+    if (target / "config.json").is_file():
+        return target
+    from peft import PeftModel
+
+    print(f"alignlab: merging LoRA adapter {adapter} into its base {base} (once; cached in {target})")
+    model = PeftModel.from_pretrained(load_policy(base), str(adapter)).merge_and_unload()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    model.save_pretrained(tmp)
+    from transformers import AutoTokenizer
+
+    tokenizer_source = adapter if (adapter / "tokenizer_config.json").is_file() else resolve_model_path(base)
+    AutoTokenizer.from_pretrained(str(tokenizer_source)).save_pretrained(tmp)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process merged it meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def _hub_error(name: str, exc: Exception) -> ModelSourceError:
@@ -66,6 +121,8 @@ def load_policy(name: str, *, dtype: torch.dtype = torch.float32):
     except ValueError:  # architectures without sdpa: eager honours additive 4-D masks too
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation="eager")
     model.config.use_cache = False
+    # what a LoRA adapter trained on this model records as its base (peft reads name_or_path)
+    model.name_or_path = model.config._name_or_path = portable_name(name)
     return model
 
 
@@ -137,4 +194,11 @@ def save_final(model, tokenizer, directory: Path, *, merge_lora: bool = False) -
         model = model.merge_and_unload()
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
+    adapter_config = directory / "adapter_config.json"
+    if adapter_config.is_file():  # a model given in memory: still no machine-local cache path as its base
+        import json
+
+        saved = json.loads(adapter_config.read_text())
+        saved["base_model_name_or_path"] = portable_name(saved.get("base_model_name_or_path") or "")
+        adapter_config.write_text(json.dumps(saved, indent=2, sort_keys=True))
     return directory

@@ -51,15 +51,20 @@ def read_prompts(path) -> list:
 
 
 def run_best_of_n(policy: str, reward_source, prompts: list, *, n: int, output, max_new_tokens: int = 128,
-                  temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 64) -> dict:
+                  temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 64,
+                  overwrite: bool = False) -> dict:
     """Sample n responses per prompt, keep the best by `reward_source`, write them as jsonl
-    (`prompt`, `completion`, `reward`, plus the mean reward of all n) for SFT / rejection sampling."""
+    (`prompt`, `completion`, `reward`, plus the mean reward of all n) for SFT / rejection sampling.
+    An existing `output` is refused, or with `overwrite` moved aside to NAME.old-<time>.jsonl."""
     import json
     from pathlib import Path
 
     from alignlab.models.load import load_policy, load_tokenizer
     from alignlab.rollout.base import SamplingParams
     from alignlab.rollout.hf import generate_texts
+    from alignlab.train.run import refuse_existing_output
+
+    refuse_existing_output(output, overwrite)
 
     tokenizer, model = load_tokenizer(policy), load_policy(policy)
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)

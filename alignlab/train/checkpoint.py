@@ -1,5 +1,10 @@
 """Atomic checkpoints: trainable weights, optimizer, scheduler, RNG and data position.
 
+Nothing is unpickled on load (a planted file in a run folder must not run code): weights and the
+torch RNG states are safetensors, the Python/NumPy RNG states and the trainer state JSON, and the
+optimizer and scheduler state dicts (tensors and numbers only) are read with
+`torch.load(weights_only=True)`.
+
 A checkpoint is written into a temp folder and renamed into place, so a crash mid-write leaves the
 previous checkpoint intact. Only trainable parameters are saved (the LoRA adapter, or every weight
 for full fine-tuning); frozen weights come back from the model source on resume.
@@ -9,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -17,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -36,6 +43,10 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read safely (corrupt, or not written by alignlab)."""
+
+
 def rng_state() -> dict[str, Any]:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -51,6 +62,50 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _save_rng(state: dict[str, Any], directory: Path) -> None:
+    """torch/CUDA generator states as safetensors, Python's and NumPy's as JSON."""
+    tensors = {"torch": state["torch"], **{f"cuda.{i}": s for i, s in enumerate(state.get("cuda", []))}}
+    save_file(tensors, directory / "rng.safetensors")
+    version, internal, gauss = state["python"]
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    (directory / "rng.json").write_text(json.dumps({
+        "python": [version, list(internal), gauss],
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+    }))
+
+
+def _load_rng(directory: Path) -> dict[str, Any]:
+    tensors = _safe(load_file, directory / "rng.safetensors")
+    saved = _safe(lambda p: json.loads(p.read_text()), directory / "rng.json")
+    version, internal, gauss = saved["python"]
+    name, keys, pos, has_gauss, cached = saved["numpy"]
+    state = {"python": (version, tuple(internal), gauss),
+             "numpy": (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached), "torch": tensors["torch"]}
+    cuda = [tensors[f"cuda.{i}"] for i in range(len(tensors)) if f"cuda.{i}" in tensors]
+    if cuda:
+        state["cuda"] = cuda
+    return state
+
+
+def _safe(read, path: Path):
+    """Read one checkpoint file; any failure (a pickle refused by weights_only, a corrupt file)
+    becomes one clear CheckpointError naming it."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {path} is missing (a checkpoint from an older alignlab, which saved "
+                              "pickles, cannot be resumed)")
+    try:
+        return read(path)
+    except (pickle.UnpicklingError, SafetensorError, ValueError, RuntimeError, EOFError, OSError, KeyError,
+            TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint file {path} cannot be read safely and was not loaded ({first[:200]}); "
+                              "it was not written by alignlab or is corrupt") from None
+
+
+def _load_state_dict(path: Path) -> dict:
+    return _safe(lambda p: torch.load(p, weights_only=True, map_location="cpu"), path)
+
+
 def save_checkpoint(directory: Path, step: int, model, optimizer, scheduler, state: dict, keep: int) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"step-{step}"
@@ -61,7 +116,7 @@ def save_checkpoint(directory: Path, step: int, model, optimizer, scheduler, sta
     save_file(trainable_state(model), tmp / "trainable.safetensors")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(rng_state(), tmp / "rng.pt")
+    _save_rng(rng_state(), tmp)
     (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=1))
     if final.exists():
         shutil.rmtree(final)
@@ -86,7 +141,7 @@ def list_checkpoints(directory: Path) -> list[Path]:
 
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     """Restore everything saved by `save_checkpoint`; returns the saved trainer state."""
-    weights = load_file(path / "trainable.safetensors")
+    weights = _safe(load_file, path / "trainable.safetensors")
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
     unknown = [n for n in weights if n not in params]
@@ -98,7 +153,11 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    set_rng_state(torch.load(path / "rng.pt", weights_only=False))
-    return json.loads((path / "state.json").read_text())
+    optimizer_state = _load_state_dict(path / "optimizer.pt")
+    scheduler_state = _load_state_dict(path / "scheduler.pt")
+    rng = _load_rng(path)
+    state = _safe(lambda p: json.loads(p.read_text()), path / "state.json")
+    optimizer.load_state_dict(optimizer_state)
+    scheduler.load_state_dict(scheduler_state)
+    set_rng_state(rng)
+    return state

@@ -59,7 +59,8 @@ class TrainConfig:
     keep_checkpoints: int = field(2, "how many recent checkpoints to keep")
     log_every: int = field(1, "log metrics every N optimizer steps")
     report_to: list = field([], "extra metric sinks: tensorboard, wandb")
-    resume: str = field("", "'latest' (newest checkpoint in output_dir) or a checkpoint folder")
+    resume: str = field("", "'latest' (newest checkpoint in output_dir) or a checkpoint folder; settings that would change the training must match the run's (docs/runs.md)")
+    overwrite: bool = field(False, "start a new run in an output_dir that holds one, after moving the old run aside to a sibling folder NAME.old-<time>")
     max_bad_steps: int = field(3, "abort after this many optimizer steps in a row with non-finite gradients")
     progress: bool = field(True, "show a progress bar")
 

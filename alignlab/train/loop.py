@@ -11,6 +11,9 @@ last window.
 from __future__ import annotations
 
 import math
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,13 +22,47 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
-from alignlab.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from alignlab.train.checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from alignlab.train.config import TrainConfig
 from alignlab.train.tracking import Tracker
 
 
 class TrainingAborted(RuntimeError):
     """Raised for a non-finite loss or too many non-finite gradients; checkpoints are kept."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped the run at a step boundary after saving `checkpoint`."""
+
+    def __init__(self, step: int, checkpoint: Path, run_dir: Path):
+        super().__init__(f"interrupted at step {step}; checkpoint saved to {checkpoint}")
+        self.step, self.checkpoint, self.run_dir = step, checkpoint, run_dir
+
+
+class _StopRequest:
+    """SIGINT handler for the life of the loop: the first Ctrl-C asks the loop to stop at the next
+    step boundary; a second one stops at once (KeyboardInterrupt), and the loop then saves the
+    last completed step."""
+
+    def __init__(self):
+        self.requested, self.previous = False, None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            self.previous = signal.signal(signal.SIGINT, self)
+        return self
+
+    def __call__(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nalignlab: stopping after this step to save a checkpoint (Ctrl-C again to stop now)",
+              file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
 
 
 class Algorithm(Protocol):
@@ -139,16 +176,26 @@ def train_loop(cfg: TrainConfig, algorithm: Algorithm, model, scorer, accelerato
     tracker = Tracker(run_dir, cfg.report_to, {}, resume_step=state.step if resume_from else None)
     bar = tqdm(total=total_steps, initial=state.step, disable=not cfg.progress, desc="train", dynamic_ncols=True)
     try:
-        while state.step < total_steps:
-            batches = algorithm.micro_batches(state.epoch)
-            if state.micro >= len(batches):
-                state.epoch, state.micro = state.epoch + 1, 0
-                continue
-            _one_step(cfg, algorithm, scorer, params, optimizer, scheduler, accelerator, batches, state, tracker, bar)
-            if cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < total_steps:
-                _evaluate(algorithm, scorer, state, tracker)
-            if cfg.save_every and state.step % cfg.save_every == 0 and state.step < total_steps:
-                _save(cfg, run_dir, model, optimizer, scheduler, state, accelerator)
+        with _StopRequest() as stop:
+            while state.step < total_steps:
+                # what a checkpoint of this step boundary holds, should a KeyboardInterrupt cut the
+                # next step short: that step's RNG draws are undone (its optimizer step never ran)
+                boundary = (rng_state(), state.step, state.epoch, state.micro)
+                try:
+                    if stop.requested:
+                        raise KeyboardInterrupt
+                    batches = algorithm.micro_batches(state.epoch)
+                    if state.micro >= len(batches):
+                        state.epoch, state.micro = state.epoch + 1, 0
+                        continue
+                    _one_step(cfg, algorithm, scorer, params, optimizer, scheduler, accelerator, batches, state,
+                              tracker, bar)
+                except KeyboardInterrupt:
+                    _interrupted(cfg, run_dir, model, optimizer, scheduler, state, accelerator, boundary)
+                if cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < total_steps:
+                    _evaluate(algorithm, scorer, state, tracker)
+                if cfg.save_every and state.step % cfg.save_every == 0 and state.step < total_steps:
+                    _save(cfg, run_dir, model, optimizer, scheduler, state, accelerator)
         _evaluate(algorithm, scorer, state, tracker)
         _save(cfg, run_dir, model, optimizer, scheduler, state, accelerator)
     finally:
@@ -236,6 +283,18 @@ def _evaluate(algorithm, scorer, state: LoopState, tracker: Tracker) -> None:
     if metrics:
         tracker.log(state.step, {f"eval/{k}": v for k, v in metrics.items()})
         state.history.append({"step": state.step, **{f"eval/{k}": v for k, v in metrics.items()}})
+
+
+def _interrupted(cfg, run_dir, model, optimizer, scheduler, state, accelerator, boundary):
+    """Save the checkpoint of the last completed step and raise TrainingInterrupted."""
+    rng, step, epoch, micro = boundary
+    if state.step != step:  # interrupted between the optimizer step and the loop's bookkeeping: keep it
+        rng = rng_state()
+    state.epoch, state.micro = (epoch, micro) if state.step == step else (state.epoch, state.micro)
+    optimizer.zero_grad(set_to_none=True)
+    set_rng_state(rng)
+    _save(cfg, run_dir, model, optimizer, scheduler, state, accelerator)
+    raise TrainingInterrupted(state.step, run_dir / "checkpoints" / f"step-{state.step}", run_dir) from None
 
 
 def _save(cfg, run_dir, model, optimizer, scheduler, state, accelerator) -> None:

@@ -22,6 +22,7 @@ from alignlab.models.reward_io import save_reward_model
 from alignlab.train import reward_data  # looked up at call time: bench/rm_vs_trl.py wraps its setup
 from alignlab.train.loop import train_loop
 from alignlab.train.reward_config import OBJECTIVES, Item, MemberScores, ObjectiveSpec, RMConfig
+from alignlab.train.run import release_run
 
 __all__ = ["OBJECTIVES", "Item", "ObjectiveSpec", "RMConfig", "RewardAlgorithm", "train_reward_model"]
 
@@ -203,4 +204,5 @@ def train_reward_model(cfg: RMConfig, *, train_records=None, eval_records=None, 
                            examples_per_second=session.state.examples_seen / max(session.state.train_seconds, 1e-9),
                            final_eval=evals[-1] if evals else {}, data_report=session.report.to_dict())
     (session.run_dir / "summary.json").write_text(json.dumps(session.summary, indent=1, default=float))
+    release_run(session.run_dir)
     return session

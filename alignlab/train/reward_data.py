@@ -206,7 +206,7 @@ def prepare_reward_session(cfg: RMConfig, *, train_records=None, eval_records=No
     if train_records is None and not cfg.train_data:
         raise ValueError("no training data: set train_data (a file or datasets folder)")
     trained = trained_ratings_model(cfg.model) if cfg.spec.trains == "gate" else None
-    run_dir = make_run_dir(cfg.output_dir, f"rm-{cfg.objective}")
+    run_dir = make_run_dir(cfg, f"rm-{cfg.objective}", dry_run=dry_run)
     set_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(resolve_backbone_path(cfg.model) if trained is None else cfg.model)
     report = DataReport()

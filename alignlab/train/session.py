@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from safetensors.torch import save_file
 
 from alignlab.data import DataReport, encode_pairs, load_records
 from alignlab.data.records import PairwiseRecord
@@ -18,7 +19,7 @@ from alignlab.models.load import add_lora, load_policy, load_tokenizer, save_fin
 from alignlab.train.dryrun import explain
 from alignlab.train.errors import DiskFull, is_disk_full
 from alignlab.train.loop import LoopState, train_loop
-from alignlab.train.run import file_sha256, make_run_dir, write_run_header
+from alignlab.train.run import make_run_dir, release_run, write_run_header
 
 
 @dataclass
@@ -40,21 +41,36 @@ class TrainingSession:
 
     def cached_reference(self, compute: Callable[[list], torch.Tensor]) -> dict[str, torch.Tensor]:
         """Reference log-probs for the train and eval pairs, computed once and kept in the run
-        folder (keyed by a hash of the tokens and the model), so a resumed run reuses them."""
-        path = self.run_dir / "reference_logps.pt"
+        folder as safetensors (keyed by a hash of the tokens and the model), so a resumed run
+        reuses them."""
+        path = self.run_dir / "reference_logps.safetensors"
         key = _pairs_key(self.train_pairs, self.eval_pairs, self.cfg.model)
         if path.is_file():
-            saved = torch.load(path, weights_only=False)
-            if saved.get("key") == key:
-                return saved["logps"]
+            saved, saved_key = _read_reference(path)
+            if saved_key == key:
+                return saved
         start = time.perf_counter()
         logps = {"train": compute(self.train_pairs)}
         if self.eval_pairs:
             logps["eval"] = compute(self.eval_pairs)
         self.summary["reference_seconds"] = time.perf_counter() - start
         if self.accelerator is None or self.accelerator.is_main_process:
-            torch.save({"key": key, "logps": logps}, path)
+            tmp = path.with_suffix(".tmp")
+            save_file({k: v.contiguous() for k, v in logps.items()}, tmp, metadata={"key": key})
+            tmp.replace(path)
         return logps
+
+
+def _read_reference(path: Path) -> tuple[dict, str | None]:
+    """The cached reference log-probs and their key; a file that is not safetensors is an error
+    (never unpickled: a planted file must not run code)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, (f.metadata() or {}).get("key")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ValueError(f"{path} is not a valid reference log-prob cache ({exc}); delete it to recompute it") from None
 
 
 def _pairs_key(train_pairs, eval_pairs, model_name: str) -> str:
@@ -123,7 +139,7 @@ def start_session(cfg, algorithm_name: str, *, train_records=None, eval_records=
     cfg.preflight()
     if train_records is None and not cfg.train_data:
         raise ValueError("no training data: set train_data (a file or datasets folder)")
-    run_dir = make_run_dir(cfg.output_dir, algorithm_name)
+    run_dir = make_run_dir(cfg, algorithm_name, dry_run=dry_run)
     set_seed(cfg.seed)
     tokenizer = tokenizer or load_tokenizer(cfg.model)
     report = DataReport()
@@ -178,4 +194,5 @@ def finish_session(session: TrainingSession, algorithm, scorer) -> TrainingSessi
         data_report=session.report.to_dict(),
     )
     (session.run_dir / "summary.json").write_text(json.dumps(session.summary, indent=1, default=float))
+    release_run(session.run_dir)
     return session

@@ -9,10 +9,13 @@ land back in (b, T) layout.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
 from alignlab.models.packing import PackedBatch, pack_sequences
@@ -60,13 +63,32 @@ class RolloutBatch:
         return len(self.completion_ids)
 
     def save(self, path: Path) -> None:
+        """Tensors as safetensors, everything else as JSON in its metadata: one file, never a pickle."""
+        tensors = {k: v.contiguous() for k, v in self.__dict__.items() if isinstance(v, Tensor)}
+        rest = {k: v for k, v in self.__dict__.items() if not isinstance(v, Tensor) and v is not None}
         tmp = path.with_suffix(".tmp")
-        torch.save(self.__dict__, tmp)
+        save_file(tensors, tmp, metadata={"rollout": json.dumps(rest, default=float)})
         tmp.replace(path)  # atomic: a crash mid-write never leaves a half file
 
     @classmethod
     def load(cls, path: Path) -> "RolloutBatch":
-        return cls(**torch.load(path, weights_only=False))
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                fields = {k: f.get_tensor(k) for k in f.keys()}
+                fields.update(json.loads((f.metadata() or {})["rollout"]))
+            return cls(**fields)
+        except (SafetensorError, OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"rollout file {path} cannot be read safely and was not loaded ({str(exc)[:200]}); "
+                             "it was not written by alignlab or is corrupt") from None
+
+
+def rollout_path(directory: Path, iteration: int) -> Path:
+    """Where iteration `iteration`'s rollout is kept in the run folder."""
+    return directory / f"iter-{iteration:05d}.safetensors"
+
+
+def rollout_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("iter-*.safetensors"))
 
 
 @dataclass

@@ -33,12 +33,13 @@ from alignlab.rewards.spec import WeightedRewards, build_reward_source, build_re
 from alignlab.rewards.verifiable import answers_of
 from alignlab.rollout.base import SamplingParams
 from alignlab.train.loop import train_loop
-from alignlab.train.online.batch import OnlineMicroBatch, RolloutBatch, make_micro_batch, micro_batch_rows, pad_tokens
+from alignlab.train.online.batch import (OnlineMicroBatch, RolloutBatch, make_micro_batch, micro_batch_rows, pad_tokens,
+                                        rollout_files, rollout_path)
 from alignlab.train.online.config import OnlineConfig, method_defaults
 from alignlab.train.online.ptx import PtxMixer, ptx_nll
 from alignlab.train.online.rollout import Controllers, RolloutMaker, token_pass
 from alignlab.train.online.safety import run_safety_test
-from alignlab.train.run import make_run_dir, write_run_header
+from alignlab.train.run import make_run_dir, release_run, write_run_header
 
 
 def resolve_online(method: str, yaml_path: str | None = None, flags: dict | None = None) -> OnlineConfig:
@@ -98,7 +99,7 @@ class OnlineAlgorithm:
         return self._prompt_ids[i]
 
     def _path(self, iteration: int) -> Path:
-        return self.rollout_dir / f"iter-{iteration:05d}.pt"
+        return rollout_path(self.rollout_dir, iteration)
 
     def rollout(self, iteration: int) -> RolloutBatch:
         path = self._path(iteration)
@@ -282,7 +283,7 @@ def train_online(cfg: OnlineConfig, *, model=None, tokenizer=None, train_rows=No
     train_rows, eval_rows = _prompt_rows(cfg, train_rows, eval_rows)
     cfg.check_eval_source(bool(eval_rows))
     set_seed(cfg.seed)
-    run_dir = make_run_dir(cfg.output_dir, cfg.method)
+    run_dir = make_run_dir(cfg, cfg.method)
     tokenizer = tokenizer or load_tokenizer(cfg.model)
     answers = _answers(train_rows + eval_rows)
     if rewards is None:
@@ -323,6 +324,7 @@ def train_online(cfg: OnlineConfig, *, model=None, tokenizer=None, train_rows=No
 
         summary["safety_test"] = run_safety_test(cfg, maker, eval_rows, cost)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+    release_run(run_dir)
     return summary
 
 
@@ -398,7 +400,7 @@ def _answers(rows: list[dict]) -> dict:
 def _summary(cfg, state, run_dir: Path, final_dir: Path, loop_seconds: float) -> dict:
     steps = [r for r in state.history if "loss" in r]
     evals = [r for r in state.history if any(k.startswith("eval/") for k in r)]
-    rollouts = [RolloutBatch.load(p).metrics for p in sorted((run_dir / "rollouts").glob("iter-*.pt"))]
+    rollouts = [RolloutBatch.load(p).metrics for p in rollout_files(run_dir / "rollouts")]
     gen = sum(m["time/generation"] for m in rollouts)
     passes = sum(m["time/reference_and_old"] + m["time/scoring"] for m in rollouts)
     completions = sum(m["completions"] for m in rollouts)
