@@ -8,17 +8,10 @@ import errno
 import sys
 from typing import Any
 
-from alignlab.config import ConfigError, resolve
+from alignlab.config import ConfigError, config_help, resolve
 
 
 LAB_EXPERIMENTS = ("bon-overoptimization", "overoptimization", "rm-accuracy")
-
-
-def _trainers() -> dict[str, tuple[type, Any]]:
-    from alignlab.train.dpo import DPOConfig, train_dpo
-    from alignlab.train.reward import RMConfig, train_reward_model
-
-    return {"dpo": (DPOConfig, train_dpo), "rm": (RMConfig, train_reward_model)}
 
 
 def parse_flags(tokens: list[str]) -> dict[str, Any]:
@@ -40,71 +33,24 @@ def parse_flags(tokens: list[str]) -> dict[str, Any]:
     return flags
 
 
-def _config_help(cls) -> str:
-    lines = [f"settings of {cls.__name__} (YAML keys or --flags):"]
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        lines.append(f"  --{f.name.replace('_', '-'):<24} {f.metadata.get('help', '')} [default: {default!r}]")
-    return "\n".join(lines)
-
-
 def cmd_train(args, rest: list[str]) -> int:
-    from alignlab.train.online.config import ONLINE_METHODS
+    from alignlab.train.trainers import TRAINERS
 
-    if args.algorithm in ONLINE_METHODS:
-        return cmd_train_online(args, rest)
-    trainers = _trainers()
-    if args.algorithm not in trainers:
-        available = ", ".join(sorted(trainers) + sorted(ONLINE_METHODS))
-        print(f"error: unknown algorithm '{args.algorithm}'; available: {available}", file=sys.stderr)
+    trainer = TRAINERS.get(args.algorithm)
+    if trainer is None:
+        print(f"error: unknown algorithm '{args.algorithm}'; available: {', '.join(TRAINERS)}", file=sys.stderr)
         return 2
-    cls, run = trainers[args.algorithm]
     if args.help_settings:
-        print(_config_help(cls))
+        print(trainer.help())
         return 0
-    cfg = resolve(cls, args.config, parse_flags(rest))
-    cfg.preflight()
-    session = run(cfg, dry_run=args.dry_run)
+    cfg = trainer.resolve(args.config, parse_flags(rest))
+    session = trainer.run(cfg, dry_run=args.dry_run)
     if session.dry_run_text is not None:
         print(session.dry_run_text)
         return 0
-    final_eval = session.summary.get("final_eval", {})
-    print(f"alignlab: done in {session.summary['train_seconds']:.1f}s of training "
-          f"({session.summary['examples_per_second']:.2f} examples/s); model saved to {session.final_dir}")
-    if final_eval:
-        print("  final eval: " + ", ".join(f"{k}={v:.4g}" for k, v in final_eval.items() if k != "step"))
-    return 0
-
-
-def cmd_train_online(args, rest: list[str]) -> int:
-    from alignlab.config import to_dict
-    from alignlab.train.online import resolve_online, train_online
-    from alignlab.train.online.config import settings_help
-
-    if args.help_settings:
-        print(settings_help(args.algorithm))
-        return 0
-    cfg = resolve_online(args.algorithm, args.config, parse_flags(rest))
-    cfg.check_eval_source()
-    cfg.preflight()
-    if args.dry_run:
-        steps = cfg.iterations * cfg.ppo_epochs * -(-cfg.prompts_per_step * cfg.samples_per_prompt // (cfg.batch_size * cfg.grad_accum))
-        print(f"alignlab dry run: {cfg.method} on {cfg.model}; {cfg.iterations} iterations x {cfg.prompts_per_step} prompts"
-              f" x {cfg.samples_per_prompt} samples (up to {cfg.max_new_tokens} new tokens), about {steps} optimizer steps;"
-              f" rewards {cfg.reward}; KL {cfg.kl_coef} as {cfg.kl_mode} ({cfg.kl_estimator})"
-              + (f"; ptx mixing gamma {cfg.ptx_coef} on {cfg.ptx_data}" if cfg.ptx_data else ""))
-        print("settings: " + ", ".join(f"{k}={v!r}" for k, v in to_dict(cfg).items()))
-        return 0
-    summary = train_online(cfg)
-    before, after = summary.get("eval_before", {}), summary.get("final_eval", {})
-    print(f"alignlab: {cfg.method} done: {summary['steps']} steps over {summary['iterations']} iterations, "
-          f"{summary['completions_per_second']:.2f} completions/s; model saved to {summary['final_dir']}")
-    for key in sorted(set(before) & set(after)):
-        print(f"  eval {key}: {before[key]:.4g} -> {after[key]:.4g}")
-    if "safety_test" in summary:
-        t = summary["safety_test"]
-        print(f"  safety test: {t['verdict']} (cost upper bound {t['cost_upper_bound']:.4g} vs threshold {t['threshold']:.4g}"
-              f" at {t['confidence']:.0%} confidence, n={t['n']})")
+    print(f"alignlab: {trainer.name} done: {session.summary['steps']} steps; model saved to {session.final_dir}")
+    for line in trainer.report(session):
+        print(line)
     return 0
 
 
@@ -209,7 +155,7 @@ def cmd_lab(args, rest: list[str]) -> int:
     cls, run = experiments[args.experiment]
     flags = parse_flags(rest)
     if flags.pop("help_settings", None):
-        print(_config_help(cls))
+        print(config_help(cls))
         return 0
     run(resolve(cls, args.config, flags))
     return 0
@@ -230,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a policy: alignlab train dpo --config my.yaml [--key value ...]")
-    train.add_argument("algorithm", help="algorithm: dpo | rm (reward model) | ppo | grpo | rloo | reinforce_pp | remax | p3o | ppo_lagrangian")
+    train.add_argument("algorithm", help="algorithm: dpo | rm (reward model) | ppo | grpo | rloo | reinforce_pp | remax | p3o | ppo_lagrangian (the trainer table: alignlab.train.trainers)")
     train.add_argument("--config", help="YAML file of settings (flags override it)")
     train.add_argument("--dry-run", action="store_true", help="explain the run (batches, memory, data) and exit")
     train.add_argument("--help-settings", action="store_true", help="list every setting with its default")

@@ -246,3 +246,12 @@ def differences(config) -> dict[str, tuple[Any, Any]]:
 
 def save(config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(json.loads(json.dumps(to_dict(config))), sort_keys=False))
+
+
+def config_help(cls, title: str | None = None) -> str:
+    """Every setting of the config dataclass `cls` with its help and default, for --help-settings."""
+    lines = [title or f"settings of {cls.__name__} (YAML keys or --flags):"]
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        lines.append(f"  --{f.name.replace('_', '-'):<24} {f.metadata.get('help', '')} [default: {default!r}]")
+    return "\n".join(lines)

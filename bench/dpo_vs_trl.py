@@ -53,7 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_alignlab(args) -> dict:
-    import torch
+
+    from safetensors.torch import load_file
 
     from alignlab.data.records import PairwiseRecord
     from alignlab.train.dpo import DPOConfig, train_dpo
@@ -69,13 +70,13 @@ def run_alignlab(args) -> dict:
         start = time.perf_counter()
         session = train_dpo(cfg, train_records=records, tokenizer=tokenizer)
         wall = time.perf_counter() - start
-        reference = torch.load(session.run_dir / "reference_logps.pt", weights_only=False)["logps"]["train"]
+        reference = load_file(session.run_dir / "reference_logps.safetensors")["train"]
     # The reference pass is real work that TRL does inside its steps: it counts.
     seconds = session.summary["train_seconds"] + session.summary.get("reference_seconds", 0.0)
     losses = [row["loss"] for row in session.state.history if "loss" in row]
-    if [p.index for p in session.train_pairs] != list(range(len(pairs))):  # ids are compared pair by pair
+    if [p.index for p in session.train_examples] != list(range(len(pairs))):  # ids are compared pair by pair
         raise RuntimeError("alignlab dropped or reordered pairs while encoding; the sides cannot be compared")
-    ids = [[p.prompt_ids, p.chosen_ids, p.rejected_ids] for p in session.train_pairs]
+    ids = [[p.prompt_ids, p.chosen_ids, p.rejected_ids] for p in session.train_examples]
     return side_result(args, seconds, wall, losses, ids, reference.tolist(), worker_setup(tokenizer, pairs),
                        reference_seconds=session.summary.get("reference_seconds", 0.0),
                        step_seconds=session.summary["train_seconds"])

@@ -150,7 +150,8 @@ def eos_ids(model, tokenizer) -> list[int]:
 def watch_alignlab_saves() -> dict:
     """alignlab always saves at the end of a run (a checkpoint with the optimizer state, and the
     final model); TRL runs with save_strategy="no". Time both saves, to leave them out."""
-    from alignlab.train import loop, online
+    from alignlab.train import loop
+    from alignlab.train.online import trainer as online
 
     seen = {"seconds": 0.0}
 
@@ -234,7 +235,7 @@ def run_alignlab(args) -> dict:
         cfg = resolve_online("grpo", flags=alignlab_flags(args, tmp))
         start = time.perf_counter()
         summary = train_online(cfg, model=model, tokenizer=tokenizer, train_rows=[{"prompt": p} for p in prompts],
-                               eval_rows=[], rewards=FunctionReward(reward, name="vader", responses_only=True))
+                               eval_rows=[], rewards=FunctionReward(reward, name="vader", responses_only=True)).summary
         wall = time.perf_counter() - start
         logged = [json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()
                   if line.strip()]

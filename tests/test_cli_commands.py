@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from alignlab.cli import LAB_EXPERIMENTS, _trainers, build_parser, main
+from alignlab.cli import LAB_EXPERIMENTS, build_parser, main
+from alignlab.train.trainers import TRAINERS
 
 ROOT = Path(__file__).resolve().parents[1]
 TOP = ("train", "data", "eval", "bon", "lab", "demo")
@@ -81,17 +82,11 @@ def check(command: str) -> str | None:
         if len(words) < 2 or words[1] not in nested[0].choices:
             return f"no command '{' '.join(words[:2])}'"
     if words[0] == "train":
-        from alignlab.train.online.config import ONLINE_METHODS, OnlineConfig
-
         if len(words) < 2 or words[1].startswith("-") or _placeholder(words[1]):
             return None  # `alignlab train --help`, `alignlab train METHOD`: no algorithm named
-        trainers = _trainers()
-        if words[1] not in trainers and words[1] not in ONLINE_METHODS:
+        if words[1] not in TRAINERS:
             return f"no algorithm '{words[1]}'"
-        cls = trainers[words[1]][0] if words[1] in trainers else OnlineConfig
-        names = {f.name for f in dataclasses.fields(cls)} | {"config", "dry_run", "help_settings"}
-        if cls is OnlineConfig:
-            names.add("preset")
+        names = {f.name for f in dataclasses.fields(TRAINERS[words[1]].config)} | {"config", "dry_run", "help_settings"}
         for token in words[2:]:
             key = token[2:].split("=")[0].replace("-", "_") if token.startswith("--") else None
             if key and key not in names:

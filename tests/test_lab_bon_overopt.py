@@ -196,7 +196,6 @@ def test_reuse_checks_the_settings_that_made_the_samples(tmp_path):
 def test_heldout_accuracy_counts_a_tied_pair_half():
     """Held-out pairs: one tied by every selector, one ranked right, one wrong -> 0.5 each; the
     full model ranks two of three right -> 2/3 (a tie must not count as a miss or a hit)."""
-    import torch
 
     from alignlab.data.records import PairwiseRecord
     from alignlab.experiments.proxies import heldout_accuracy

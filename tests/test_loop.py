@@ -1,7 +1,6 @@
 """Plumbing of the one loop, by equivalence: accumulation vs one big batch, resume vs one run,
 and the NaN/inf guards. A linear model keeps these exact and fast."""
 
-import dataclasses
 import json
 import shutil
 

@@ -45,13 +45,14 @@ def test_a_planted_pickle_in_a_checkpoint_runs_nothing(tmp_path, name):
 
 def test_a_planted_reference_cache_runs_nothing(tmp_path):
     from alignlab.train.dpo import DPOConfig
+    from alignlab.train.dpo_data import cached_reference
     from alignlab.train.session import TrainingSession
 
     marker = tmp_path / "code-ran"
     plant(tmp_path / "reference_logps.safetensors", marker)
     session = TrainingSession(DPOConfig(), "dpo", tmp_path)
     with pytest.raises(ValueError, match="reference_logps.safetensors is not a valid reference log-prob cache"):
-        session.cached_reference(lambda pairs: torch.zeros(len(pairs), 2))
+        cached_reference(session, lambda pairs: torch.zeros(len(pairs), 2))
     assert not marker.exists()
 
 

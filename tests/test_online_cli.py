@@ -52,7 +52,8 @@ def test_train_online_method_from_the_command_line(tmp_path, tiny_policy_dir, pr
 def test_dry_run_help_settings_and_bad_settings(tmp_path, capsys, prompts_file):
     assert main(["train", "grpo", "--train-data", str(prompts_file), "--dry-run"]) == 0
     printed = capsys.readouterr().out
-    assert "grpo" in printed and "samples_per_prompt=4" in printed and "kl_estimator='k3'" in printed  # paper defaults
+    assert "grpo" in printed and "samples_per_prompt: 4  (grpo default)" in printed  # paper defaults, named so
+    assert "kl_estimator: 'k3'  (grpo default)" in printed and not (tmp_path / "runs").exists()
     assert main(["train", "rloo", "--help-settings"]) == 0
     assert "--kl-mode" in capsys.readouterr().out
     assert main(["train", "grpo", "--samples-per-prompt", "1", "--train-data", str(prompts_file), "--dry-run"]) == 2

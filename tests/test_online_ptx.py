@@ -83,7 +83,7 @@ def run(tmp_path, policy_dir, demos, reward, **overrides):
         flags.update(ptx_data=str(demos), ptx_coef=1.0, ptx_batch_size=2, max_length=64)
     flags.update(overrides)
     cfg = resolve_online("grpo", flags=flags)
-    return train_online(cfg, train_rows=PROMPTS, eval_rows=PROMPTS[:2], rewards=reward)
+    return train_online(cfg, train_rows=PROMPTS, eval_rows=PROMPTS[:2], rewards=reward).summary
 
 
 def test_ptx_enters_the_loss_with_weight_gamma_and_raises_the_demonstrations_likelihood(tmp_path, tiny_policy_dir,

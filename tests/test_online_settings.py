@@ -14,6 +14,7 @@ from alignlab.cli import main
 from alignlab.config import ConfigError, to_dict
 from alignlab.rewards.base import FunctionReward
 from alignlab.train.online import resolve_online, split_prompts, train_online
+from alignlab.train.online.batch import rollout_files
 from alignlab.train.online.config import ONLINE_METHODS
 
 PROMPTS = [{"prompt": f"Tell me about {w}."} for w in ("cats", "rain", "tea", "maps", "owls", "snow", "bread", "lamps")]
@@ -39,7 +40,7 @@ def test_eval_fraction_holds_prompts_out_of_training_and_evaluates_on_them(tmp_p
     calls: list = []
     cfg = resolve_online("grpo", flags=flags(tmp_path, model=str(tiny_policy_dir), eval_fraction=0.25, eval_prompts=2,
                                              iterations=3))
-    summary = train_online(cfg, train_rows=PROMPTS, rewards=seen_prompts(calls))
+    summary = train_online(cfg, train_rows=PROMPTS, rewards=seen_prompts(calls)).summary
     train, held = split_prompts(PROMPTS, 0.25, 0)
     assert len(held) == 2 and len(train) == 6 and split_prompts(PROMPTS, 0.25, 0) == (train, held)  # seeded
     held_prompts = {r["prompt"] for r in held}
@@ -112,7 +113,7 @@ def test_dry_run_and_run_record_the_methods_defaults(tmp_path, tiny_policy_dir, 
     prompts.write_text("".join(json.dumps(r) + "\n" for r in PROMPTS))
     assert main(["train", "grpo", "--train-data", str(prompts), "--dry-run"]) == 0
     printed = capsys.readouterr().out
-    assert "KL 0.04 as loss (k3)" in printed and "kl_coef=0.04" in printed
+    assert "KL 0.04 as loss (k3)" in printed and "kl_coef: 0.04  (grpo default)" in printed
     out = tmp_path / "run"
     assert main(["train", "grpo", "--model", str(tiny_policy_dir), "--train-data", str(prompts), "--iterations", "1",
                  "--prompts-per-step", "2", "--max-new-tokens", "4", "--output-dir", str(out), "--progress",
@@ -135,7 +136,7 @@ def test_online_metrics_count_in_the_methods_unit(tmp_path, tiny_policy_dir, met
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     steps = [r for r in rows if "loss" in r]
     assert steps and all("examples_seen" not in r and "examples_per_second" not in r for r in rows)
-    batch = RolloutBatch.load(next((tmp_path / "run" / "rollouts").glob("iter-*.pt")))
+    batch = RolloutBatch.load(rollout_files(tmp_path / "run" / "rollouts")[0])
     want = {"tokens": int(batch.mask.sum()), "sequences": int((batch.mask.sum(-1) > 0).sum()),
             "pairs": len(batch) // 2}[unit]
     assert steps[-1][f"{unit}_seen"] == want and f"{unit}_per_second" in steps[-1]

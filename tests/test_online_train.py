@@ -10,6 +10,7 @@ import torch
 
 from alignlab.rewards.base import FunctionReward
 from alignlab.train.online import resolve_online, train_online
+from alignlab.train.online.batch import rollout_files
 from alignlab.train.online.config import ONLINE_METHODS
 
 WORDS = ["cats", "rain", "tea", "maps", "trains", "bread", "snow", "music", "paint", "boats", "lamps", "owls"]
@@ -61,7 +62,7 @@ def run(tmp_path, policy_dir, smol_tokenizer, method, **overrides):
     cfg = resolve_online(method, flags=flags)
     cost = FunctionReward(lambda texts: [len(t) / 40 for t in texts], name="chars", responses_only=True)
     return train_online(cfg, train_rows=PROMPTS, eval_rows=PROMPTS[:4], rewards=low_id_share(smol_tokenizer),
-                        cost=cost if method == "ppo_lagrangian" else None)
+                        cost=cost if method == "ppo_lagrangian" else None).summary
 
 
 @pytest.mark.parametrize("method", sorted(m for m in ONLINE_METHODS if m != "ppo_lagrangian"))
@@ -142,8 +143,8 @@ def test_kl_coef_zero_skips_the_reference_pass(tmp_path, tiny_policy_dir, smol_t
 
     s0 = run(tmp_path / "k0", tiny_policy_dir, smol_tokenizer, "grpo", iterations=1, kl_coef=0.0)
     s1 = run(tmp_path / "k1", tiny_policy_dir, smol_tokenizer, "grpo", iterations=1, kl_coef=0.1)
-    b0 = RolloutBatch.load(next((tmp_path / "k0" / "grpo" / "rollouts").glob("*.pt")))
-    b1 = RolloutBatch.load(next((tmp_path / "k1" / "grpo" / "rollouts").glob("*.pt")))
+    b0 = RolloutBatch.load(rollout_files(tmp_path / "k0" / "grpo" / "rollouts")[0])
+    b1 = RolloutBatch.load(rollout_files(tmp_path / "k1" / "grpo" / "rollouts")[0])
     assert b0.ref_logps is None and b1.ref_logps is not None
     # a fresh policy is its own reference: the KL starts at 0 (sampling log-probs == reference log-probs)
     assert torch.allclose((b1.old_logps - b1.ref_logps) * b1.mask, torch.zeros_like(b1.mask), atol=1e-4)
@@ -157,7 +158,7 @@ def test_ppo_lagrangian_multiplier_follows_the_cost(tmp_path, tiny_policy_dir, s
         out = tmp_path / f"t{threshold}"
         run(out, tiny_policy_dir, smol_tokenizer, "ppo_lagrangian", iterations=3, cost_threshold=threshold,
             lagrange_init=1.0, lagrange_lr=0.5)
-        return [RolloutBatch.load(p).controller["lagrange"] for p in sorted((out / "ppo_lagrangian" / "rollouts").glob("*.pt"))]
+        return [RolloutBatch.load(p).controller["lagrange"] for p in rollout_files(out / "ppo_lagrangian" / "rollouts")]
 
     high = multipliers(-1.0)  # every cost (chars / 40 >= 0) exceeds it: lambda rises
     low = multipliers(100.0)  # never reached: lambda falls to 0
@@ -183,7 +184,7 @@ def test_policy_filter_trains_only_each_groups_extremes_and_par_bounds_the_rewar
 
     s = run(tmp_path, tiny_policy_dir, smol_tokenizer, "grpo", iterations=1, policy_filter="best_worst",
             par_references=2, kl_coef=0.05)
-    batch = RolloutBatch.load(next((tmp_path / "grpo" / "rollouts").glob("*.pt")))
+    batch = RolloutBatch.load(rollout_files(tmp_path / "grpo" / "rollouts")[0])
     keep = batch.keep.reshape(-1, 4)
     assert keep.sum(-1).tolist() == [2] * 4  # best and worst of each group of 4
     rows = sorted(r for mb in micro_batch_rows(batch, batch_size=8, epochs=1, seed=0) for r in mb)
@@ -196,7 +197,7 @@ def test_mask_truncated_leaves_cut_off_completions_out_of_the_loss(tmp_path, tin
     from alignlab.train.online.batch import RolloutBatch
 
     s = run(tmp_path, tiny_policy_dir, smol_tokenizer, "grpo", iterations=1, mask_truncated=True)
-    batch = RolloutBatch.load(next((tmp_path / "grpo" / "rollouts").glob("*.pt")))
+    batch = RolloutBatch.load(rollout_files(tmp_path / "grpo" / "rollouts")[0])
     finished = torch.tensor(batch.finished)
     assert (~finished).any()  # a random policy rarely ends within 8 tokens
     assert (batch.mask[~finished] == 0).all() and (batch.mask[finished].sum(-1) > 0).all()
@@ -215,5 +216,5 @@ def test_hc_rlhf_trains_under_the_pessimistic_bound_and_runs_the_safety_test(tmp
     for s in (ok, bad):
         t = s["safety_test"]
         assert t["n"] == 4 and t["confidence"] == pytest.approx(0.9) and t["cost_upper_bound"] >= t["cost_mean"]
-    batch = RolloutBatch.load(next((tmp_path / "ok" / "ppo_lagrangian" / "rollouts").glob("*.pt")))
+    batch = RolloutBatch.load(rollout_files(tmp_path / "ok" / "ppo_lagrangian" / "rollouts")[0])
     assert batch.metrics["cost/upper_bound"] > batch.metrics["cost/mean"]  # trained against the pessimistic bound

@@ -16,7 +16,7 @@ from alignlab.rewards.base import FunctionReward
 from alignlab.rollout.base import SamplingParams
 from alignlab.rollout.hf import HFGenerator
 from alignlab.train.online import resolve_online, train_online
-from alignlab.train.online.batch import RolloutBatch, pad_tokens
+from alignlab.train.online.batch import RolloutBatch, pad_tokens, rollout_files
 
 WORDS = ["cats", "rain", "tea", "maps", "trains", "bread", "snow", "music"]
 PROMPTS = [{"prompt": [{"role": "user", "content": f"Tell me about {w}."}]} for w in WORDS]
@@ -43,8 +43,8 @@ def train(tmp_path, policy_dir, method, rewards, **overrides):
                  kl_coef=0.0, progress=False, eval_prompts=2, seed=0, samples_per_prompt=4)
     flags.update(overrides)
     cfg = resolve_online(method, flags=flags)
-    summary = train_online(cfg, train_rows=PROMPTS, eval_rows=PROMPTS[:2], rewards=rewards)
-    batches = [RolloutBatch.load(p) for p in sorted((tmp_path / method / "rollouts").glob("iter-*.pt"))]
+    summary = train_online(cfg, train_rows=PROMPTS, eval_rows=PROMPTS[:2], rewards=rewards).summary
+    batches = [RolloutBatch.load(p) for p in rollout_files(tmp_path / method / "rollouts")]
     return summary, batches
 
 
@@ -97,7 +97,7 @@ def test_ppo_lagrangian_trainer_applies_the_chosen_multiplier_update(tmp_path, t
     train_online(cfg, train_rows=PROMPTS, eval_rows=PROMPTS[:2], rewards=recording_reward(smol_tokenizer, calls),
                  cost=cost)
     lam = 0.5
-    for path in sorted((tmp_path / "run" / "rollouts").glob("iter-*.pt")):
+    for path in rollout_files(tmp_path / "run" / "rollouts"):
         batch = RolloutBatch.load(path)
         j = float(batch.costs.mean())
         lam = max(0.0, lam + 0.8 * (j - 0.1)) if update == "additive" else lam * math.exp(0.8 * lam * (j - 0.1))

@@ -62,7 +62,7 @@ def test_group_by_prompt_batches_whole_prompts_each_pair_once_per_epoch(tmp_path
     first_prompts = [prompt_groups(items, b.indices.tolist())[0][0] for b in algo.micro_batches(0)]
     assert first_prompts != [prompt_groups(items, b.indices.tolist())[0][0] for b in algo.micro_batches(1)]  # reshuffled
 
-    _, plain = items_and_algorithm(tmp_path, tiny_encoder_dir, all_pairs(TOPICS[:5]), batch_size=2)
+    _, plain = items_and_algorithm(tmp_path / "plain", tiny_encoder_dir, all_pairs(TOPICS[:5]), batch_size=2)
     assert len(plain.micro_batches(0)) == 25  # batch_size counts pairs without grouping
 
 
@@ -165,6 +165,8 @@ def test_train_rm_dry_run_says_the_batch_counts_prompts(tmp_path, tiny_encoder_d
     args = ["train", "rm", "--model", str(tiny_encoder_dir), "--train-data", str(data), "--output-dir",
             str(tmp_path / "rm"), "--dry-run", "--batch-size", "2"]
     assert main(args + ["--group-by-prompt"]) == 0
-    assert "30 train / 0 eval examples; batch 2 prompts (all their pairs) x 1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "2 per device x 1 accumulation x 1 process(es) = 2 prompts (each with all its pairs) per optimizer step" in out
+    assert "3 train prompts (each with all its pairs) -> 2 micro-batches" in out
     assert main(args) == 0
-    assert "batch 2 x 1" in capsys.readouterr().out
+    assert "30 train examples -> 15 micro-batches" in capsys.readouterr().out

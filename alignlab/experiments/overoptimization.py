@@ -106,7 +106,7 @@ def run_overoptimization(cfg: OveroptConfig, *, policy_loader=None, tokenizer=No
                                train_rows=[{"prompt": p} for p in train_prompts],
                                eval_rows=[{"prompt": p} for p in eval_prompts],
                                rewards=WeightedRewards([proxy], names=["proxy"]),
-                               eval_rewards=WeightedRewards([proxy, gold], [1.0, 0.0], ["proxy", "gold"]))
+                               eval_rewards=WeightedRewards([proxy, gold], [1.0, 0.0], ["proxy", "gold"])).summary
         runs[selector] = {k: summary[k] for k in ("steps", "loop_seconds", "eval_before", "final_eval")}
         points += _points(summary, Path(summary["run_dir"]), selector)
     result = {"points": points, "runs": runs, "heldout_accuracy": proxies.accuracy,

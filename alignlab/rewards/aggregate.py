@@ -6,7 +6,6 @@ rewards: (K, N) — K members' rewards for N responses. Pure functions of tensor
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 

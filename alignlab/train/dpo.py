@@ -11,17 +11,19 @@ disabled, so there is never a second model copy), or an adapter-disabled forward
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from alignlab.config import ConfigError, field, fill_defaults
 from alignlab.losses import LOSSES
-from alignlab.models.load import is_peft, reference_context
+from alignlab.models.load import add_lora, load_policy, load_tokenizer, reference_context, save_final
 from alignlab.models.logprobs import SequenceScorer
 from alignlab.models.packing import PackedBatch, pack_pairs
 from alignlab.train.config import TrainConfig
-from alignlab.train.session import TrainingSession, finish_session, start_session
+from alignlab.train.dpo_data import cached_reference, encode_split, pairwise_records
+from alignlab.train.dryrun import describe, policy_lines
+from alignlab.train.session import (TrainingSession, close_session, open_session, require_examples, run_training,
+                                    split_eval, start_training)
 
 REFERENCE_MODES = ("auto", "precompute", "adapter_disabled", "none")
 # Ranges of the loss options, checked before anything loads (the loss functions check them too,
@@ -185,17 +187,41 @@ def train_dpo(cfg: DPOConfig, *, train_records=None, eval_records=None, model=No
     """Python API: train per `cfg`; records/model may be given in memory instead of by path.
     Settings left at their defaults take the chosen loss's paper values (`fill_defaults`)."""
     cfg = fill_defaults(cfg)
-    session = start_session(cfg, "dpo", train_records=train_records, eval_records=eval_records, model=model,
-                            tokenizer=tokenizer, dry_run=dry_run)
-    if session.dry_run_text is not None:
-        return session
+    session = open_session(cfg, "dpo", dry_run=dry_run)
+    if train_records is None and not cfg.train_data:
+        raise ValueError("no training data: set train_data (a file or datasets folder)")
+    session.tokenizer = tokenizer = tokenizer or load_tokenizer(cfg.model)
+    train = pairwise_records(cfg, cfg.train_data, train_records, session.run_dir, "train", session.report)
+    evals = pairwise_records(cfg, cfg.eval_data, eval_records, session.run_dir, "eval", session.report)
+    train, evals = split_eval(cfg, train, evals, session.report)
+    session.train_examples = encode_split(cfg, tokenizer, train, cfg.train_data or "train records", session.report)
+    session.eval_examples = encode_split(cfg, tokenizer, evals, cfg.eval_data or "eval records", session.report) if evals else []
+    session.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if dry_run:
+        return describe(session, "pairs", policy_lines(cfg, model, reference=_REFERENCE_TEXT[cfg.reference]))
+    require_examples(session, "pairs")
+    model = model if model is not None else load_policy(cfg.model)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if cfg.lora:
+        model = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                         target_modules=cfg.lora_target_modules, layers=cfg.lora_layers)
+    start_training(session, model)
     reference = {}
-    wants_reference = LOSSES[cfg.loss].needs_reference and cfg.reference in ("auto", "precompute")
-    if wants_reference:
-        reference = session.cached_reference(
-            lambda pairs: reference_logps(session.model, pairs, batch_size=cfg.batch_size * 2,
-                                          pad_token_id=session.pad_token_id, progress=cfg.progress)
-        )
-    algorithm = DPOAlgorithm(cfg, session.model, session.train_pairs, session.eval_pairs, session.pad_token_id, reference,
-                             extra_eval)
-    return finish_session(session, algorithm, SequenceScorer(session.model))
+    if LOSSES[cfg.loss].needs_reference and cfg.reference in ("auto", "precompute"):
+        reference = cached_reference(session, lambda pairs: reference_logps(
+            session.model, pairs, batch_size=cfg.batch_size * 2, pad_token_id=session.pad_token_id,
+            progress=cfg.progress))
+    algorithm = DPOAlgorithm(cfg, session.model, session.train_examples, session.eval_examples, session.pad_token_id,
+                             reference, extra_eval)
+    run_training(session, algorithm, session.model, SequenceScorer(session.model),
+                 save=lambda: save_final(session.model, tokenizer, session.run_dir / "final", merge_lora=cfg.merge_lora))
+    return close_session(session)
+
+
+_REFERENCE_TEXT = {
+    "auto": "precomputed once before training (no second model copy)",
+    "precompute": "precomputed once before training (no second model copy)",
+    "adapter_disabled": "same model with the LoRA adapter disabled, every step (no second copy)",
+    "none": "not used (reference-free loss)",
+}

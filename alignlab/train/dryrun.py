@@ -3,6 +3,7 @@ what the data preparation touched, and which settings differ from the defaults."
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -26,8 +27,6 @@ def _count_params(cfg, model) -> tuple[int, int]:
             model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(resolve_model_path(cfg.model)))
     total = sum(p.numel() for p in model.parameters())
     if cfg.lora:
-        import copy
-
         with torch.device("meta"):
             lora = add_lora(copy.deepcopy(model).to("meta"), r=cfg.lora_r, alpha=cfg.lora_alpha,
                             dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules, layers=cfg.lora_layers)
@@ -37,40 +36,48 @@ def _count_params(cfg, model) -> tuple[int, int]:
     return total, trainable
 
 
-def explain(session, model=None) -> str:
-    cfg = session.cfg
+def batch_lines(cfg, n_train: int, n_eval: int, unit: str) -> list[str]:
+    """Batch arithmetic of an offline trainer: examples per step, steps per epoch and in all."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    n_train = len(session.train_pairs)
     micro = math.ceil(n_train / cfg.batch_size) if n_train else 0
     per_epoch = math.ceil(micro / cfg.grad_accum) if micro else 0
     steps = cfg.max_steps or math.ceil(per_epoch * cfg.epochs)
-    total, trainable = _count_params(cfg, model)
-    bytes_w = 4  # weights stay fp32 under bf16/fp16 autocast
-    weights = total * bytes_w
-    optim = trainable * (4 + 8)  # fp32 gradients + two AdamW moments
-    reference = getattr(cfg, "reference", "none")
-    ref_text = {
-        "auto": "precomputed once before training (no second model copy)",
-        "precompute": "precomputed once before training (no second model copy)",
-        "adapter_disabled": "same model with the LoRA adapter disabled, every step (no second copy)",
-        "none": "not used (reference-free loss)",
-    }.get(reference, reference)
-    lines = [
-        f"alignlab dry run: {session.algorithm_name} on {cfg.model}",
+    return [
         "batch arithmetic:",
-        f"  {cfg.batch_size} per device x {cfg.grad_accum} accumulation x {world} process(es) = {cfg.batch_size * cfg.grad_accum * world} examples per optimizer step",
-        f"  {n_train} train pairs -> {micro} micro-batches, {per_epoch} steps per epoch, {steps} optimizer steps in all",
-        f"  {len(session.eval_pairs)} eval pairs; eval every {cfg.eval_every or 'end only'}; checkpoint every {cfg.save_every or 'end only'}",
+        f"  {cfg.batch_size} per device x {cfg.grad_accum} accumulation x {world} process(es) = "
+        f"{cfg.batch_size * cfg.grad_accum * world} {unit} per optimizer step",
+        f"  {n_train} train {unit} -> {micro} micro-batches, {per_epoch} steps per epoch, {steps} optimizer steps in all",
+        f"  {n_eval} eval {unit}; eval every {cfg.eval_every or 'end only'}; checkpoint every {cfg.save_every or 'end only'}",
+    ]
+
+
+def policy_lines(cfg, model=None, *, reference: str) -> list[str]:
+    """Model copies and memory of a policy trainer (weights fp32, AdamW state, the reference)."""
+    total, trainable = _count_params(cfg, model)
+    weights = total * 4  # weights stay fp32 under bf16/fp16 autocast
+    optim = trainable * (4 + 8)  # fp32 gradients + two AdamW moments
+    return [
         "model copies and memory (estimate, excluding activations):",
         f"  1 policy copy: {total / 1e6:.1f}M parameters, {weights / _GB:.2f} GiB of weights",
-        f"  trainable: {trainable / 1e6:.2f}M ({'LoRA r=' + str(cfg.lora_r) if cfg.lora else 'all weights'}), gradients + AdamW state {optim / _GB:.2f} GiB",
-        f"  reference policy: {ref_text}",
+        f"  trainable: {trainable / 1e6:.2f}M ({'LoRA r=' + str(cfg.lora_r) if cfg.lora else 'all weights'}), "
+        f"gradients + AdamW state {optim / _GB:.2f} GiB",
+        f"  reference policy: {reference}",
         f"  total ~{(weights + optim) / _GB:.2f} GiB per process",
-        "data preparation:",
-        *("  " + line for line in session.report.lines()),
-        *settings_lines(cfg),
     ]
-    return "\n".join(lines)
+
+
+def describe(session, unit: str, model_lines: list[str], batch: list[str] | None = None):
+    """The one dry run: what the run would do (batch arithmetic, models and memory, the data
+    preparation, every effective setting and where it came from). Sets `session.dry_run_text`
+    and returns the session; nothing is loaded beyond the tokenizer and nothing is trained."""
+    cfg = session.cfg
+    if batch is None:
+        batch = batch_lines(cfg, len(session.train_examples), len(session.eval_examples), unit)
+    lines = [f"alignlab dry run: {session.algorithm_name} on {cfg.model}", *batch, *model_lines]
+    if session.report.lines():
+        lines += ["data preparation:", *("  " + line for line in session.report.lines())]
+    session.dry_run_text = "\n".join(lines + settings_lines(cfg))
+    return session
 
 
 def settings_lines(cfg) -> list[str]:

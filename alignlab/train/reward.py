@@ -12,7 +12,6 @@ pairs cost K forwards, not K(K-1).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import torch
@@ -20,9 +19,8 @@ import torch
 from alignlab.models.reward import RewardBatch, pack_reward_sequences, pad_encoder_sequences, score_sequences
 from alignlab.models.reward_io import save_reward_model
 from alignlab.train import reward_data  # looked up at call time: bench/rm_vs_trl.py wraps its setup
-from alignlab.train.loop import train_loop
 from alignlab.train.reward_config import OBJECTIVES, Item, MemberScores, ObjectiveSpec, RMConfig
-from alignlab.train.run import release_run
+from alignlab.train.session import close_session, run_training
 
 __all__ = ["OBJECTIVES", "Item", "ObjectiveSpec", "RMConfig", "RewardAlgorithm", "train_reward_model"]
 
@@ -190,19 +188,14 @@ def train_reward_model(cfg: RMConfig, *, train_records=None, eval_records=None, 
     if session.dry_run_text is not None:
         return session
     algorithm = RewardAlgorithm(cfg, session.model, items["train"], items["eval"], session.pad_token_id)
-    session.state = train_loop(cfg, algorithm, session.model, session.model, session.accelerator, session.run_dir)
-    if cfg.spec.trains == "gate":
-        session.model.gate_trained = True  # from now on scoring without a direction mixes by the gate
-    if cfg.spec.center and cfg.center_rewards and items["train"]:
-        offsets = center_rewards(session.model, items["train"], session.pad_token_id, progress=cfg.progress)
-        session.summary["reward_offset"] = offsets.tolist()
-    if session.accelerator.is_main_process:
-        session.final_dir = save_reward_model(session.model, session.tokenizer, session.run_dir / "final",
-                                              objective=cfg.objective)
-    evals = [r for r in session.state.history if any(k.startswith("eval/") for k in r)]
-    session.summary.update(steps=session.state.step, train_seconds=session.state.train_seconds,
-                           examples_per_second=session.state.examples_seen / max(session.state.train_seconds, 1e-9),
-                           final_eval=evals[-1] if evals else {}, data_report=session.report.to_dict())
-    (session.run_dir / "summary.json").write_text(json.dumps(session.summary, indent=1, default=float))
-    release_run(session.run_dir)
-    return session
+
+    def save():
+        if cfg.spec.trains == "gate":
+            session.model.gate_trained = True  # from now on scoring without a direction mixes by the gate
+        if cfg.spec.center and cfg.center_rewards and items["train"]:
+            offsets = center_rewards(session.model, items["train"], session.pad_token_id, progress=cfg.progress)
+            session.summary["reward_offset"] = offsets.tolist()
+        return save_reward_model(session.model, session.tokenizer, session.run_dir / "final", objective=cfg.objective)
+
+    run_training(session, algorithm, session.model, session.model, save=save)
+    return close_session(session)

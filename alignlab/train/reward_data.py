@@ -1,14 +1,14 @@
-"""Setup of a reward-model run: records by objective -> tokenized Items -> model -> accelerate."""
+"""A reward-model run's data and model: records by objective -> tokenized Items -> the model, on
+the shared run setup (`alignlab.train.session`)."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from alignlab.data import DataReport, encode_pairs, encode_prompt_response, load_records
+from alignlab.data import DataReport, encode_pairs, encode_prompt_response
 from alignlab.data.records import BinaryRecord
 from alignlab.models.reward_io import (
     META,
@@ -17,8 +17,9 @@ from alignlab.models.reward_io import (
     resolve_backbone_path,
     reward_pad_token_id,
 )
+from alignlab.train.dryrun import batch_lines, describe
 from alignlab.train.reward_config import Item, RMConfig
-from alignlab.train.run import make_run_dir, write_run_header
+from alignlab.train.session import load_split, open_session, require_examples, split_eval, start_training
 
 SAFE_KEYS = ("chosen_safe", "rejected_safe")
 
@@ -34,36 +35,14 @@ def _safety_flags(record, where: str) -> torch.Tensor:
     return torch.tensor(flags)
 
 
-@dataclass
-class RMSession:
-    cfg: RMConfig
-    run_dir: Path
-    tokenizer: object
-    report: DataReport
-    model: object = None
-    accelerator: object = None
-    pad_token_id: int = 0
-    dry_run_text: str | None = None
-    state: object = None
-    final_dir: Path | None = None
-    summary: dict = field(default_factory=dict)
-
-
 def _records(cfg: RMConfig, path: str, given, run_dir: Path, name: str, report: DataReport) -> list:
-    if given is None:
-        if not path:
-            return []
-        result = load_records(path, format=cfg.data_format, columns=cfg.columns or None, skip_invalid=cfg.skip_invalid,
-                              rejects_path=str(run_dir / f"rejects-{name}.jsonl") if cfg.skip_invalid else None,
-                              pairing=cfg.pairing, seed=cfg.seed, to_pairs=cfg.spec.paired)
-        report.merge(result.report)
-        given = result.records
+    records = load_split(cfg, path, given, run_dir, name, report, to_pairs=cfg.spec.paired)
     wanted = cfg.spec.record
-    wrong = [type(r).__name__ for r in given if not isinstance(r, wanted)]
+    wrong = [type(r).__name__ for r in records if not isinstance(r, wanted)]
     if wrong:
         raise ValueError(f"{path or name}: objective '{cfg.objective}' needs {wanted.__name__} records, "
                          f"got {len(wrong)} {wrong[0]} record(s)")
-    return list(given)
+    return records
 
 
 def _fit(cfg: RMConfig, tokenizer, prompt_ids: list, response_ids: list, where: str, report: DataReport):
@@ -179,7 +158,7 @@ def _build_model(cfg: RMConfig, attributes: list[str]):
                               lora=lora, seed=cfg.seed, lora_members=cfg.lora_members)
 
 
-def _dry_run_text(cfg: RMConfig, items: dict, report: DataReport, attributes: list[str]) -> str:
+def _model_lines(cfg: RMConfig, attributes: list[str]) -> list[str]:
     if cfg.spec.trains == "gate":
         what = f"  the gate over {attributes} of the trained model; its backbone and attribute heads frozen"
     else:
@@ -187,51 +166,39 @@ def _dry_run_text(cfg: RMConfig, items: dict, report: DataReport, attributes: li
                 f"{'frozen' if cfg.frozen or cfg.lora_members else 'trained'} backbone"
                 f"{f'; LoRA on the top {cfg.lora_layers} layers' if cfg.lora_layers and (cfg.lora or cfg.lora_members) else ''}"
                 f"{' (the layers below run once per batch for all members)' if cfg.lora_layers and cfg.lora_members else ''}")
-    return "\n".join([
-        f"alignlab dry run: reward model ({cfg.objective}) on {cfg.model}",
-        f"  {len(items['train'])} train / {len(items['eval'])} eval examples; batch {cfg.batch_size}"
-        f"{' prompts (all their pairs)' if cfg.group_by_prompt else ''} x {cfg.grad_accum}",
-        what,
-        *("  " + line for line in report.lines()),
-    ])
+    return ["model:", f"  reward model ({cfg.objective}) over attributes {attributes}", what]
 
 
 def prepare_reward_session(cfg: RMConfig, *, train_records=None, eval_records=None, dry_run: bool = False):
-    from accelerate import Accelerator
-    from transformers import AutoTokenizer, set_seed
+    """(session, items): the run opened, its data tokenized into Items and, unless a dry run, the
+    reward model built and handed to accelerate."""
+    from transformers import AutoTokenizer
 
-    from alignlab.train.session import split_eval
-
-    cfg.validate()
+    session = open_session(cfg, f"rm-{cfg.objective}", dry_run=dry_run)
     if train_records is None and not cfg.train_data:
         raise ValueError("no training data: set train_data (a file or datasets folder)")
     trained = trained_ratings_model(cfg.model) if cfg.spec.trains == "gate" else None
-    run_dir = make_run_dir(cfg, f"rm-{cfg.objective}", dry_run=dry_run)
-    set_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(resolve_backbone_path(cfg.model) if trained is None else cfg.model)
-    report = DataReport()
+    session.tokenizer, report, run_dir = tokenizer, session.report, session.run_dir
     train = _records(cfg, cfg.train_data, train_records, run_dir, "train", report)
     evals = _records(cfg, cfg.eval_data, eval_records, run_dir, "eval", report)
     train, evals = split_eval(cfg, train, evals, report)
     attributes = _attribute_names(cfg, train, trained)
     if not attributes:
         raise ValueError(f"objective {cfg.objective}: no rating attributes found in the data")
-    session = RMSession(cfg, run_dir, tokenizer, report)
     items = {"train": encode_items(cfg, tokenizer, train, attributes, cfg.train_data or "train records", report),
              "eval": encode_items(cfg, tokenizer, evals, attributes, cfg.eval_data or "eval records", report)}
+    session.train_examples, session.eval_examples = items["train"], items["eval"]
     session.pad_token_id = reward_pad_token_id(tokenizer)
     if dry_run:
-        session.dry_run_text = _dry_run_text(cfg, items, report, attributes)
-        return session, items
-    if not items["train"]:
-        raise ValueError("no training examples left after loading and filtering: see the data report")
-    session.model = _build_model(cfg, attributes)
+        if not cfg.group_by_prompt:
+            return describe(session, "examples", _model_lines(cfg, attributes)), items
+        prompts = [len({tuple(it.prompt_ids) for it in items[k]}) for k in ("train", "eval")]  # a batch counts prompts
+        batch = batch_lines(cfg, *prompts, "prompts (each with all its pairs)")
+        return describe(session, "prompts", _model_lines(cfg, attributes), batch), items
+    require_examples(session, "examples")
+    model = _build_model(cfg, attributes)
     if cfg.gradient_checkpointing and not cfg.frozen:  # a frozen backbone keeps no activations anyway
-        session.model.backbone.gradient_checkpointing_enable()
-    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.precision]
-    session.accelerator = Accelerator(mixed_precision=mixed)
-    session.model.to(session.accelerator.device)
-    write_run_header(run_dir, cfg, f"rm-{cfg.objective}", [cfg.train_data, cfg.eval_data])
-    (run_dir / "data_report.json").write_text(json.dumps(report.to_dict(), indent=1))
-    session.accelerator.print("alignlab data report:\n  " + "\n  ".join(report.lines()))
+        model.backbone.gradient_checkpointing_enable()
+    start_training(session, model)
     return session, items

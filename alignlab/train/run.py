@@ -73,8 +73,16 @@ def make_run_dir(cfg, algorithm: str, *, dry_run: bool = False) -> Path:
         raise RunFolderError(f"output folder {path} is a file, not a folder; choose another --output-dir")
     if resume == "latest" and not path.is_dir():
         raise RunFolderError(f"--resume latest: {path} does not exist; --output-dir must name the run to continue")
+    if dry_run:  # a dry run writes nothing: it only checks what the run would find
+        if resume and path.is_dir():
+            _check_resume(cfg, algorithm, path, resume, _OpenRun(path, None))
+        elif _holds_run(path) and not overwrite:
+            raise RunFolderError(
+                f"{path} already holds a run ({_describe(path)}): continue it with --resume latest, "
+                f"write to another --output-dir, or pass --overwrite to move it aside to {path.name}.old-<time>")
+        return path
     path.mkdir(parents=True, exist_ok=True)
-    lock = None if dry_run else _lock(path)
+    lock = _lock(path)
     try:
         run = _OpenRun(path, lock)
         if resume:
@@ -84,14 +92,12 @@ def make_run_dir(cfg, algorithm: str, *, dry_run: bool = False) -> Path:
                 raise RunFolderError(
                     f"{path} already holds a run ({_describe(path)}): continue it with --resume latest, "
                     f"write to another --output-dir, or pass --overwrite to move it aside to {path.name}.old-<time>")
-            if not dry_run:
-                lock = run.lock = _move_aside_locked(path, lock)
+            lock = run.lock = _move_aside_locked(path, lock)
     except BaseException:
         if lock is not None:
             lock.close()
         raise
-    if not dry_run:
-        _OPEN[str(path.resolve())] = run
+    _OPEN[str(path.resolve())] = run
     return path
 
 
@@ -112,8 +118,10 @@ def _target_dir(cfg, algorithm: str, resume: str, dry_run: bool) -> Path:
     base = Path("runs") / f"{algorithm}-{time.strftime('%Y%m%d-%H%M%S')}"
     for k in itertools.count(1):  # runs started in the same second get -2, -3, ...
         path = base if k == 1 else base.with_name(f"{base.name}-{k}")
-        if dry_run and not path.exists():
-            return path
+        if dry_run:
+            if not path.exists():
+                return path
+            continue
         try:
             path.mkdir(parents=True)  # atomic: two processes never get the same folder
             return path

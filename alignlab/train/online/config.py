@@ -156,6 +156,13 @@ class OnlineConfig(TrainConfig):
     eval_temperature: float = field(0.0, "evaluation sampling temperature (0: greedy)")
     log_entropy: bool = field(True, "compute the policy entropy on the first update of each rollout")
 
+    def context_defaults(self, given: frozenset) -> dict:
+        """The method's paper defaults, then its preset's, for the settings the user did not give
+        (`alignlab.config.resolve` applies them and `sources` names them)."""
+        out = {k: (v, f"{self.method} default") for k, v in METHOD_DEFAULTS.get(self.method, {}).items()}
+        out.update({k: (v, f"{self.preset} preset") for k, v in PRESETS.get(self.preset, {}).items()})
+        return {k: v for k, v in out.items() if k not in given}
+
     @property
     def spec(self) -> MethodSpec:
         return ONLINE_METHODS[self.method]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from alignlab.config import ConfigError, apply_overrides, load_yaml
+from alignlab.config import ConfigError, load_yaml, resolve
 from alignlab.data.prompts import read_prompt_rows
 from alignlab.data.tokenize import encode_prompt
 from alignlab.lab.tasks import get_task  # importing the lab also registers its lab:<task> rewards
@@ -32,31 +32,30 @@ from alignlab.models.policy_value import PolicyValue
 from alignlab.rewards.spec import WeightedRewards, build_reward_source, build_rewards
 from alignlab.rewards.verifiable import answers_of
 from alignlab.rollout.base import SamplingParams
-from alignlab.train.loop import train_loop
+from alignlab.train.dryrun import describe, policy_lines
 from alignlab.train.online.batch import (OnlineMicroBatch, RolloutBatch, make_micro_batch, micro_batch_rows, pad_tokens,
                                         rollout_files, rollout_path)
-from alignlab.train.online.config import OnlineConfig, method_defaults
+from alignlab.train.online.config import ONLINE_METHODS, PRESETS, OnlineConfig
 from alignlab.train.online.ptx import PtxMixer, ptx_nll
 from alignlab.train.online.rollout import Controllers, RolloutMaker, token_pass
 from alignlab.train.online.safety import run_safety_test
-from alignlab.train.run import make_run_dir, release_run, write_run_header
+from alignlab.train.session import TrainingSession, close_session, open_session, run_training, start_training
 
 
 def resolve_online(method: str, yaml_path: str | None = None, flags: dict | None = None) -> OnlineConfig:
-    """Layering: dataclass defaults <- the method's paper defaults <- preset <- YAML <- flags."""
+    """Layering: dataclass defaults <- the method's paper defaults <- preset <- YAML <- flags
+    (`alignlab.config.resolve` with `OnlineConfig.context_defaults`)."""
+    if method not in ONLINE_METHODS:
+        raise ConfigError(f"unknown online method {method!r}; valid: {', '.join(ONLINE_METHODS)}")
     data = load_yaml(yaml_path) if yaml_path else {}
-    flags = dict(flags or {})
-    preset = flags.get("preset", data.get("preset", ""))
-    cfg = apply_overrides(OnlineConfig(method=method), method_defaults(method, preset), f"{method} defaults",
-                          validate=False)
-    if data:
-        cfg = apply_overrides(cfg, data, str(yaml_path), validate=False)
-    if flags:
-        cfg = apply_overrides(cfg, flags, "command line", validate=False)
-    if cfg.method != method:
-        raise ConfigError(f"method is set by the command (`alignlab train {method}`), not by a setting ({cfg.method!r})")
-    cfg.validate()
-    return cfg
+    for source in (data, flags or {}):
+        if source.get("method", method) != method:
+            raise ConfigError(f"method is set by the command (`alignlab train {method}`), not by a setting "
+                              f"({source['method']!r})")
+    preset = (flags or {}).get("preset", data.get("preset", ""))
+    if preset and preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
+    return resolve(OnlineConfig, yaml_path, {**(flags or {}), "method": method})
 
 
 def load_prompt_split(source: str, split: str, n: int, seed: int) -> list[dict]:
@@ -271,21 +270,19 @@ def _build_models(cfg: OnlineConfig, model=None):
 
 
 def train_online(cfg: OnlineConfig, *, model=None, tokenizer=None, train_rows=None, eval_rows=None, rewards=None,
-                 eval_rewards=None, cost=None):
+                 eval_rewards=None, cost=None, dry_run: bool = False) -> TrainingSession:
     """Python API: train per `cfg`. Prompts (rows {prompt, answer?}), the model, and reward/cost
-    sources may be given in memory instead of by name. Returns a summary dict (also written to
-    the run's summary.json)."""
-    from accelerate import Accelerator
-    from transformers import set_seed
-
-
+    sources may be given in memory instead of by name. Returns the session; its `summary` is also
+    written to the run's summary.json."""
     cfg.validate()
     train_rows, eval_rows = _prompt_rows(cfg, train_rows, eval_rows)
     cfg.check_eval_source(bool(eval_rows))
-    set_seed(cfg.seed)
-    run_dir = make_run_dir(cfg, cfg.method)
-    tokenizer = tokenizer or load_tokenizer(cfg.model)
-    answers = _answers(train_rows + eval_rows)
+    session = open_session(cfg, cfg.method, dry_run=dry_run)
+    session.train_examples, session.eval_examples = train_rows, eval_rows
+    if dry_run:
+        return describe(session, "completions", _model_lines(cfg, model), _batch_lines(cfg, len(train_rows), len(eval_rows)))
+    session.tokenizer = tokenizer = tokenizer or load_tokenizer(cfg.model)
+    answers = answers_of(train_rows + eval_rows)
     if rewards is None:
         rewards = build_rewards(cfg.reward, cfg.reward_weights or None, how=cfg.reward_how, answers=answers)
     elif not isinstance(rewards, WeightedRewards):
@@ -295,37 +292,61 @@ def train_online(cfg: OnlineConfig, *, model=None, tokenizer=None, train_rows=No
         eval_rewards = build_rewards(extra, how=cfg.reward_how, answers=answers) if extra else None
         eval_rewards = _combine(rewards, eval_rewards)
     if cfg.spec.needs_cost and cost is None:
-
         cost = build_reward_source(cfg.cost, how=cfg.reward_how, answers=answers)
     model, scorer, reference = _build_models(cfg, model)
-    accelerator = Accelerator(mixed_precision={"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[cfg.precision])
-    model.to(accelerator.device)
+    start_training(session, model, data_files=[cfg.train_data, cfg.eval_data])
     if reference is not None:
-        reference.to(accelerator.device)  # the frozen copy of full fine-tuning (LoRA's is the model itself)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    write_run_header(run_dir, cfg, cfg.method, [cfg.train_data, cfg.eval_data])
+        reference.to(session.accelerator.device)  # the frozen copy of full fine-tuning (LoRA's is the model itself)
+    pad = session.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     maker = RolloutMaker(cfg, model=model, scorer=scorer, reference_scorer=reference, tokenizer=tokenizer,
                          rewards=rewards, cost=cost, pad_token_id=pad)
     ctl = Controllers(kl_coef=cfg.kl_coef, lagrange=cfg.lagrange_init if cfg.spec.needs_cost else 0.0)
     ptx = _ptx_mixer(cfg, tokenizer, pad)
     algorithm = OnlineAlgorithm(cfg, scorer=scorer, maker=maker, tokenizer=tokenizer, train_rows=train_rows,
-                                eval_rows=eval_rows, eval_rewards=eval_rewards, run_dir=run_dir, pad_token_id=pad,
-                                controllers=ctl, ptx=ptx)
-    loop_cfg = dataclasses.replace(cfg, epochs=float(cfg.iterations))
-    before = _eval_before(algorithm, scorer, run_dir)
-    start = time.perf_counter()
-    state = train_loop(loop_cfg, algorithm, scorer, scorer, accelerator, run_dir)
-    loop_seconds = time.perf_counter() - start  # everything: rollouts, updates, evaluations, checkpoints
-    final_dir = save_final(model, tokenizer, run_dir / "final", merge_lora=cfg.merge_lora)
-    scorer.save_value_head(run_dir / "final" / "value_head.safetensors")
-    summary = {**_summary(cfg, state, run_dir, final_dir, loop_seconds), "eval_before": before,
-               **(ptx.report if ptx is not None else {})}
-    if cfg.spec.needs_cost and cfg.hc_delta:
+                                eval_rows=eval_rows, eval_rewards=eval_rewards, run_dir=session.run_dir,
+                                pad_token_id=pad, controllers=ctl, ptx=ptx)
+    before = _eval_before(algorithm, scorer, session.run_dir)
 
-        summary["safety_test"] = run_safety_test(cfg, maker, eval_rows, cost)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
-    release_run(run_dir)
-    return summary
+    def save():
+        final = save_final(model, tokenizer, session.run_dir / "final", merge_lora=cfg.merge_lora)
+        scorer.save_value_head(final / "value_head.safetensors")
+        return final
+
+    start = time.perf_counter()
+    # the loop's epoch is one rollout iteration
+    run_training(session, algorithm, scorer, scorer, save=save, loop_cfg=dataclasses.replace(cfg, epochs=float(cfg.iterations)))
+    session.summary.update(_summary(cfg, session.state, session.run_dir, time.perf_counter() - start),
+                           eval_before=before, **(ptx.report if ptx is not None else {}))
+    if cfg.spec.needs_cost and cfg.hc_delta:
+        session.summary["safety_test"] = run_safety_test(cfg, maker, eval_rows, cost)
+    return close_session(session)
+
+
+def _batch_lines(cfg: OnlineConfig, n_train: int, n_eval: int) -> list[str]:
+    completions = cfg.prompts_per_step * cfg.samples_per_prompt
+    per_iteration = cfg.ppo_epochs * -(-completions // (cfg.batch_size * cfg.grad_accum))
+    return [
+        "rollouts and batch arithmetic:",
+        f"  {cfg.iterations} iterations x {cfg.prompts_per_step} prompts x {cfg.samples_per_prompt} samples "
+        f"(up to {cfg.max_new_tokens} new tokens) = {completions} completions per iteration",
+        f"  {cfg.batch_size} completions per micro-batch x {cfg.grad_accum} accumulation; {cfg.ppo_epochs} pass(es) "
+        f"over each rollout: {per_iteration} optimizer steps per iteration, {cfg.iterations * per_iteration} in all",
+        f"  {n_train} training prompts, {n_eval} held-out prompts"
+        + (f" ({min(n_eval, cfg.eval_prompts)} sampled at each evaluation)" if n_eval else " (no evaluation)"),
+    ]
+
+
+def _model_lines(cfg: OnlineConfig, model) -> list[str]:
+    spec = cfg.spec
+    needs_reference = cfg.kl_coef > 0 or cfg.par_references or cfg.kl_target
+    reference = ("the policy with its LoRA adapter disabled (no second copy)" if cfg.lora else
+                 "a frozen copy of the initial policy" if needs_reference else "not used (kl_coef 0)")
+    lines = policy_lines(cfg, model, reference=reference)
+    lines += [f"  critics: {spec.critics} value head(s)" if spec.critics else "  no critic",
+              f"  rewards: {', '.join(cfg.reward)}; KL {cfg.kl_coef} as {cfg.kl_mode} ({cfg.kl_estimator})"
+              + (f"; cost {cfg.cost}" if spec.needs_cost else "")
+              + (f"; ptx mixing gamma {cfg.ptx_coef} on {cfg.ptx_data}" if cfg.ptx_data else "")]
+    return lines
 
 
 def _prompt_rows(cfg: OnlineConfig, train_rows, eval_rows) -> tuple[list[dict], list[dict]]:
@@ -392,26 +413,19 @@ def _combine(train, extra):
                            train.names + extra.names)
 
 
-def _answers(rows: list[dict]) -> dict:
-
-    return answers_of(rows)
-
-
-def _summary(cfg, state, run_dir: Path, final_dir: Path, loop_seconds: float) -> dict:
+def _summary(cfg, state, run_dir: Path, loop_seconds: float) -> dict:
+    """The online run's own summary keys (the common ones come from `run_training`)."""
     steps = [r for r in state.history if "loss" in r]
-    evals = [r for r in state.history if any(k.startswith("eval/") for k in r)]
     rollouts = [RolloutBatch.load(p).metrics for p in rollout_files(run_dir / "rollouts")]
-    gen = sum(m["time/generation"] for m in rollouts)
-    passes = sum(m["time/reference_and_old"] + m["time/scoring"] for m in rollouts)
     completions = sum(m["completions"] for m in rollouts)
     return {
-        "method": cfg.method, "steps": state.step, "iterations": len(rollouts), "completions": completions,
-        "train_seconds": state.train_seconds, "generation_seconds": gen, "scoring_and_passes_seconds": passes,
+        "method": cfg.method, "iterations": len(rollouts), "completions": completions,
+        "generation_seconds": sum(m["time/generation"] for m in rollouts),
+        "scoring_and_passes_seconds": sum(m["time/reference_and_old"] + m["time/scoring"] for m in rollouts),
         "loop_seconds": loop_seconds,
         # wall-clock throughput of the whole loop (evaluations and checkpoint saves included)
         "completions_per_second": completions / max(loop_seconds, 1e-9),
-        "final_eval": {k[5:]: v for k, v in evals[-1].items() if k.startswith("eval/")} if evals else {},
         "rollout_reward_first": rollouts[0]["reward/mean"] if rollouts else None,
         "rollout_reward_last": rollouts[-1]["reward/mean"] if rollouts else None,
-        "final_loss": steps[-1]["loss"] if steps else None, "run_dir": str(run_dir), "final_dir": str(final_dir),
+        "final_loss": steps[-1]["loss"] if steps else None,
     }
