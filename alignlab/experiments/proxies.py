@@ -42,7 +42,7 @@ class ProxyConfig(LabDataConfig):
     heldout_fraction: float = field(0.2, "share of the train prompts held out, with all their pairs, to measure accuracy")
     full_rm: bool = field(True, "also fine-tune one full reward model (backbone included) on the same labels")
     full_rm_epochs: float = field(3.0, "full reward model epochs")
-    full_rm_learning_rate: float = field(1e-4, "full reward model learning rate (the rm-accuracy lab's measured best)")
+    full_rm_learning_rate: float = field(1e-4, "full reward model learning rate (with 3 epochs, the rate that fits MiniLM best on a few thousand lab pairs: docs/results/rm-accuracy.md)")
     full_rm_head_learning_rate: float = field(0.0, "full reward model's head learning rate (0: full_rm_learning_rate)")
     reuse_samples: str = field("", "output folder of an earlier run: label (and, for Best-of-N, score) its sampled responses (samples.jsonl, or the distinct responses of pairs.jsonl; candidates.jsonl) instead of sampling again, so that proxies are compared on the same samples; policy and max_new_tokens must match, for Best-of-N also seed, prompts and samples, and pairs_per_prompt be at most its (the first 2 x pairs_per_prompt responses of each prompt are used)")
 

@@ -49,11 +49,11 @@ from alignlab.train.reward import RMConfig, train_reward_model
 @dataclass
 class RMAccuracyConfig(LabDataConfig):
     prompts: int = field(256, "sentiment-task train prompts to sample (ignored with samples_file)")
-    samples_per_prompt: int = field(48, "k responses sampled per prompt; every pair of them is labelled (k(k-1)/2 per prompt). Cross-validated gap to the ceiling: 4.7 points at k=24, 3.3 at 48 (fold-0 probe at lr 1e-4: 9.9 at 6, 7.3 at 12, 5.3 at 24); ~50 min of sampling and 17-20 min a fold at 48 on 2 CPU cores")
+    samples_per_prompt: int = field(48, "k responses sampled per prompt; every pair of them is labelled (k(k-1)/2 per prompt). More responses per prompt narrow the gap to the ceiling; sampling and training time grow about linearly in k (docs/results/rm-accuracy.md)")
     samples_file: str = field("", "reuse responses instead of sampling: JSON Lines of {prompt, response} rows, or of {prompt, chosen, rejected} pairs (their distinct responses per prompt)")
     folds: int = field(5, "cross-validation folds over prompts (each prompt is held out once)")
     epochs: float = field(3.0, "reward-model epochs per fold")
-    learning_rate: float = field(2e-4, "reward-model learning rate (fold-0 probe at k=24, grouped: expected gap 5.3 points at 1e-4, 4.7 at 2e-4)")
+    learning_rate: float = field(2e-4, "reward-model learning rate (peak, for every fold's model)")
     head_learning_rate: float = field(0.0, "learning rate of the fresh reward head (0: learning_rate)")
     batch_size: int = field(2, "reward-model micro-batch: prompts with group_by_prompt (2 x 48 responses = 2256 pairs), else pairs")
     group_by_prompt: bool = field(True, "train on whole prompts per micro-batch, all their pairs at once, each response encoded once (train rm --group-by-prompt; InstructGPT's batching): k-1 times fewer forwards")

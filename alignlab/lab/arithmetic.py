@@ -5,11 +5,10 @@ number." The gold reward is 1 when math-verify finds the right number as the res
 answer, else 0 (`alignlab.rewards.verifiable`) — the GSM8K-style outcome reward of RL with
 verifiable rewards (Cobbe et al. 2021, arXiv:2110.14168; Tülu 3, arXiv:2411.15124 §4), shrunk to
 what a 135M-parameter chat model can partly solve: operands are at most 20 (products at most 9 x 10),
-so that a base policy gets some problems right and RL has something to reinforce. Measured for the
-embedded SmolLM2-135M-Instruct on eval problems, 48 new tokens: greedy 20% (96 problems; add 44%,
-multiply 27%, subtract 11%, two-step 0%), sampled 13% at temperature 0.3 and 0.7 (96 samples
-each), 2% at temperature 1. It rarely answers with just the number: it restates the problem,
-works it out and runs on, and the last number it writes is then taken as its answer.
+so that a base policy gets some problems right and RL has something to reinforce (the embedded
+SmolLM2-135M-Instruct's base rates: docs/results/online-rl.md). It rarely answers with just the
+number: it restates the problem, works it out and runs on, and the last number it writes is then
+taken as its answer.
 
 The problem space is enumerated, not sampled: every (template, operands) pair is one problem, its
 wording (name, item) fixed by that pair alone, so the same problem text always has the same answer

@@ -1,4 +1,4 @@
-"""Losses as pure functions of tensors, chosen by name from one explicit table (STYLE 4).
+"""Losses as pure functions of tensors, chosen by name from one explicit table.
 
     from alignlab.losses import get_loss, get_spec
     loss, metrics = get_loss("ipo")(pc, pr, rc, rr, beta=0.2)

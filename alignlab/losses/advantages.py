@@ -1,4 +1,4 @@
-"""Advantage estimators of online RL from feedback, as pure functions (STYLE 1, 12).
+"""Advantage estimators of online RL from feedback, as pure functions.
 
 Layout: completions are prompt-major groups, row i is sample i % n of prompt i // n (the rollout
 protocol's `Completions` order). Sequence-level rewards are (B,) with B = prompts x n; token
@@ -152,7 +152,7 @@ def sequence_kl(kl: Tensor | None, mask: Tensor) -> Tensor | None:
 
 @dataclass(frozen=True)
 class EstimatorSpec:
-    """One advantage estimator of the table below; trainers ask these fields, never the name (STYLE 4)."""
+    """One advantage estimator of the table below; trainers ask these fields, never the name."""
 
     name: str
     needs_values: bool

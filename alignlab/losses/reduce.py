@@ -1,4 +1,4 @@
-"""The one way token-level losses are reduced to a scalar (STYLE 1).
+"""The one way token-level losses are reduced to a scalar.
 
 Online RL losses (PPO, GRPO, Dr. GRPO, ...) compute a loss per response token, (B, T), and
 differ mainly in how they average it. Each mode is a published choice:

@@ -1,6 +1,6 @@
 """Per-sequence log-probs of response tokens, computed once per forward.
 
-Where the time goes on CPU (PERF_NOTES 1): the LM head and the log-softmax over a ~49k vocabulary.
+Where the time goes on CPU: the LM head and the log-softmax over a ~49k vocabulary.
 So the decoder runs on the packed rows, only the hidden states that predict response tokens are
 kept, and the head is applied to those in chunks as `logit[target] - logsumexp(logits)` — prompt
 and padding positions never reach the head.

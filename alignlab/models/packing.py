@@ -5,7 +5,7 @@ Two layouts give the same log-probs (tested):
 - `pack_pairs` (default): each pair is one block `[prompt | chosen | rejected]`; the rejected
   tokens attend to the prompt but not to the chosen ones, and their position ids restart where the
   prompt ends, so the prompt is computed once for both responses (prefix sharing, ~16% of DPO
-  tokens, PERF_NOTES 4). Blocks are packed first-fit-decreasing into rows no longer than the
+  tokens). Blocks are packed first-fit-decreasing into rows no longer than the
   longest block, so almost no position is padding. A 4-D additive attention mask encodes this.
 - `pad_pairs`: the classic layout, chosen and rejected as separate right-padded rows with a 2-D
   mask; used for equivalence tests and for models whose attention ignores 4-D masks.

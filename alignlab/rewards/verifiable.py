@@ -7,9 +7,9 @@ it extracts the answer from free text ("The answer is 12.", "\\boxed{12}", "... 
 such as "answer is" or a box wins over the last number) and compares it with the reference as a
 math expression, so "12", "12.0" and "$12$" all match "12". Responses in which it finds no answer
 (e.g. "twelve") score 0. Its leniency is math's, not the wording's: an unevaluated "7 + 5" and
-"12%" also match "12" (measured with math-verify 0.9.0). That leniency is exploitable: GRPO on the
-arithmetic task learned to end on the unevaluated expression ("... so she has 17 + 3 - 17") instead
-of its value (measured; docs/online.md). So by default (`literal=True`, exact match) the extracted
+"12%" also match "12" (math-verify 0.9.0). That leniency is exploitable: a policy trained on it
+can learn to end on an unevaluated expression ("... so she has 17 + 3 - 17") instead of its value
+(docs/results/online-rl.md). So by default (`literal=True`, exact match) the extracted
 final answer must be a value written out (12, -4, 0.5, 1,200, 1/2, \frac{1}{2}, 3\pi) with no
 arithmetic operator left in it; `literal=False` (reward spec `math:lenient`) accepts any expression
 equal to the reference.

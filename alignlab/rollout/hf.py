@@ -6,7 +6,7 @@ it draws the token from `softmax(logits / T)` (optionally top-k/top-p truncated)
 hands `generate` a one-hot score so `generate`'s greedy step picks exactly that token. Versus
 `output_scores`/`output_logits` this keeps O(B) floats per step instead of a (B, V) tensor per
 step (80 rows x 32 steps x 49k vocab = 0.5 GB for SmolLM2), needs no second log-softmax pass,
-leaves the global RNG alone, and sampling stays cheap (PERF_NOTES 5): the untruncated path is one
+leaves the global RNG alone, and sampling stays cheap: the untruncated path is one
 logsumexp, one exp and a multinomial draw per step.
 """
 

@@ -22,7 +22,7 @@ from alignlab.train.config import TrainConfig
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """What an online method needs; the trainer asks these, never the method's name (STYLE 4)."""
+    """What an online method needs; the trainer asks these, never the method's name."""
 
     estimator: str | None
     """Advantage estimator of `alignlab.losses.advantages.ESTIMATORS`; None for a pairwise loss."""

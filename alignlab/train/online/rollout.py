@@ -1,7 +1,7 @@
 """One rollout iteration of online RL: sample, score, shape, add reference and critic passes, and
 compute advantages with the shared estimator table. Produces a `RolloutBatch`.
 
-Where the time goes (PERF_NOTES 3, 5): all prompts x n samples go to `generate` in as few calls as
+Where the time goes: all prompts x n samples go to `generate` in as few calls as
 `rollout_batch_size` allows; the sampling log-probs are reused as the old-policy log-probs (no
 extra pass) unless a critic pass runs anyway; the reference pass is skipped when kl_coef is 0.
 """
@@ -237,7 +237,7 @@ class RolloutMaker:
         if not spec.needs_cost:
             return adv, (ret[..., None] if ret is not None else None)
         # +beta * kl_t in the cost token rewards (kl_coef negated), as Safe RLHF's code: the combined
-        # advantage then keeps -beta * kl for every lambda (lagrangian_advantages; issue 19)
+        # advantage then keeps -beta * kl for every lambda (lagrangian_advantages)
         cost_adv, cost_ret = compute_advantages("gae", batch.costs[rows], mask, n=n, kl=sub_kl, kl_coef=-kl_coef,
                                                 values=values[..., 1], gamma=c.gamma, lam=c.lam,
                                                 whiten_advantages=c.whiten_advantages)
