@@ -46,7 +46,7 @@ class TrainConfig:
     warmup_ratio: float = field(0.1, "share of steps spent warming the learning rate up from 0")
     max_grad_norm: float = field(1.0, "gradient clipping norm (0: off)")
     precision: str = field("fp32", "fp32 | bf16 | fp16 autocast")
-    gradient_checkpointing: bool = field(False, "trade compute for memory (off by default: ~20% slower, PERF_NOTES 7)")
+    gradient_checkpointing: bool = field(False, "trade compute for memory (off by default: about 20% slower for small models)")
     lora: bool = field(False, "train a LoRA adapter instead of all weights")
     lora_r: int = field(16, "LoRA rank")
     lora_alpha: int = field(32, "LoRA alpha")
