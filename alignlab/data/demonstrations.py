@@ -18,6 +18,7 @@ from pathlib import Path
 
 from alignlab.data.errors import DataError
 from alignlab.data.prompts import json_objects, prompt_row
+from alignlab.data.tokenize import encode_prompt_response, prompt_encoder
 
 RESPONSE_KEYS = ("response", "completion")
 
@@ -73,8 +74,6 @@ def encode_demonstrations(tokenizer, demos: list[Demonstration], *, max_length: 
                           truncation: str = "error") -> EncodedDemos:
     """Token blocks for the packer. Over-long demonstrations: `error` names the line; `truncate`
     keeps the start (the prompt whole, the response cut); `drop` leaves them out. Both counted."""
-    from alignlab.data.tokenize import encode_prompt_response, prompt_encoder
-
     encoder = prompt_encoder(tokenizer)
     out = EncodedDemos([])
     for demo in demos:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from alignlab.data import load_records
+
 
 def pair_strength(source, records) -> tuple[torch.Tensor, torch.Tensor]:
     """(N,) mean reward gap over members and (N,) share of members preferring the chosen response."""
@@ -23,8 +25,6 @@ def pair_strength(source, records) -> tuple[torch.Tensor, torch.Tensor]:
 def write_strength(path_in, path_out, source, *, show: int = 10, format: str = "auto") -> dict:
     """Adds `strength` (mean reward gap) and `vote` (share of members agreeing with the label)
     to every row of a pairwise jsonl file; returns a summary with the likeliest mislabeled pairs."""
-    from alignlab.data import load_records
-
     result = load_records(path_in, format=format)
     records = result.records
     strength, vote = pair_strength(source, records)

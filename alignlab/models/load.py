@@ -3,12 +3,17 @@ saving a final model that plain `transformers`/`peft` can load."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 
+from alignlab.fingerprint import file_sha256
 from alignlab.models.embedded import POLICY_NAME, cache_dir, embedded_policy_dir
+from alignlab.models.trunk import layer_list
 
 EMBEDDED_NAMES = ("embedded", POLICY_NAME, "HuggingFaceTB/SmolLM2-135M-Instruct")
 
@@ -55,12 +60,6 @@ def merged_adapter_dir(adapter: Path) -> Path:
     """A plain model folder of `adapter`'s base with the adapter merged in, built once and cached
     under the alignlab cache (keyed by the adapter's content), so that an adapter folder works
     wherever a model folder does (training, sampling, reward-model backbones, evaluation)."""
-    import json
-    import shutil
-    import tempfile
-
-    from alignlab.train.run import file_sha256
-
     try:
         base = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
     except (OSError, ValueError, KeyError) as exc:
@@ -154,8 +153,6 @@ def lora_placement(model, target_modules: list[str], top: int = 0) -> dict:
     targets = lora_targets(target_modules)
     if layers is None:
         return dict(target_modules=targets)
-    from alignlab.models.trunk import layer_list
-
     _, attr, blocks = layer_list(model)
     if targets == "all-linear":  # (a model already wrapped by peft, adding a second adapter: skip its LoRA matrices)
         targets = sorted({name.removesuffix(".base_layer").rsplit(".", 1)[-1] for name, m in blocks.named_modules()

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from alignlab.models.packing import pack_sequences
+from alignlab.models.trunk import SharedTrunk
 
 
 @dataclass
@@ -139,7 +140,6 @@ class RewardModel(nn.Module):
         layers = [layers] if isinstance(layers, int) else list(layers or [])
         if not layers or min(layers) == 0:
             return None
-        from alignlab.models.trunk import SharedTrunk
 
         trunk = SharedTrunk(self.backbone, min(layers))
         ids = torch.arange(3, 11)[None] % self.backbone.config.vocab_size  # (1, 8) any real tokens

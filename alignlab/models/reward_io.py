@@ -21,6 +21,8 @@ from pathlib import Path
 
 import torch
 
+from alignlab.models.embedded import encoder_dir
+from alignlab.models.load import lora_placement, resolve_model_path
 from alignlab.models.reward import RewardModel
 
 ENCODER_TYPES = ("bert", "roberta", "distilbert", "deberta", "deberta-v2", "electra", "xlm-roberta", "mpnet", "albert")
@@ -31,11 +33,7 @@ META = "alignlab_reward.json"
 def resolve_backbone_path(name: str) -> str:
     """'embedded-encoder' -> the MiniLM folder from its wheel; else as for policies."""
     if name in ENCODER_NAMES:
-        from alignlab.models.embedded import encoder_dir
-
         return str(encoder_dir())
-    from alignlab.models.load import resolve_model_path
-
     return resolve_model_path(name)
 
 
@@ -103,8 +101,6 @@ def _template_trailer(tokenizer) -> list[int]:
 def _lora_config(lora: dict, model):
     """`lora`: r, alpha, dropout, target_modules and optionally layers (on the top N layers only)."""
     from peft import LoraConfig
-
-    from alignlab.models.load import lora_placement
 
     return LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
                       **lora_placement(model, lora["target_modules"], lora.get("layers", 0)))

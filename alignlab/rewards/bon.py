@@ -3,10 +3,19 @@ m >= n samples (used to draw overoptimization curves without re-sampling for eve
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from alignlab.data.errors import DataError
+from alignlab.data.prompts import read_prompt_rows
+from alignlab.models.load import load_policy, load_tokenizer
+from alignlab.rollout.base import SamplingParams
+from alignlab.rollout.hf import generate_texts
+from alignlab.train.run import refuse_existing_output
 
 
 def best_of_n_kl(n: int) -> float:
@@ -41,9 +50,6 @@ def expected_best_of_n(selector: Tensor, values: Tensor, n: int) -> Tensor:
 def read_prompts(path) -> list:
     """Prompts from a .jsonl file with a `prompt` field (text or chat messages) per line, or a
     plain .txt file with one prompt per line (`alignlab.data.prompts.read_prompt_rows`)."""
-    from alignlab.data.errors import DataError
-    from alignlab.data.prompts import read_prompt_rows
-
     try:
         return [row["prompt"] for row in read_prompt_rows(path)]
     except DataError as exc:  # `alignlab bon` has always reported bad prompts as usage errors (exit 2)
@@ -56,14 +62,6 @@ def run_best_of_n(policy: str, reward_source, prompts: list, *, n: int, output, 
     """Sample n responses per prompt, keep the best by `reward_source`, write them as jsonl
     (`prompt`, `completion`, `reward`, plus the mean reward of all n) for SFT / rejection sampling.
     An existing `output` is refused, or with `overwrite` moved aside to NAME.old-<time>.jsonl."""
-    import json
-    from pathlib import Path
-
-    from alignlab.models.load import load_policy, load_tokenizer
-    from alignlab.rollout.base import SamplingParams
-    from alignlab.rollout.hf import generate_texts
-    from alignlab.train.run import refuse_existing_output
-
     refuse_existing_output(output, overwrite)
 
     tokenizer, model = load_tokenizer(policy), load_policy(policy)

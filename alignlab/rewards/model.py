@@ -9,6 +9,7 @@ from torch import Tensor
 
 from alignlab.data.tokenize import fit_to_length, prompt_encoder
 from alignlab.models.reward import score_sequences
+from alignlab.models.reward_io import load_reward_model, reward_pad_token_id
 from alignlab.rewards.aggregate import aggregate
 
 
@@ -65,8 +66,6 @@ class RewardModelSource(_Members):
 
     def __init__(self, path, *, how: str = "mean", uwo_coef: float = 0.5, direction=None, batch_size: int = 16,
                  max_length: int = 512, progress: bool = False, device: str | None = None):
-        from alignlab.models.reward_io import load_reward_model, reward_pad_token_id
-
         self.model, self.tokenizer, self.meta = load_reward_model(path)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device)

@@ -23,6 +23,8 @@ import torch
 from torch import Tensor
 
 from alignlab.rewards.base import FunctionReward, RewardSource
+from alignlab.rewards.model import load_reward_source
+from alignlab.rewards.verifiable import AnswerReward
 
 # (NAME after "PREFIX:", answers: prompt text -> reference answer) -> the reward source
 RewardFamily = Callable[[str, dict], RewardSource]
@@ -49,16 +51,12 @@ def build_reward_source(spec: str, *, how: str = "mean", answers: dict | None = 
     if kind in REWARD_FAMILIES:
         return REWARD_FAMILIES[kind](rest, answers or {})
     if kind == "math":
-        from alignlab.rewards.verifiable import AnswerReward
-
         if not answers:
             raise ValueError("reward 'math' needs prompts with an `answer` field (the reference answer)")
         if rest not in ("", "lenient"):
             raise ValueError(f"reward {spec!r}: use math or math:lenient")
         return AnswerReward(answers, literal=rest != "lenient")
     if kind == "rm":
-        from alignlab.rewards.model import load_reward_source
-
         path, at, direction = rest.rpartition("@") if "@" in rest else (rest, "", "")
         if not path:
             raise ValueError("reward 'rm:DIR' needs the reward model's folder after 'rm:'")

@@ -14,9 +14,16 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria
-from transformers import StoppingCriteriaList, StopStringCriteria
+from transformers import (
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    StopStringCriteria,
+)
 
+from alignlab.data.tokenize import encode_prompt
 from alignlab.rollout.base import Completions, SamplingParams
 
 
@@ -215,7 +222,5 @@ def generate_texts(model: nn.Module, tokenizer, prompts: list, params: SamplingP
                    batch_size: int = 64, progress: str | None = None) -> Completions:
     """Sample completions for prompts (text or chat message lists), tokenized exactly as the
     trainers tokenize them (`alignlab.data.encode_prompt`: chat template + generation prompt)."""
-    from alignlab.data.tokenize import encode_prompt
-
     prompt_ids = [encode_prompt(tokenizer, prompt) for prompt in prompts]
     return HFGenerator(model, tokenizer, batch_size=batch_size, progress=progress).generate(prompt_ids, params)

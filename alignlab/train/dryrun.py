@@ -12,6 +12,7 @@ import textwrap
 import torch
 
 from alignlab import config as config_lib
+from alignlab.models.load import add_lora, resolve_model_path
 
 _GB = 1024**3
 
@@ -19,8 +20,6 @@ _GB = 1024**3
 def _count_params(cfg, model) -> tuple[int, int]:
     """(total, trainable) parameters, from the real model or a weightless one on the meta device."""
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from alignlab.models.load import add_lora, resolve_model_path
 
     if model is None:
         with torch.device("meta"):

@@ -10,6 +10,7 @@ import torch
 
 from alignlab.data import DataReport, encode_pairs, encode_prompt_response
 from alignlab.data.records import BinaryRecord
+from alignlab.data.tokenize import DROPPED_LONG, fit_to_length, prompt_encoder
 from alignlab.models.reward_io import (
     META,
     build_reward_model,
@@ -48,8 +49,6 @@ def _records(cfg: RMConfig, path: str, given, run_dir: Path, name: str, report: 
 def _fit(cfg: RMConfig, tokenizer, prompt_ids: list, response_ids: list, where: str, report: DataReport):
     """One (prompt, response) under max_length by the truncation policy (the same rules and
     report reasons as encode_pairs); None = dropped."""
-    from alignlab.data.tokenize import DROPPED_LONG, fit_to_length, prompt_encoder
-
     if len(prompt_ids) + len(response_ids) <= cfg.max_length:
         return prompt_ids, response_ids
     if cfg.truncation == "error":

@@ -9,7 +9,6 @@ settings is documented in docs/runs.md; the allow-list of settings a resume may 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import importlib.metadata
 import itertools
 import json
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alignlab import config as config_lib
+from alignlab.fingerprint import file_sha256
 from alignlab.train.checkpoint import list_checkpoints
 
 _PACKAGES = ("alignlab", "torch", "transformers", "peft", "accelerate", "datasets", "tokenizers", "safetensors")
@@ -305,17 +305,6 @@ def resume_command(argv: list[str], run_dir: Path) -> str:
 
 
 # -- header ----------------------------------------------------------------------------------------
-def file_sha256(path: str | Path) -> str:
-    path = Path(path)
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        with f.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _git_commit() -> str | None:
     try:
         root = Path(__file__).resolve().parents[2]
