@@ -1,5 +1,5 @@
 """A saved LoRA adapter names a portable base (the embedded model's hub id, not a machine-local
-cache folder) and alignlab takes the adapter folder wherever it takes a model (issue 24 item 6)."""
+cache folder) and alignlab takes the adapter folder wherever it takes a model."""
 
 import json
 import shutil
@@ -17,6 +17,12 @@ def test_an_adapter_of_the_embedded_model_records_its_hub_id_and_loads_as_a_poli
     # the embedded model's cache folder, holding the tiny model (no conversion, no download)
     monkeypatch.setenv("ALIGNLAB_CACHE", str(tmp_path / "cache"))
     shutil.copytree(tiny_policy_dir, tmp_path / "cache" / "models" / POLICY_NAME)
+    import peft.utils.save_and_load as peft_save
+
+    def no_lookup(*args, **kwargs):  # saving must not ask the hub anything (no network at run time)
+        raise AssertionError(f"hub lookup while saving: {args}")
+
+    monkeypatch.setattr(peft_save, "check_file_exists_on_hf_hub", no_lookup)
     cfg = DPOConfig(model="embedded", output_dir=str(tmp_path / "run"), lora=True, lora_r=4, batch_size=4,
                     max_steps=2, learning_rate=3e-2, warmup_ratio=0.0, progress=False, max_length=128)
     session = train_dpo(cfg, train_records=records(TOPICS[:8]))

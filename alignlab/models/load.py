@@ -189,12 +189,15 @@ def save_final(model, tokenizer, directory: Path, *, merge_lora: bool = False) -
     directory.mkdir(parents=True, exist_ok=True)
     if is_peft(model) and merge_lora:
         model = model.merge_and_unload()
-    model.save_pretrained(directory)
+    if is_peft(model):
+        # alignlab's adapters never target or resize the embeddings; saying so keeps peft from
+        # looking the base model's name up on the hub to find out (no network at run time)
+        model.save_pretrained(directory, save_embedding_layers=False)
+    else:
+        model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     adapter_config = directory / "adapter_config.json"
     if adapter_config.is_file():  # a model given in memory: still no machine-local cache path as its base
-        import json
-
         saved = json.loads(adapter_config.read_text())
         saved["base_model_name_or_path"] = portable_name(saved.get("base_model_name_or_path") or "")
         adapter_config.write_text(json.dumps(saved, indent=2, sort_keys=True))
