@@ -404,3 +404,31 @@ def test_an_over_long_example_is_cut_the_same_way_in_training_and_scoring(tmp_pa
     responses = [x for r in records for x in ([r.response] if objective == "binary" else [r.chosen, r.rejected])]
     assert source._encode(prompts, responses) == trained
     assert source.truncated == len(trained)
+
+
+@pytest.mark.parametrize("objective", ["binary", "ratings"])
+def test_a_huge_single_response_is_refused_or_cut_before_it_is_tokenized(objective, smol_tokenizer):
+    """Rated and thumbs-up/down examples get the raw-length guard pairs get (alignlab.data.tokenize)."""
+    from alignlab.data import DataReport
+    from alignlab.data.errors import DataError
+    from alignlab.train.reward_data import encode_items
+    from test_data_tokenize import CountingTokenizer
+
+    huge = "word " * 600_000  # 3 MB
+    if objective == "binary":
+        records = [BinaryRecord(prompt="Hi", response=huge, desirable=True)]
+    else:
+        records = [RatingRecord(prompt="Hi", responses=["Fine.", huge], ratings=[{"helpful": 1.0}, {"helpful": 2.0}])]
+    tok = CountingTokenizer(smol_tokenizer)
+    with pytest.raises(DataError, match=r"big.jsonl, record 0: prompt \+ longest response = 3000002 characters"):
+        encode_items(RMConfig(objective=objective, truncation="error", max_length=512), tok, records, ["helpful"],
+                     "big.jsonl", DataReport())
+    report = DataReport()
+    items = encode_items(RMConfig(objective=objective, truncation="drop", max_length=512), tok, records, ["helpful"],
+                         "big.jsonl", report)
+    assert len(items) == (0 if objective == "binary" else 1) and report["dropped: longer than max_length"] == 1
+    items = encode_items(RMConfig(objective=objective, truncation="truncate", max_length=512), tok, records,
+                         ["helpful"], "big.jsonl", DataReport())
+    assert len(items) == (2 if objective == "ratings" else 1)
+    assert all(len(it.prompt_ids) + len(it.responses[0]) <= 512 for it in items)
+    assert tok.longest <= 513 * 81 < len(huge)  # never the whole text

@@ -225,6 +225,27 @@ def _keep_end(prompt: Prompt, limit: int) -> Prompt:
     return [{**m, "content": m["content"][-limit:]} if isinstance(m.get("content"), str) else m for m in prompt]
 
 
+def bound_raw_length(encoder: "PromptEncoder", prompt: Prompt, responses: Sequence[str], max_length: int,
+                     truncation: str, *, file: str | None = None, location: str | None = None):
+    """(prompt, responses) made safe to tokenize: a text longer than `max_length` tokens can
+    hold at `encoder.max_token_chars` characters each is over-long for certain, known from its
+    raw length, so a hostile 50 MB line is never tokenized whole. `error` raises a DataError,
+    `drop` returns None, `truncate` cuts the texts far beyond what truncation keeps (the prompt's
+    end, the responses' start). Texts within the bound come back unchanged."""
+    chars = _content_chars(prompt) + max(len(r) for r in responses)
+    if chars <= max_length * encoder.max_token_chars:
+        return prompt, list(responses)
+    if truncation == "error":
+        raise DataError(
+            f"prompt + longest response = {chars} characters, more than max_length {max_length} tokens can hold "
+            f"(at most {encoder.max_token_chars} characters per token). Raise max_length, or set truncation: "
+            "truncate or truncation: drop", file=file, location=location)
+    if truncation == "drop":
+        return None
+    limit = (max_length + 1) * encoder.max_token_chars
+    return _keep_end(prompt, limit), [r[:limit] for r in responses]
+
+
 def encode_pairs(
     tokenizer,
     records: Sequence[PairwiseRecord],
@@ -246,23 +267,13 @@ def encode_pairs(
         if not isinstance(record, PairwiseRecord):
             file, where = _location(record, index, source)
             raise DataError(f"expected a pairwise record, got {type(record).__name__}", file=file, location=where)
-        record_prompt, record_chosen, record_rejected = record.prompt, record.chosen, record.rejected
-        chars = _content_chars(record_prompt) + max(len(record_chosen), len(record_rejected))
-        if chars > max_length * encoder.max_token_chars:
-            # Over-long for certain, known from the raw length: never tokenize a hostile 50 MB line
-            # whole. Cut far outside what truncation keeps, or stop here.
-            limit = (max_length + 1) * encoder.max_token_chars
-            if truncation == "error":
-                file, where = _location(record, index, source)
-                raise DataError(
-                    f"prompt + longest response = {chars} characters, more than max_length {max_length} tokens "
-                    f"can hold (at most {encoder.max_token_chars} characters per token). Raise max_length, or set "
-                    "truncation: truncate or truncation: drop", file=file, location=where)
-            if truncation == "drop":
-                report.add(DROPPED_LONG, example=", ".join(_location(record, index, source)))
-                continue
-            record_prompt = _keep_end(record_prompt, limit)
-            record_chosen, record_rejected = record_chosen[:limit], record_rejected[:limit]
+        file, where = _location(record, index, source)
+        bounded = bound_raw_length(encoder, record.prompt, [record.chosen, record.rejected], max_length, truncation,
+                                   file=file, location=where)
+        if bounded is None:
+            report.add(DROPPED_LONG, example=f"{file}, {where}")
+            continue
+        record_prompt, (record_chosen, record_rejected) = bounded
         prompt = encoder.prompt(record_prompt)
         chosen, rejected = encoder.response(record_chosen), encoder.response(record_rejected)
         total = len(prompt) + max(len(chosen), len(rejected))

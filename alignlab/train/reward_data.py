@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from alignlab.data import DataReport, encode_pairs, encode_prompt_response
+from alignlab.data import DataReport, encode_pairs
 from alignlab.data.records import BinaryRecord
-from alignlab.data.tokenize import DROPPED_LONG, fit_to_length, prompt_encoder
+from alignlab.data.tokenize import DROPPED_LONG, bound_raw_length, fit_to_length, prompt_encoder
 from alignlab.models.reward_io import (
     META,
     build_reward_model,
@@ -63,6 +63,19 @@ def _fit(cfg: RMConfig, tokenizer, prompt_ids: list, response_ids: list, where: 
     return None if any(r.startswith("dropped") for r in reasons) else (prompt_ids, response_ids)
 
 
+def _encode_one(cfg: RMConfig, tokenizer, prompt, response: str, source: str, where: str, report: DataReport):
+    """One (prompt, response) tokenized under max_length (None: dropped). A text too long for
+    max_length by its raw length alone is cut or refused before it is tokenized whole."""
+    encoder = prompt_encoder(tokenizer)
+    bounded = bound_raw_length(encoder, prompt, [response], cfg.max_length, cfg.truncation, file=source,
+                               location=where.removeprefix(f"{source}, "))
+    if bounded is None:
+        report.add(DROPPED_LONG)
+        return None
+    prompt, (response,) = bounded
+    return _fit(cfg, tokenizer, encoder.prompt(prompt), encoder.response(response), where, report)
+
+
 def _attribute_names(cfg: RMConfig, records: list, trained: dict | None) -> list[str]:
     """The attributes the model scores: one reward, the trained model's, or the ratings' names."""
     if cfg.spec.attributes == "reward":
@@ -106,12 +119,12 @@ def encode_items(cfg: RMConfig, tokenizer, records: list, attributes: list[str],
     for i, rec in enumerate(records):
         where = f"{source}, record {i}"
         if isinstance(rec, BinaryRecord):
-            fitted = _fit(cfg, tokenizer, *encode_prompt_response(tokenizer, rec.prompt, rec.response), where, report)
+            fitted = _encode_one(cfg, tokenizer, rec.prompt, rec.response, source, where, report)
             if fitted:
                 items.append(Item(fitted[0], [fitted[1]], torch.tensor([float(rec.desirable)])))
             continue
         for response, rating in zip(rec.responses, rec.ratings):
-            fitted = _fit(cfg, tokenizer, *encode_prompt_response(tokenizer, rec.prompt, response), where, report)
+            fitted = _encode_one(cfg, tokenizer, rec.prompt, response, source, where, report)
             if fitted:
                 target = torch.tensor([float(rating.get(a, 0.0)) for a in attributes])
                 mask = torch.tensor([a in rating for a in attributes])
