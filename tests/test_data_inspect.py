@@ -105,3 +105,18 @@ def test_training_on_only_invalid_rows_says_what_the_report_found(tmp_path, tiny
     err = capsys.readouterr().err
     assert "no training pairs left after loading and filtering (rows read: 3;" in err
     assert "skipped invalid: empty prompt: 1" in err and err.count("\n") == 1
+
+
+def test_inspect_never_tokenizes_a_huge_line_whole(tmp_path, smol_tokenizer):
+    """A text longer than max_length can hold by its characters alone is counted as over-long
+    from its first (a prompt's last) (max_length + 1) x 81 characters."""
+    from test_data_tokenize import CountingTokenizer
+
+    huge = "word " * 600_000  # 3 MB
+    path = write(tmp_path, [{"prompt": "Hi", "chosen": "Hello there.", "rejected": "Go."},
+                            {"prompt": huge, "chosen": "Yes.", "rejected": huge}])
+    tok = CountingTokenizer(smol_tokenizer)
+    result = inspect_dataset(path, tok, max_length=256)
+    assert result["over_max_length"] == 1 and result["lengths_capped"] == 2
+    assert result["prompt_length"]["max"] > 256 and tok.longest <= 257 * 81 < len(huge)
+    assert "2 text(s) too long to count in full" in render_inspect(result)

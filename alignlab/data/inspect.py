@@ -12,7 +12,7 @@ from alignlab.data.loaders import SAME_PAIR, count_pair_issues, load_records
 from alignlab.data.pairing import to_pairs
 from alignlab.data.records import BinaryRecord, CritiqueRecord, PairwiseRecord
 from alignlab.data.report import DataReport
-from alignlab.data.tokenize import prompt_encoder, prompt_text
+from alignlab.data.tokenize import content_chars, keep_end, prompt_encoder, prompt_text
 
 PERCENTILES = (50, 90, 99)
 SKIPPED = "skipped invalid: "
@@ -48,8 +48,24 @@ def inspect_dataset(path, tokenizer=None, *, max_length: int = 1024, format: str
     loaded = load_records(path, format=format, columns=columns, skip_invalid=True, to_pairs=False)
     records, report = loaded.records, loaded.report
     encoder = prompt_encoder(tokenizer) if tokenizer is not None else None
-    prompt_len = (lambda p: len(encoder.prompt(p))) if encoder else (lambda p: len(prompt_text(p)))
-    response_len = (lambda t: len(encoder.response(t))) if encoder else len
+    capped = 0
+    if encoder:
+        # a text of more than `cap` characters is over max_length for certain: only its first (a
+        # prompt's last) `cap` characters are tokenized, which still counts more than max_length
+        # tokens, so a hostile 50 MB line is never tokenized whole
+        cap = (max_length + 1) * encoder.max_token_chars
+
+        def prompt_len(prompt) -> int:
+            nonlocal capped
+            capped += content_chars(prompt) > cap
+            return len(encoder.prompt(keep_end(prompt, cap)))
+
+        def response_len(text: str) -> int:
+            nonlocal capped
+            capped += len(text) > cap
+            return len(encoder.response(text[:cap]))
+    else:
+        prompt_len, response_len = (lambda p: len(prompt_text(p))), len
     prompts, responses, over = [], [], 0
     for record in records:
         p, rs = prompt_len(record.prompt), [response_len(t) for t in _responses(record)]
@@ -72,6 +88,7 @@ def inspect_dataset(path, tokenizer=None, *, max_length: int = 1024, format: str
         "response_length": percentiles(responses),
         "max_length": max_length,
         "over_max_length": over,
+        "lengths_capped": capped,
         "duplicates": sum(n - 1 for n in keys.values()),
         "empty": sum(n for k, n in invalid.items() if k.startswith("empty")),
         "pairwise": pairwise,
@@ -107,7 +124,9 @@ def render_inspect(result: dict) -> str:
              if result["pairwise"] else "")
     lines += ["",
               f"  longer than max_length {result['max_length']} {result['units']} (prompt + longest response): "
-              f"{result['over_max_length']}",
+              f"{result['over_max_length']}"
+              + (f" ({result['lengths_capped']} text(s) too long to count in full: over max_length by their "
+                 "characters alone)" if result.get("lengths_capped") else ""),
               f"  duplicate records (kept): {result['duplicates']}",
               f"  empty prompts/responses (skipped): {result['empty']}"]
     if result["pairwise"]:

@@ -214,11 +214,11 @@ def fit_to_length(encoder: "PromptEncoder", prompt: list[int], responses: Sequen
     return truncate_pieces(prompt, responses, start, max_length, max_prompt_length)
 
 
-def _content_chars(prompt: Prompt) -> int:
+def content_chars(prompt: Prompt) -> int:
     return len(prompt) if isinstance(prompt, str) else sum(len(m.get("content") or "") for m in prompt)
 
 
-def _keep_end(prompt: Prompt, limit: int) -> Prompt:
+def keep_end(prompt: Prompt, limit: int) -> Prompt:
     """The prompt with each text cut to its last `limit` characters (truncation keeps the end)."""
     if isinstance(prompt, str):
         return prompt[-limit:]
@@ -232,7 +232,7 @@ def bound_raw_length(encoder: "PromptEncoder", prompt: Prompt, responses: Sequen
     raw length, so a hostile 50 MB line is never tokenized whole. `error` raises a DataError,
     `drop` returns None, `truncate` cuts the texts far beyond what truncation keeps (the prompt's
     end, the responses' start). Texts within the bound come back unchanged."""
-    chars = _content_chars(prompt) + max(len(r) for r in responses)
+    chars = content_chars(prompt) + max(len(r) for r in responses)
     if chars <= max_length * encoder.max_token_chars:
         return prompt, list(responses)
     if truncation == "error":
@@ -243,7 +243,7 @@ def bound_raw_length(encoder: "PromptEncoder", prompt: Prompt, responses: Sequen
     if truncation == "drop":
         return None
     limit = (max_length + 1) * encoder.max_token_chars
-    return _keep_end(prompt, limit), [r[:limit] for r in responses]
+    return keep_end(prompt, limit), [r[:limit] for r in responses]
 
 
 def encode_pairs(
