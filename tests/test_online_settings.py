@@ -140,3 +140,12 @@ def test_online_metrics_count_in_the_methods_unit(tmp_path, tiny_policy_dir, met
     want = {"tokens": int(batch.mask.sum()), "sequences": int((batch.mask.sum(-1) > 0).sum()),
             "pairs": len(batch) // 2}[unit]
     assert steps[-1][f"{unit}_seen"] == want and f"{unit}_per_second" in steps[-1]
+
+
+def test_a_config_built_in_python_takes_the_methods_defaults_too(tmp_path):
+    from alignlab.train.online import OnlineConfig
+
+    cfg = OnlineConfig(method="grpo", output_dir=str(tmp_path / "run"), iterations=1)
+    text = train_online(cfg, train_rows=PROMPTS, dry_run=True).dry_run_text
+    assert "kl_coef: 0.04  (grpo default)" in text and "kl_mode: 'loss'  (grpo default)" in text
+    assert "iterations: 1  (user; default 10)" in text and not (tmp_path / "run").exists()

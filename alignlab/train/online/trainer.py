@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from alignlab.config import ConfigError, load_yaml, resolve
+from alignlab.config import ConfigError, fill_defaults, load_yaml, resolve
 from alignlab.data.prompts import read_prompt_rows
 from alignlab.data.tokenize import encode_prompt
 from alignlab.lab.tasks import get_task  # importing the lab also registers its lab:<task> rewards
@@ -273,7 +273,9 @@ def train_online(cfg: OnlineConfig, *, model=None, tokenizer=None, train_rows=No
                  eval_rewards=None, cost=None, dry_run: bool = False) -> TrainingSession:
     """Python API: train per `cfg`. Prompts (rows {prompt, answer?}), the model, and reward/cost
     sources may be given in memory instead of by name. Returns the session; its `summary` is also
-    written to the run's summary.json."""
+    written to the run's summary.json. Settings left at their dataclass defaults take the method's
+    paper defaults (`fill_defaults`), as on the command line."""
+    cfg = fill_defaults(cfg)
     cfg.validate()
     train_rows, eval_rows = _prompt_rows(cfg, train_rows, eval_rows)
     cfg.check_eval_source(bool(eval_rows))
