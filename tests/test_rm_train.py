@@ -250,7 +250,12 @@ def test_train_and_eval_rm_from_the_command_line(tmp_path, tiny_encoder_dir, cap
             for i, p in enumerate(pairs(WORDS))]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main(["train", "rm", "--model", str(tiny_encoder_dir), "--train-data", str(data), "--output-dir",
-                 str(tmp_path / "run"), "--max-steps", "3", "--progress", "false"]) == 0
+                 str(tmp_path / "run"), "--max-steps", "3", "--progress", "false", "--eval-fraction", "0.25"]) == 0
+    printed = capsys.readouterr().out  # the one report of the trainer table: common line, then the trainer's
+    assert f"rm done: 3 steps; model saved to {tmp_path / 'run' / 'final'}" in printed
+    assert "examples/s over" in printed and "final eval: " in printed and "accuracy=" in printed
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["algorithm"] == "rm-pairwise" and "accuracy" in summary["final_eval"]
     assert main(["eval", "rm", "--model", str(tmp_path / "run" / "final"), "--data", str(data), "--output",
                  str(tmp_path / "ev"), "--consistency"]) == 0
     out = json.loads((tmp_path / "ev" / "rm_eval.json").read_text())

@@ -8,8 +8,8 @@
 - `ptx`: the pretraining/SFT mixing term (PPO-ptx); `safety`: HC-RLHF's held-out safety test.
 """
 
-from alignlab.train.online.config import ONLINE_METHODS, OnlineConfig, method_defaults
+from alignlab.train.online.config import ONLINE_METHODS, OnlineConfig
 from alignlab.train.online.trainer import load_prompt_split, resolve_online, split_prompts, train_online
 
-__all__ = ["ONLINE_METHODS", "OnlineConfig", "load_prompt_split", "method_defaults", "resolve_online", "split_prompts",
+__all__ = ["ONLINE_METHODS", "OnlineConfig", "load_prompt_split", "resolve_online", "split_prompts",
            "train_online"]

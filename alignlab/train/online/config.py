@@ -3,7 +3,7 @@
 One dataclass, since these methods differ in a few switches (the advantage estimator, a critic,
 the pairwise loss, the cost constraint) and share everything else: rollouts, reward sources, KL,
 shaping, clipping, loss reduction. `ONLINE_METHODS` says what each method needs; presets give
-each method the defaults of its paper (`method_defaults`), then YAML and flags override them.
+each method the defaults of its paper (`OnlineConfig.context_defaults`), then YAML and flags override them.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from alignlab.config import ConfigError, apply_overrides, field
+from alignlab.config import ConfigError, field, fill_defaults
 from alignlab.losses.advantages import ESTIMATORS
 from alignlab.losses.control import LAGRANGE_UPDATES
 from alignlab.losses.policy import KL_ESTIMATORS
@@ -256,22 +256,10 @@ class OnlineConfig(TrainConfig):
                               " best_random")
 
 
-def method_defaults(method: str, preset: str = "") -> dict:
-    """The defaults a method starts from: its paper's, then the preset's."""
-    if method not in ONLINE_METHODS:
-        raise ConfigError(f"unknown online method {method!r}; valid: {', '.join(ONLINE_METHODS)}")
-    out = dict(METHOD_DEFAULTS[method])
-    if preset:
-        if preset not in PRESETS:
-            raise ConfigError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
-        out.update(PRESETS[preset])
-    return out
-
-
 def settings_help(method: str) -> str:
     """Every setting with its help and the value `alignlab train METHOD` starts from (the method's
     paper defaults applied), so that help, dry run and run show the same values."""
-    cfg = apply_overrides(OnlineConfig(method=method), method_defaults(method), f"{method} defaults", validate=False)
+    cfg = fill_defaults(OnlineConfig(method=method), {"method"})
     unread = cfg.unread_settings()
     lines = [f"settings of `alignlab train {method}` (YAML keys or --flags), with {method}'s defaults:"]
     for f in dataclasses.fields(OnlineConfig):

@@ -35,7 +35,7 @@ from alignlab.rollout.base import SamplingParams
 from alignlab.train.dryrun import describe, policy_lines
 from alignlab.train.online.batch import (OnlineMicroBatch, RolloutBatch, make_micro_batch, micro_batch_rows, pad_tokens,
                                         rollout_files, rollout_path)
-from alignlab.train.online.config import ONLINE_METHODS, PRESETS, OnlineConfig
+from alignlab.train.online.config import OnlineConfig
 from alignlab.train.online.ptx import PtxMixer, ptx_nll
 from alignlab.train.online.rollout import Controllers, RolloutMaker, token_pass
 from alignlab.train.online.safety import run_safety_test
@@ -45,16 +45,11 @@ from alignlab.train.session import TrainingSession, close_session, open_session,
 def resolve_online(method: str, yaml_path: str | None = None, flags: dict | None = None) -> OnlineConfig:
     """Layering: dataclass defaults <- the method's paper defaults <- preset <- YAML <- flags
     (`alignlab.config.resolve` with `OnlineConfig.context_defaults`)."""
-    if method not in ONLINE_METHODS:
-        raise ConfigError(f"unknown online method {method!r}; valid: {', '.join(ONLINE_METHODS)}")
     data = load_yaml(yaml_path) if yaml_path else {}
     for source in (data, flags or {}):
         if source.get("method", method) != method:
             raise ConfigError(f"method is set by the command (`alignlab train {method}`), not by a setting "
                               f"({source['method']!r})")
-    preset = (flags or {}).get("preset", data.get("preset", ""))
-    if preset and preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
     return resolve(OnlineConfig, yaml_path, {**(flags or {}), "method": method})
 
 
