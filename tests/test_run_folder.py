@@ -75,6 +75,11 @@ def test_the_command_line_refuses_in_one_line_before_loading_anything(tmp_path, 
     assert len(err.splitlines()) == 1 and "already holds a run (unknown algorithm, no checkpoint)" in err
     assert main(argv + ["--resume", "latest"]) == 2
     assert "has no checkpoint yet" in capsys.readouterr().err
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    assert main(argv + ["--dry-run"]) == 2  # a dry run says what the run would meet, and moves nothing
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(argv + ["--dry-run", "--overwrite"]) != 0  # gets past the folder check (then the model is missing)
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
 
 
 def test_default_folders_of_runs_started_in_the_same_second_differ(tmp_path, monkeypatch):

@@ -77,9 +77,7 @@ def make_run_dir(cfg, algorithm: str, *, dry_run: bool = False) -> Path:
         if resume and path.is_dir():
             _check_resume(cfg, algorithm, path, resume, _OpenRun(path, None))
         elif _holds_run(path) and not overwrite:
-            raise RunFolderError(
-                f"{path} already holds a run ({_describe(path)}): continue it with --resume latest, "
-                f"write to another --output-dir, or pass --overwrite to move it aside to {path.name}.old-<time>")
+            raise _holds_run_error(path)
         return path
     path.mkdir(parents=True, exist_ok=True)
     lock = _lock(path)
@@ -89,9 +87,7 @@ def make_run_dir(cfg, algorithm: str, *, dry_run: bool = False) -> Path:
             _check_resume(cfg, algorithm, path, resume, run)
         elif _holds_run(path):
             if not overwrite:
-                raise RunFolderError(
-                    f"{path} already holds a run ({_describe(path)}): continue it with --resume latest, "
-                    f"write to another --output-dir, or pass --overwrite to move it aside to {path.name}.old-<time>")
+                raise _holds_run_error(path)
             lock = run.lock = _move_aside_locked(path, lock)
     except BaseException:
         if lock is not None:
@@ -99,6 +95,11 @@ def make_run_dir(cfg, algorithm: str, *, dry_run: bool = False) -> Path:
         raise
     _OPEN[str(path.resolve())] = run
     return path
+
+
+def _holds_run_error(path: Path) -> RunFolderError:
+    return RunFolderError(f"{path} already holds a run ({_describe(path)}): continue it with --resume latest, write "
+                          f"to another --output-dir, or pass --overwrite to move it aside to {path.name}.old-<time>")
 
 
 def release_run(run_dir: Path) -> None:
