@@ -1,0 +1,55 @@
+"""Preference sources named by a short string, as configs and the CLI give them:
+
+    annotator:REWARD     a simulated annotator: hard labels sampled by Bradley-Terry from the
+                         reward source REWARD (any reward spec, e.g. annotator:lab:sentiment) at
+                         `temperature`, flipped with `flip_prob`
+    PREFIX:NAME          a registered preference family (`register_preference_family`), e.g. a
+                         pairwise preference model (pm:DIR) or an LLM judge (judge:MODEL)
+    REWARD               any other reward spec (rm:DIR, lab:sentiment, python:mod:fn, ...) as a
+                         soft judgement through Bradley-Terry at `temperature`
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from alignlab.preferences.base import AnnotatorPreference, PreferenceSource, RewardPreference
+from alignlab.rewards.spec import build_reward_source
+
+# (NAME after "PREFIX:", options) -> the preference source
+PreferenceFamily = Callable[[str, dict], PreferenceSource]
+PREFERENCE_FAMILIES: dict[str, PreferenceFamily] = {}
+
+
+def register_preference_family(prefix: str, factory: PreferenceFamily) -> None:
+    """Resolve `PREFIX:NAME` preference specs to `factory(NAME, options)`. Registering a prefix
+    twice with different factories, or the built-in `annotator`, is an error."""
+    if prefix == "annotator":
+        raise ValueError("preference prefix 'annotator' is built in; choose another")
+    if PREFERENCE_FAMILIES.get(prefix, factory) is not factory:
+        raise ValueError(f"preference prefix {prefix!r} is already registered to {PREFERENCE_FAMILIES[prefix]!r}")
+    PREFERENCE_FAMILIES[prefix] = factory
+
+
+def build_preference_source(spec: str, *, temperature: float = 1.0, flip_prob: float = 0.0, seed: int = 0,
+                            answers: dict | None = None, **options) -> PreferenceSource:
+    """One preference source from its spec string. `temperature` is the Bradley-Terry temperature
+    of reward-based sources; `flip_prob` and `seed` apply to simulated annotators; `options` are
+    passed to registered families."""
+    kind, _, rest = spec.partition(":")
+    if kind in PREFERENCE_FAMILIES:
+        return PREFERENCE_FAMILIES[kind](rest, dict(options, temperature=temperature, seed=seed))
+    if kind == "annotator":
+        if not rest:
+            raise ValueError("preference source 'annotator:REWARD' needs a reward spec after 'annotator:', "
+                             "e.g. annotator:lab:sentiment")
+        gold = build_reward_source(rest, answers=answers)
+        return AnnotatorPreference(gold, temperature, flip_prob, seed, name=spec)
+    if flip_prob:
+        raise ValueError(f"flip_prob applies to simulated annotators (annotator:REWARD), not to {spec!r}")
+    try:
+        reward = build_reward_source(spec, answers=answers)
+    except ValueError as exc:
+        families = "".join(f"{p}:NAME, " for p in PREFERENCE_FAMILIES)
+        raise ValueError(f"{exc}; preference sources are {families}annotator:REWARD or a reward spec") from None
+    return RewardPreference(reward, temperature, name=spec)
