@@ -9,7 +9,10 @@ from alignlab.preferences.base import (
     both_orders,
     check_probabilities,
 )
-from alignlab.preferences.spec import build_preference_source, register_preference_family
+from alignlab.preferences.spec import (
+    build_preference_source,
+    register_preference_family,
+)
 
 __all__ = ["AnnotatorPreference", "PreferenceSource", "RewardPreference", "both_orders",
            "build_preference_source", "check_probabilities", "register_preference_family"]

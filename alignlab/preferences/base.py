@@ -14,7 +14,8 @@ a value outside [0, 1] is an error naming the source, never a silently wrong lab
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor

@@ -11,9 +11,13 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
-from alignlab.preferences.base import AnnotatorPreference, PreferenceSource, RewardPreference
+from alignlab.preferences.base import (
+    AnnotatorPreference,
+    PreferenceSource,
+    RewardPreference,
+)
 from alignlab.rewards.spec import build_reward_source
 
 # (NAME after "PREFIX:", options) -> the preference source
