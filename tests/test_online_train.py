@@ -74,8 +74,9 @@ def test_every_online_method_raises_its_reward_on_a_tiny_task(tmp_path, structur
     assert summary["iterations"] == 8 and summary["steps"] > 0
     rows = [json.loads(line) for line in open(f"{summary['run_dir']}/metrics.jsonl")]
     logged = {k for r in rows for k in r}
+    objective = ("sft_loss",) if ONLINE_METHODS[method].supervised else ("clip_fraction", "policy_loss")
     for key in ("rollout/reward/mean", "rollout/response_length", "rollout/truncated_share", "rollout/time/generation",
-                "rollout/generated_tokens_per_second", "clip_fraction", "policy_loss", "entropy", "step_seconds"):
+                "rollout/generated_tokens_per_second", "entropy", "step_seconds", *objective):
         assert key in logged, key
     if method == "ppo":
         assert {"value_loss", "explained_variance", "value_clip_fraction"} <= logged

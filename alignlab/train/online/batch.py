@@ -71,7 +71,7 @@ class RolloutBatch:
         tmp.replace(path)  # atomic: a crash mid-write never leaves a half file
 
     @classmethod
-    def load(cls, path: Path) -> "RolloutBatch":
+    def load(cls, path: Path) -> RolloutBatch:
         try:
             with safe_open(str(path), framework="pt") as f:
                 fields = {k: f.get_tensor(k) for k in f.keys()}
@@ -89,6 +89,20 @@ def rollout_path(directory: Path, iteration: int) -> Path:
 
 def rollout_files(directory: Path) -> list[Path]:
     return sorted(directory.glob("iter-*.safetensors"))
+
+
+def write_selections(batch: RolloutBatch, path: Path) -> int:
+    """The samples `batch.keep` selected, one JSON line each (`prompt`, `response`, `reward`,
+    `iteration`): a demonstrations file (`ptx_data` and SFT read it). Written
+    atomically; returns the number of lines."""
+    keep = batch.keep if batch.keep is not None else torch.ones(len(batch), dtype=torch.bool)
+    rows = [{"prompt": batch.prompts[i], "response": batch.texts[i], "reward": float(batch.rewards[i]),
+             "iteration": batch.iteration} for i in keep.nonzero()[:, 0].tolist()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    tmp.replace(path)
+    return len(rows)
 
 
 @dataclass

@@ -36,6 +36,9 @@ class MethodSpec:
     greedy_baseline: bool
     """A greedy response per prompt is generated and scored as the baseline (ReMax)."""
     paper: str
+    supervised: bool = False
+    """The loss is the negative log-likelihood of the samples the reward selected (RAFT, SuperHF):
+    no advantages, no ratio clipping; the selection is `policy_filter` (best_of_n)."""
 
     @property
     def group_baseline(self) -> bool:
@@ -43,8 +46,8 @@ class MethodSpec:
         return self.estimator is not None and ESTIMATORS[self.estimator].min_samples > 1
 
 
-def _method(estimator, critics=0, *, cost=False, pairs=False, greedy=False, paper) -> MethodSpec:
-    return MethodSpec(estimator, critics, cost, pairs, greedy, paper)
+def _method(estimator, critics=0, *, cost=False, pairs=False, greedy=False, supervised=False, paper) -> MethodSpec:
+    return MethodSpec(estimator, critics, cost, pairs, greedy, paper, supervised)
 
 
 ONLINE_METHODS: dict[str, MethodSpec] = {
@@ -56,6 +59,9 @@ ONLINE_METHODS: dict[str, MethodSpec] = {
     "p3o": _method(None, pairs=True, paper="Wu et al. 2023, Pairwise PPO (arXiv 2310.00212)"),
     "ppo_lagrangian": _method("gae", 2, cost=True,
                               paper="Dai et al. 2023, Safe RLHF (arXiv 2310.12773); HC-RLHF (Chittepu et al. 2025)"),
+    "raft": _method(None, supervised=True, paper="Dong et al. 2023, RAFT: Reward rAnked FineTuning (arXiv 2304.06767)"),
+    "superhf": _method(None, supervised=True,
+                       paper="Mukobi et al. 2023, SuperHF: Supervised Iterative Learning from Human Feedback (arXiv 2310.16763)"),
 }
 
 # Paper defaults per method, applied before YAML/flags. PPO-max (Secrets of RLHF I) is the
@@ -69,6 +75,11 @@ METHOD_DEFAULTS: dict[str, dict] = {
     "remax": {"samples_per_prompt": 1, "kl_mode": "reward", "kl_estimator": "k1"},
     "p3o": {"samples_per_prompt": 2, "kl_mode": "reward", "kl_estimator": "k1"},
     "ppo_lagrangian": {"samples_per_prompt": 1, "kl_mode": "reward", "kl_estimator": "k1", "ppo_epochs": 2},
+    # RAFT: sample K, keep the best of each prompt's K, fine-tune on them; no KL term
+    "raft": {"samples_per_prompt": 4, "policy_filter": "best_of_n", "kl_coef": 0.0, "kl_mode": "loss"},
+    # SuperHF: the same filtered fine-tuning plus a KL prior to the reference on the kept samples
+    "superhf": {"samples_per_prompt": 4, "policy_filter": "best_of_n", "kl_coef": 0.35, "kl_mode": "loss",
+                "kl_estimator": "k3"},
 }
 PRESETS: dict[str, dict] = {
     "ppo_max": {"reward_normalize": True, "reward_clip": 5.0, "kl_mode": "reward", "kl_estimator": "k1",
@@ -96,7 +107,7 @@ def _default(name: str):
 
 @dataclass
 class OnlineConfig(TrainConfig):
-    method: str = field("grpo", "ppo | grpo | rloo | reinforce_pp | remax | p3o | ppo_lagrangian (set by `alignlab train METHOD`)")
+    method: str = field("grpo", "ppo | grpo | rloo | reinforce_pp | remax | p3o | ppo_lagrangian | raft | superhf (set by `alignlab train METHOD`)")
     preset: str = field("", "named bundle of settings applied before yours: ppo_max")
     reward: list = field(["lab:sentiment"], "reward sources, summed with reward_weights: lab:sentiment | lab:arithmetic | lab:length | math (answer column, math-verify) | rm:DIR | python:module:function")
     reward_weights: list = field([], "weight of each reward source (default 1 each)")
@@ -186,6 +197,9 @@ class OnlineConfig(TrainConfig):
                                       "hc_delta", "hc_inflation", "safety_prompts"), "it applies to ppo_lagrangian only"))
         elif not self.hc_delta:
             out.update(dict.fromkeys(("hc_inflation", "safety_prompts"), "it applies with hc_delta > 0 only"))
+        if spec.supervised:
+            out.update(dict.fromkeys(("clip_low", "clip_high", "dual_clip"),
+                                     f"{self.method} fine-tunes on the selected samples (no probability ratio to clip)"))
         if not self.kl_target:
             out["kl_horizon"] = "it applies with kl_target > 0 only (the adaptive KL controller)"
         return out
@@ -246,6 +260,10 @@ class OnlineConfig(TrainConfig):
             raise ConfigError(f"{self.method} needs a cost source (cost: rm:DIR or python:module:function)")
         if self.policy_filter not in ("none", "best_of_n") and self.samples_per_prompt < 2:
             raise ConfigError(f"policy_filter {self.policy_filter} needs samples_per_prompt >= 2")
+        if spec.supervised and self.policy_filter != "best_of_n":
+            raise ConfigError(f"{self.method} fine-tunes on each prompt's best sample: policy_filter must be best_of_n")
+        if spec.supervised and self.kl_mode != "loss":
+            raise ConfigError(f"{self.method} has no rewards in its loss to penalize: its KL term is kl_mode loss")
         kept = kept_per_group(self.policy_filter, self.samples_per_prompt)
         if spec.pairs and kept < 2:
             raise ConfigError(f"{self.method} compares two responses to the same prompt, but policy_filter {self.policy_filter} keeps"

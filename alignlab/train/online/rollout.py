@@ -204,6 +204,8 @@ class RolloutMaker:
         kl_coef = ctl.kl_coef if c.kl_mode == "reward" else 0.0
         keep = policy_filter(rewards, n, c.policy_filter) if c.policy_filter != "none" else None
         batch.keep, batch.rewards = keep, rewards
+        if spec.supervised:  # RAFT / SuperHF: the kept samples are fine-tuned on; no advantages
+            return
         if spec.estimator is None:  # P3O: the pairwise loss uses KL-shaped sequence rewards directly
             if kl is not None and kl_coef:
                 batch.rewards = rewards - kl_coef * sequence_kl(kl, batch.mask)

@@ -34,7 +34,7 @@ from alignlab.rewards.verifiable import answers_of
 from alignlab.rollout.base import SamplingParams
 from alignlab.train.dryrun import describe, policy_lines
 from alignlab.train.online.batch import (OnlineMicroBatch, RolloutBatch, make_micro_batch, micro_batch_rows, pad_tokens,
-                                        rollout_files, rollout_path)
+                                        rollout_files, rollout_path, write_selections)
 from alignlab.train.online.config import OnlineConfig
 from alignlab.train.online.ptx import PtxMixer, ptx_nll
 from alignlab.train.online.rollout import Controllers, RolloutMaker, token_pass
@@ -105,6 +105,9 @@ class OnlineAlgorithm:
             idx = self._iteration_prompts(iteration)
             batch = self.maker.make(iteration, [self.train_rows[i]["prompt"] for i in idx], [self._ids(i) for i in idx],
                                     self.ctl)
+            if self.cfg.spec.supervised:  # RAFT / SuperHF: each iteration's selections as a dataset, written
+                # before the rollout, so that a resumed run (which reloads the rollout) always has them
+                write_selections(batch, self.rollout_dir.parent / "selections" / f"iter-{iteration:05d}.jsonl")
             batch.save(path)
         self.ctl = Controllers.from_dict(batch.controller)
         return batch
@@ -173,6 +176,8 @@ class OnlineAlgorithm:
             metrics["kl_token_mean"] = (kl_tokens.detach() * mask).sum() / mask.sum().clamp(min=1)
         if c.spec.pairs:
             return self._p3o_loss(logps, old, mask, kl_tokens, mb, metrics)
+        if c.spec.supervised:
+            return self._supervised_loss(logps, mask, kl_tokens, metrics)
         token_loss, m = clipped_surrogate(logps, old, mb.advantages.to(device), mask, clip_low=c.clip_low,
                                           clip_high=c.clip_high or None, dual_clip=c.dual_clip or None, reduction="none")
         metrics.update(m)
@@ -189,11 +194,27 @@ class OnlineAlgorithm:
                 token_loss = token_loss + c.vf_coef * vl
                 metrics["value_loss" if k == 0 else f"value_loss/{k}"] = vl.detach().sum() / tokens
                 metrics.update({f"{name}/{k}" if k else name: val for name, val in vm.items()})
-        per_seq = token_loss.sum(-1)  # (b,)
-        if c.loss_reduction == "seq_mean_token_mean":
+        return self._per_sequence(token_loss, mask), metrics
+
+    def _per_sequence(self, token_loss, mask):
+        """(b,) per-sequence losses the loop sums and divides by the window's units: token sums,
+        or token means per sequence (seq_mean_token_mean; empty sequences left out)."""
+        per_seq = token_loss.sum(-1)
+        if self.cfg.loss_reduction == "seq_mean_token_mean":
             lengths = mask.sum(-1)
             per_seq = (per_seq / lengths.clamp(min=1))[lengths > 0]
-        return per_seq, metrics
+        return per_seq
+
+    def _supervised_loss(self, logps, mask, kl_tokens, metrics):
+        """RAFT / SuperHF on the selected samples y* (the best of each prompt's n):
+        per token -log pi(y*_t | x, y*_<t), plus SuperHF's KL prior beta * KL_t(pi || pi_ref)
+        estimated on the same tokens; reduced like every online loss (`loss_reduction`)."""
+        token_loss = -logps * mask
+        tokens = mask.sum().clamp(min=1)
+        metrics["sft_loss"] = token_loss.detach().sum() / tokens
+        if kl_tokens is not None and self.ctl.kl_coef:
+            token_loss = token_loss + self.ctl.kl_coef * kl_tokens * mask
+        return self._per_sequence(token_loss, mask), metrics
 
     def _p3o_loss(self, logps, old, mask, kl_tokens, mb, metrics):
         c = self.cfg
