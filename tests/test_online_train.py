@@ -52,6 +52,25 @@ def low_id_share(tokenizer):
     return FunctionReward(reward, name="low_ids", responses_only=True)
 
 
+_EXPECTED: dict = {}
+
+
+def expected_reward(model_dir, tokenizer, n: int = 32) -> float:
+    """The policy's expected tiny-task reward, estimated from n samples of every prompt with a
+    fixed seed (384 completions: a standard error near 0.01, against ~0.05 for one rollout's mean)."""
+    from alignlab.data.tokenize import encode_prompt
+    from alignlab.models.load import load_policy
+    from alignlab.rollout.base import SamplingParams
+    from alignlab.rollout.hf import HFGenerator
+
+    if (str(model_dir), n) not in _EXPECTED:  # the untrained policy is measured once for every method
+        model = load_policy(str(model_dir)).eval()
+        ids = [encode_prompt(tokenizer, r["prompt"]) for r in PROMPTS]
+        out = HFGenerator(model, tokenizer, batch_size=128).generate(ids, SamplingParams(n=n, max_new_tokens=8, seed=123))
+        _EXPECTED[str(model_dir), n] = low_id_share(tokenizer).score([None] * len(out.texts), out.texts).mean().item()
+    return _EXPECTED[str(model_dir), n]
+
+
 def run(tmp_path, policy_dir, smol_tokenizer, method, **overrides):
     flags = dict(model=str(policy_dir), output_dir=str(tmp_path / method), iterations=8, prompts_per_step=4,
                  max_new_tokens=8, batch_size=8, learning_rate=1e-2, lr_schedule="constant", warmup_ratio=0.0,
@@ -68,9 +87,10 @@ def run(tmp_path, policy_dir, smol_tokenizer, method, **overrides):
 @pytest.mark.parametrize("method", sorted(m for m in ONLINE_METHODS if m != "ppo_lagrangian"))
 def test_every_online_method_raises_its_reward_on_a_tiny_task(tmp_path, structured_policy_dir, smol_tokenizer, method):
     summary = run(tmp_path, structured_policy_dir, smol_tokenizer, method)
-    first, last = summary["rollout_reward_first"], summary["rollout_reward_last"]
-    assert 0.35 < first < 0.65  # a random policy
-    assert last > first + 0.15, (first, last)
+    before, after = expected_reward(structured_policy_dir, smol_tokenizer), expected_reward(summary["final_dir"],
+                                                                                          smol_tokenizer)
+    assert 0.45 < before < 0.65  # a random policy
+    assert after > before + 0.05, (before, after)
     assert summary["iterations"] == 8 and summary["steps"] > 0
     rows = [json.loads(line) for line in open(f"{summary['run_dir']}/metrics.jsonl")]
     logged = {k for r in rows for k in r}
@@ -170,13 +190,15 @@ def test_ppo_lagrangian_multiplier_follows_the_cost(tmp_path, tiny_policy_dir, s
 def test_grpo_with_lora_raises_its_reward_and_keeps_the_base_weights(tmp_path, structured_policy_dir, smol_tokenizer):
     summary = run(tmp_path, structured_policy_dir, smol_tokenizer, "grpo", lora=True, learning_rate=3e-2, iterations=10,
                   eval_temperature=1.0)
-    assert summary["rollout_reward_last"] > summary["rollout_reward_first"] + 0.1
+    assert expected_reward(summary["final_dir"], smol_tokenizer) > expected_reward(structured_policy_dir,
+                                                                                   smol_tokenizer) + 0.05
     # the adapter is what trained and what was saved; the LoRA-disabled model is the evaluation reference
     from pathlib import Path
 
     assert (Path(summary["final_dir"]) / "adapter_model.safetensors").is_file()
     # before training the zero-initialised adapter changes nothing: KL 0 up to float rounding (4.8e-7 seen)
-    assert abs(summary["eval_before"]["kl_to_reference"]) < 1e-5 < summary["final_eval"]["kl_to_reference"]
+    # after it the policy differs from the reference (the sign of a 4-sample Monte-Carlo estimate is noise)
+    assert abs(summary["eval_before"]["kl_to_reference"]) < 1e-5 < abs(summary["final_eval"]["kl_to_reference"])
 
 
 def test_policy_filter_trains_only_each_groups_extremes_and_par_bounds_the_reward(tmp_path, tiny_policy_dir,

@@ -6,7 +6,7 @@ import torch
 
 from alignlab.rollout.base import Completions, RolloutBackend, SamplingParams
 from alignlab.data.tokenize import encode_prompt as encode_chat_prompt
-from alignlab.rollout.hf import HFGenerator, generate_texts
+from alignlab.rollout.hf import HFGenerator, generate_texts, inverse_cdf_sample
 from tests.conftest import make_tiny_lm
 
 VOCAB, EOS = 64, 2
@@ -245,3 +245,25 @@ def test_embedded_model_writes_sentences_the_gold_reward_scores():
         assert ids[-1] == tokenizer.eos_token_id if done else len(ids) == 24
     gold = task.gold_reward(out.texts)
     assert gold.shape == (8,) and bool(((gold >= -1) & (gold <= 1)).all())
+
+
+@pytest.mark.parametrize("block", [2, 3, 256])
+def test_inverse_cdf_sample_draws_each_token_with_its_probability(block):
+    weights = torch.tensor([0.0, 2.0, 1.0, 0.0, 4.0, 0.5, 0.5])  # unnormalized, zeros inside and at the start
+    n = 60_000
+    g = torch.Generator().manual_seed(0)
+    drawn = inverse_cdf_sample(weights.expand(n, -1).contiguous(), g, block=block).flatten()
+    freq = torch.bincount(drawn, minlength=7).double() / n
+    want = (weights / weights.sum()).double()
+    assert freq[weights == 0].sum() == 0
+    # 5 standard errors per token
+    assert ((freq - want).abs() <= 5 * (want * (1 - want) / n).sqrt() + 1e-12).all(), (freq, want)
+    again = inverse_cdf_sample(weights.expand(n, -1).contiguous(), torch.Generator().manual_seed(0), block=block)
+    assert torch.equal(again.flatten(), drawn)
+
+
+def test_inverse_cdf_sample_handles_a_single_allowed_token_anywhere():
+    for position in (0, 255, 256, 999):
+        weights = torch.zeros(4, 1000)
+        weights[:, position] = 3.0
+        assert (inverse_cdf_sample(weights, torch.Generator().manual_seed(1)) == position).all()
