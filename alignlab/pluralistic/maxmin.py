@@ -57,14 +57,26 @@ class MixtureRM:
         return self.posterior.argmax(-1)
 
 
-def per_user_weights(data: PairData, l2: float) -> Tensor:
-    """(U, D) each user's own ridge Bradley-Terry weights (users without pairs: zeros)."""
-    out = torch.zeros(data.n_users, data.chosen.shape[1])
-    for u in range(data.n_users):
-        rows = (data.user == u).nonzero().flatten()
-        if len(rows):
-            out[u] = fit_linear_bt(data.chosen[rows], data.rejected[rows], l2=l2)
-    return out
+def per_user_weights(data: PairData, l2: float, max_iter: int = 200) -> Tensor:
+    """(U, D) each user's own ridge Bradley-Terry weights (users without pairs: zeros): the
+    minimizer of sum_u [mean_{i in u} -log sigmoid(w_u . (phi_c - phi_r)) + l2 ||w_u||^2], which
+    separates into one ridge logistic regression per user, solved jointly by L-BFGS."""
+    W = torch.zeros(data.n_users, data.chosen.shape[1], dtype=torch.float64, requires_grad=True)
+    diff = (data.chosen - data.rejected).double()  # (N, D)
+    count = torch.bincount(data.user, minlength=data.n_users).double()
+    scale = 1.0 / count[data.user]  # (N,) 1 / |pairs of the user|
+    opt = torch.optim.LBFGS([W], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-9, tolerance_change=1e-12)
+
+    def closure():
+        opt.zero_grad()
+        margin = (W[data.user] * diff).sum(-1)
+        loss = -(scale * torch.nn.functional.logsigmoid(margin)).sum() + l2 * W.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return W.detach().float()
 
 
 def kmeans(points: Tensor, k: int, *, seed: int = 0, restarts: int = 8, iters: int = 50) -> Tensor:
@@ -132,19 +144,27 @@ def maxmin_policy(reference_logps: Tensor, group_rewards: Tensor, beta: float, *
     ref, r = reference_logps.double(), group_rewards.double()
     G = r.shape[0]
     span = float((r.amax(-1) - r.amin(-1)).max().clamp_min(1e-8))
-    lr = beta / span**2
-    lam = torch.full((G,), 1.0 / G, dtype=torch.float64)
-    best = None
-    for step in range(1, steps + 1):
+    lr = beta / span**2  # safe step; grown while the dual keeps falling (backtracking), halved when not
+
+    def evaluate(lam):
         logps = kl_policy(ref, torch.einsum("g,gpk->pk", lam, r), beta)
         value, metrics = maxmin_objective(logps, ref, r, beta=beta)
         dual = float(beta * torch.logsumexp(ref + torch.einsum("g,gpk->pk", lam, r) / beta, -1).mean())
-        gap = dual - float(value)
-        if best is None or gap < best.gap:
-            best = MaxMinSolution(logps.float(), lam.float(), float(value), gap, step)
-        if gap < tol:
+        return logps, float(value), metrics["group_values"], dual
+
+    lam = torch.full((G,), 1.0 / G, dtype=torch.float64)
+    logps, value, grad, dual = evaluate(lam)
+    best = MaxMinSolution(logps.float(), lam.float(), value, dual - value, 0)
+    for step in range(1, steps + 1):
+        if best.gap < tol:
             break
-        grad = metrics["group_values"]  # (G,) dD/dlambda
-        lam = lam * torch.exp(-lr * (grad - grad.min()))
-        lam = lam / lam.sum()
+        trial = lam * torch.exp(-lr * (grad - grad.min()))  # grad: (G,) dD/dlambda = E_pi[r_g]
+        trial = trial / trial.sum()
+        t_logps, t_value, t_grad, t_dual = evaluate(trial)
+        if t_dual > dual + 1e-15 and lr > beta / span**2:
+            lr = max(lr / 2, beta / span**2)
+            continue
+        lam, logps, value, grad, dual, lr = trial, t_logps, t_value, t_grad, t_dual, lr * 1.5
+        if dual - value < best.gap:
+            best = MaxMinSolution(logps.float(), lam.float(), value, dual - value, step)
     return best
