@@ -164,3 +164,13 @@ def test_vpl_and_prlhf_beat_the_single_model_on_each_group(population_data):
     for acc in (vpl_acc, prlhf_acc):
         assert _group_accuracy(acc, truth, 1) > _group_accuracy(single, truth, 1) + 0.2
         assert _group_accuracy(acc, truth, 0) > _group_accuracy(single, truth, 0) - 0.03
+
+
+def test_encoder_features_are_cached_unit_scale_embeddings(tiny_encoder_dir):
+    from alignlab.pluralistic.pairs import EncoderFeatures
+
+    features = EncoderFeatures(str(tiny_encoder_dir))
+    x = features(["A kettle is nice.", "A kettle is there.", "A kettle is nice."])
+    assert x.shape == (3, 32) and torch.equal(x[0], x[2])
+    assert torch.allclose(x.norm(dim=1), torch.full((3,), 32**0.5), atol=1e-4)
+    assert len(features.cache) == 2

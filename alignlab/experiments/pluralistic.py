@@ -7,7 +7,8 @@ Per seed:
 2. every user labels `pairs_per_user` pairs of train prompts and `heldout_pairs_per_user` pairs of
    eval prompts, by its group's gold reward (Bradley-Terry, `annotator_temperature`, `label_flip`);
 3. on the training pairs: a single linear Bradley-Terry reward, the MaxMin EM mixture, VPL and
-   P-RLHF (alignlab.pluralistic), all on the task's response features (pairs.task_features);
+   P-RLHF (alignlab.pluralistic), all heads on fixed response features (`features`: the task's own,
+   pairs.task_features, or a frozen sentence encoder's embeddings, pairs.EncoderFeatures);
 4. policies on the eval pools, exact (pluralistic.policy): the single reward's KL-regularized
    policy, MaxMin's max-min policy over the mixture's groups, and P-RLHF's and VPL's per-user
    KL-regularized policies; each group's gold reward of each policy (per-user policies: averaged
@@ -35,7 +36,7 @@ from alignlab.config import field
 from alignlab.experiments.common import lab_output
 from alignlab.lab.population import Population, candidate_pool, parse_groups, topic_prompts
 from alignlab.pluralistic.maxmin import fit_mixture, maxmin_policy
-from alignlab.pluralistic.pairs import fit_linear_bt, pair_data, preference_accuracy, task_features
+from alignlab.pluralistic.pairs import EncoderFeatures, fit_linear_bt, pair_data, preference_accuracy, task_features
 from alignlab.pluralistic.policy import center_rewards, expected_rewards, kl_policy, kl_to_reference
 from alignlab.pluralistic.prlhf import train_prlhf
 from alignlab.pluralistic.vpl import infer_latents, train_vpl
@@ -58,6 +59,7 @@ class PluralisticConfig:
     heldout_pairs_per_user: int = field(40, "held-out pairs labelled by each user (eval topics)")
     beta: float = field(1.0, "KL strength of every policy, in units of the learned (Bradley-Terry) rewards")
     mixture_groups: int = field(0, "groups of the MaxMin mixture (0: as many as the population has)")
+    features: str = field("task", "response features the reward models are heads on: task (VADER sentiment, its magnitude, length, '!' count: fast) or a sentence encoder, e.g. embedded-encoder (frozen MiniLM-L6 embeddings, 384-d) or a local folder")
     vpl_steps: int = field(300, "VPL training steps (full batch)")
     prlhf_steps: int = field(300, "P-RLHF training steps (full batch)")
     seeds: int = field(5, "repetitions with seeds seed..seed+K-1 (topics, users' labels, models)")
@@ -81,16 +83,17 @@ def _per_group(values: torch.Tensor, group_of: torch.Tensor, n_groups: int) -> l
     return [float(values[group_of == g].double().mean()) for g in range(n_groups)]
 
 
-def run_seed(cfg: PluralisticConfig, groups, seed: int) -> dict:
-    """One repetition (module docstring); per-group lists indexed like `groups`."""
+def run_seed(cfg: PluralisticConfig, groups, seed: int, features=task_features) -> dict:
+    """One repetition (module docstring); per-group lists indexed like `groups`. features:
+    texts -> (N, D) response features."""
     pop = Population(groups, seed=seed)
     G, truth = len(groups), torch.tensor(pop.group_of)
     train_topics, eval_topics = topic_prompts(cfg.train_prompts, cfg.eval_prompts, seed=seed)
     train_pools = [candidate_pool(t, cfg.candidates, seed) for t in train_topics]
     eval_pools = [candidate_pool(t, cfg.candidates, seed) for t in eval_topics]
-    train = pair_data(pop.label(train_topics, train_pools, cfg.pairs_per_user, seed=seed), pop.users)
+    train = pair_data(pop.label(train_topics, train_pools, cfg.pairs_per_user, seed=seed), pop.users, features)
     held_records = pop.label(eval_topics, eval_pools, cfg.heldout_pairs_per_user, seed=seed + 10_000)
-    held = pair_data(held_records, pop.users)
+    held = pair_data(held_records, pop.users, features)
 
     w = fit_linear_bt(train.chosen, train.rejected)
     mixture = fit_mixture(train, cfg.mixture_groups or G, seed=seed)
@@ -101,7 +104,7 @@ def run_seed(cfg: PluralisticConfig, groups, seed: int) -> dict:
     # Policies on the eval pools.
     P, K = len(eval_pools), cfg.candidates
     texts = [t for pool in eval_pools for t in pool]
-    phi = task_features(texts).view(P, K, -1)  # (P, K, D)
+    phi = features(texts).view(P, K, -1)  # (P, K, D)
     gold = pop.gold(texts).view(G, P, K)  # (G, P, K)
     ref = torch.full((P, K), -math.log(K))
     with torch.no_grad():
@@ -166,10 +169,11 @@ def _interval(values: list[float]) -> dict:
 def run_pluralistic(cfg: PluralisticConfig) -> dict:
     groups = _check(cfg)
     t0 = time.perf_counter()
+    features = task_features if cfg.features == "task" else EncoderFeatures(cfg.features)
     out = lab_output(cfg, "pluralistic")
     runs = []
     for k in range(cfg.seeds):
-        runs.append(run_seed(cfg, groups, cfg.seed + k))
+        runs.append(run_seed(cfg, groups, cfg.seed + k, features))
         print(f"seed {cfg.seed + k} done ({time.perf_counter() - t0:.0f} s)", flush=True)
     names = [g.name for g in groups]
     summary = {

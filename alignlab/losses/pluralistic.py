@@ -20,8 +20,8 @@ Metrics = dict[str, Tensor]
 
 def group_posterior(chosen_rewards: Tensor, rejected_rewards: Tensor, user: Tensor, n_users: int,
                     log_prior: Tensor) -> Tensor:
-    """E-step of MaxMin-RLHF's EM (Chakraborty et al. 2024, arXiv:2402.08925, its EM for the reward mixture): the posterior
-    of each *user's* group from the likelihood of all of that user's pairs under each group's
+    """E-step of MaxMin-RLHF's EM for its reward mixture (Chakraborty et al. 2024, arXiv:2402.08925):
+    the posterior of each *user's* group from the likelihood of all of that user's pairs under each group's
     Bradley-Terry model,
 
         log q(g | u) = log pi_g + sum_{i: user(i) = u} log sigmoid(r_g(y_c,i) - r_g(y_r,i)) - log Z_u
@@ -45,8 +45,8 @@ def gaussian_kl(mean: Tensor, logvar: Tensor) -> Tensor:
 
 def vpl_loss(chosen_rewards: Tensor, rejected_rewards: Tensor, mean: Tensor, logvar: Tensor, *,
              kl_weight: float = 1.0) -> tuple[Tensor, Metrics]:
-    """Negative evidence lower bound of VPL (Poddar et al. 2024, arXiv:2408.10075, the ELBO of its latent-variable reward model), one
-    sample of z per user:
+    """Negative evidence lower bound of VPL's latent-variable reward model (Poddar et al. 2024,
+    arXiv:2408.10075), one sample of z per user:
 
         loss = -mean_i log sigmoid(r(y_c,i, z_u(i)) - r(y_r,i, z_u(i))) + kl_weight * mean_u KL(q(z|u) || N(0, I))
 
@@ -64,7 +64,7 @@ def vpl_loss(chosen_rewards: Tensor, rejected_rewards: Tensor, mean: Tensor, log
 
 def personalized_bt_loss(chosen_rewards: Tensor, rejected_rewards: Tensor, individual: Tensor, *,
                          l2: float = 0.0) -> tuple[Tensor, Metrics]:
-    """P-RLHF's reward loss (Li et al. 2024, arXiv:2402.05133, its user model and personalized reward model): Bradley-Terry on rewards
+    """P-RLHF's personalized reward loss (Li et al. 2024, arXiv:2402.05133): Bradley-Terry on rewards
     personalized by the user embedding e_u = e_0 + o_u, plus a ridge penalty that keeps each
     user's individual part o_u small, so that a user with few pairs stays near the generic e_0:
 
@@ -83,7 +83,8 @@ def personalized_bt_loss(chosen_rewards: Tensor, rejected_rewards: Tensor, indiv
 
 def maxmin_objective(logps: Tensor, reference_logps: Tensor, group_rewards: Tensor, *,
                      beta: float) -> tuple[Tensor, Metrics]:
-    """MaxMin-RLHF's egalitarian objective (arXiv:2402.08925, the max-min social-choice objective) on a candidate pool, to maximize:
+    """MaxMin-RLHF's egalitarian (max-min social choice) objective (arXiv:2402.08925) on a
+    candidate pool, to maximize:
 
         J(pi) = min_g  E_x E_{y ~ pi(.|x)} [r_g(x, y)]  -  beta E_x KL(pi(.|x) || pi_ref(.|x))
 

@@ -27,6 +27,32 @@ def task_features(texts: Sequence[str]) -> Tensor:
     return torch.stack([vader, vader.abs(), words, words.pow(2), bangs], 1)
 
 
+class EncoderFeatures:
+    """texts -> (N, D) frozen sentence embeddings (module docstring); each distinct text is
+    encoded once per instance and cached."""
+
+    def __init__(self, model: str = "embedded-encoder", batch_size: int = 64, max_length: int = 128):
+        from transformers import AutoModel, AutoTokenizer
+
+        from alignlab.models.reward_io import resolve_backbone_path
+
+        path = resolve_backbone_path(model)
+        self.tokenizer, self.model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+        self.batch_size, self.max_length, self.cache = batch_size, max_length, {}
+
+    @torch.no_grad()
+    def __call__(self, texts: Sequence[str]) -> Tensor:
+        new = [t for t in dict.fromkeys(texts) if t not in self.cache]
+        for i in range(0, len(new), self.batch_size):
+            chunk = new[i:i + self.batch_size]
+            batch = self.tokenizer(chunk, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+            hidden = self.model(**batch).last_hidden_state  # (B, T, H)
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1) * hidden.shape[-1] ** 0.5
+            self.cache.update(zip(chunk, pooled.float()))
+        return torch.stack([self.cache[t] for t in texts])
+
+
 @dataclass
 class PairData:
     chosen: Tensor
