@@ -31,6 +31,10 @@ def test_cli_rejects_an_unknown_group_before_any_work(tmp_path, capsys):
     assert main(["lab", "pluralistic", "--groups", "effusive=4,grumpy=2", "--output", str(tmp_path / "x")]) == 2
     assert "unknown group 'grumpy'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+    assert main(["lab", "pluralistic", "--groups", "effusive=4,concise=2", "--mixture-groups", "7",
+                 "--output", str(tmp_path / "y")]) == 2
+    assert "mixture_groups (7) cannot exceed the users (6)" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()
 
 
 def test_group_recovery_up_to_relabelling():

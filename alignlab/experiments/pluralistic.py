@@ -76,6 +76,8 @@ def _check(cfg: PluralisticConfig):
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
     if not 2 <= cfg.candidates <= 33 or not cfg.beta > 0 or cfg.mixture_groups < 0:
         raise ValueError("candidates must be in [2, 33], beta > 0 and mixture_groups >= 0")
+    if cfg.mixture_groups > sum(g.users for g in groups):
+        raise ValueError(f"mixture_groups ({cfg.mixture_groups}) cannot exceed the users ({sum(g.users for g in groups)})")
     return groups
 
 
