@@ -11,7 +11,7 @@ from typing import Any
 from alignlab.config import ConfigError, config_help, resolve
 
 
-LAB_EXPERIMENTS = ("bon-overoptimization", "overoptimization", "rm-accuracy")
+LAB_EXPERIMENTS = ("bon-overoptimization", "overoptimization", "pluralistic", "rm-accuracy")
 
 
 def parse_flags(tokens: list[str]) -> dict[str, Any]:
@@ -144,10 +144,12 @@ def cmd_bon(args, rest: list[str]) -> int:
 def cmd_lab(args, rest: list[str]) -> int:
     from alignlab.experiments.bon_overoptimization import BoNOveroptConfig, run_bon_overoptimization
     from alignlab.experiments.overoptimization import OveroptConfig, run_overoptimization
+    from alignlab.experiments.pluralistic import PluralisticConfig, run_pluralistic
     from alignlab.experiments.rm_accuracy import RMAccuracyConfig, run_rm_accuracy
 
     experiments = {"bon-overoptimization": (BoNOveroptConfig, run_bon_overoptimization),
                    "overoptimization": (OveroptConfig, run_overoptimization),
+                   "pluralistic": (PluralisticConfig, run_pluralistic),
                    "rm-accuracy": (RMAccuracyConfig, run_rm_accuracy)}
     if args.experiment not in experiments:
         print(f"error: unknown experiment '{args.experiment}'; available: {', '.join(experiments)}", file=sys.stderr)
