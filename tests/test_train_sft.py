@@ -245,3 +245,21 @@ def test_settings_sft_does_not_read_are_refused(tmp_path, tiny_policy_dir, capsy
         from alignlab.data.demonstrations import encode_demonstrations
         encode_demonstrations(None, [demonstration({"messages": CONVERSATION[:3]}, {"file": "p", "location": "line 1"})],
                               max_length=64)
+
+
+def test_overlong_examples_error_are_cut_or_dropped_and_counted(smol_tokenizer):
+    huge = "word " * 400_000  # 2 MB: known to be over-long from its length, never tokenized whole
+    rows = [{"prompt": "Hi?", "completion": "Hello there, friend."}, {"prompt": "Hi?", "completion": huge},
+            {"messages": [{"role": "user", "content": huge}, {"role": "assistant", "content": "Ok."}]},
+            {"prompt": "Hi?", "completion": "word " * 60}]
+    demos = [demonstration(r, {"file": "d.jsonl", "location": f"line {i + 1}"}) for i, r in enumerate(rows)]
+    with pytest.raises(DataError, match=r"d.jsonl, line 2: 2000003 characters, more than max_length 48 tokens can hold"):
+        encode_sft(smol_tokenizer, demos, max_length=48)
+    with pytest.raises(DataError, match=r"d.jsonl, line 4: \d+ tokens, over max_length 48"):
+        encode_sft(smol_tokenizer, demos[:1] + demos[3:], max_length=48)
+    cut, report = encode_sft(smol_tokenizer, demos, max_length=48, truncation="truncate")
+    assert [e.index for e in cut] == [0, 1, 3] and all(len(e.input_ids) <= 48 for e in cut)
+    assert report.to_dict() == {"truncated: conversation end cut to max_length": 2,
+                                "dropped: no target token left within max_length": 1, "encoded examples": 3}
+    kept, report = encode_sft(smol_tokenizer, demos, max_length=48, truncation="drop")
+    assert [e.index for e in kept] == [0] and report["dropped: longer than max_length"] == 3

@@ -19,6 +19,7 @@ rendering does not grow turn by turn) is an error naming the example.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -116,16 +117,62 @@ def encode_demonstration(tokenizer, demo: Demonstration, *, assistant_only: bool
         raise DataError(str(exc), **where) from None
 
 
+def _texts(demo: Demonstration) -> list[str]:
+    if demo.messages is not None:
+        return [m["content"] for m in demo.messages]
+    prompt = [] if demo.prompt is None else [m["content"] for m in prompt_messages(demo.prompt)]
+    return prompt + [demo.text]
+
+
+def _keep_start(demo: Demonstration, limit: int) -> Demonstration:
+    """The demonstration with its texts cut, in order, to `limit` characters in all (what
+    truncation keeps is the start). A prompt/completion pair keeps at least a character of its
+    completion, so that what is left still has a target."""
+    budget = [limit]
+
+    def cut(text: str) -> str:
+        kept = text[: max(budget[0], 0)]
+        budget[0] -= len(kept)
+        return kept
+
+    if demo.messages is not None:
+        return dataclasses.replace(demo, messages=[{**m, "content": cut(m["content"])} for m in demo.messages])
+    if demo.prompt is None:
+        return dataclasses.replace(demo, text=cut(demo.text))
+    prompt = demo.prompt if isinstance(demo.prompt, str) else [dict(m) for m in demo.prompt]
+    prompt = cut(prompt) if isinstance(prompt, str) else [{**m, "content": cut(m["content"])} for m in prompt]
+    return dataclasses.replace(demo, prompt=prompt, text=cut(demo.text) or demo.text[:1])
+
+
+def _bound_raw_length(encoder, demo: Demonstration, max_length: int, truncation: str) -> Demonstration | None:
+    """A demonstration longer than `max_length` tokens can hold at `encoder.max_token_chars`
+    characters each is over-long for certain, known from its raw length: never tokenized whole
+    (a hostile 50 MB line). `error` raises, `drop` returns None, `truncate` cuts it far beyond what
+    truncation keeps."""
+    chars = sum(len(t) for t in _texts(demo))
+    if chars <= max_length * encoder.max_token_chars:
+        return demo
+    if truncation == "error":
+        raise DataError(f"{chars} characters, more than max_length {max_length} tokens can hold (at most "
+                        f"{encoder.max_token_chars} characters per token). Raise max_length, or set truncation: "
+                        "truncate or drop", file=demo.file, location=demo.location)
+    return None if truncation == "drop" else _keep_start(demo, (max_length + 1) * encoder.max_token_chars)
+
+
 def encode_sft(tokenizer, demos: list[Demonstration], *, max_length: int, truncation: str = "error",
                assistant_only: bool = True) -> tuple[list[SFTExample], DataReport]:
     """Tokenized SFT examples. Over-long ones: `error` names the line, `truncate` keeps the start
     (cut at max_length; dropped if no target token is left), `drop` leaves them out. Counted."""
     if truncation not in TRUNCATION:
         raise ValueError(f"truncation must be one of {', '.join(TRUNCATION)}, got {truncation!r}")
-    report, out = DataReport(), []
+    report, out, encoder = DataReport(), [], prompt_encoder(tokenizer)
     for index, demo in enumerate(demos):
-        ids, mask = encode_demonstration(tokenizer, demo, assistant_only=assistant_only)
         where = f"{demo.file}, {demo.location}"
+        bounded = _bound_raw_length(encoder, demo, max_length, truncation)
+        if bounded is None:
+            report.add(DROPPED_LONG, example=where)
+            continue
+        ids, mask = encode_demonstration(tokenizer, bounded, assistant_only=assistant_only)
         if not any(mask):  # e.g. plain text of one token: nothing to predict it from
             report.add(DROPPED_NO_TARGET, example=where)
             continue
