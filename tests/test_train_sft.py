@@ -4,6 +4,7 @@ exact, and the command line runs, dry-runs and rejects bad data in one line."""
 
 import copy
 import json
+import math
 
 import pytest
 import torch
@@ -263,3 +264,19 @@ def test_overlong_examples_error_are_cut_or_dropped_and_counted(smol_tokenizer):
                                 "dropped: no target token left within max_length": 1, "encoded examples": 3}
     kept, report = encode_sft(smol_tokenizer, demos, max_length=48, truncation="drop")
     assert [e.index for e in kept] == [0] and report["dropped: longer than max_length"] == 3
+
+
+def test_gradient_accumulation_is_an_exact_token_mean(tmp_path, tiny_policy_dir):
+    """Two micro-batches of 2 sequences with different target counts make the same step as one
+    batch of 4: the loss is averaged over the window's target tokens, not per micro-batch."""
+    rows = sft_rows(TOPICS[:4])
+    one = train_sft(sft_cfg(tmp_path, tiny_policy_dir, "one", max_steps=1, batch_size=4), train_records=rows)
+    two = train_sft(sft_cfg(tmp_path, tiny_policy_dir, "two", max_steps=1, batch_size=2, grad_accum=2),
+                    train_records=rows)
+    assert one.state.history[0]["loss"] == pytest.approx(two.state.history[0]["loss"], rel=1e-5)
+    # a per-token mean: near log(vocabulary) for a random model (a per-sequence sum would be ~20x that)
+    assert one.state.history[0]["loss"] == pytest.approx(math.log(one.tokenizer.vocab_size), abs=0.3)
+    wa, wb = load_file(one.final_dir / "model.safetensors"), load_file(two.final_dir / "model.safetensors")
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-5
+    start = load_file(tiny_policy_dir / "model.safetensors")
+    assert max(float((wa[k] - start[k]).abs().max()) for k in wa) > 1e-3
