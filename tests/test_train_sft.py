@@ -228,6 +228,7 @@ def test_cli_trains_and_dry_run_writes_nothing(tmp_path, tiny_policy_dir, capsys
     ({"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant"}]},
      "bad.jsonl, line 2, field 'messages': message 1 has no string 'role' and 'content'"),
     ('{"prompt": "Hi?", ', "bad.jsonl, line 2: not valid JSON"),
+    ({"prompt": "Hi?", "completion": "Yo.", "messages": []}, "bad.jsonl, line 2: both 'prompt' and 'messages'"),
 ])
 def test_bad_data_is_one_line_naming_file_line_and_field(row, message, tmp_path, tiny_policy_dir, capsys):
     data = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "Ok?", "completion": "Ok."}, row])

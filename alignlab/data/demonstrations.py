@@ -66,6 +66,10 @@ def demonstration(row, where: dict) -> Demonstration:
         row = {"prompt": row[0], "completion": row[1]}
     if not isinstance(row, dict):
         raise DataError(f"expected a JSON object or a (prompt, completion) pair, got {type(row).__name__}", **where)
+    shapes = [k for k in ("prompt", "messages", "text") if k in row]
+    if len(shapes) > 1:
+        raise DataError(f"both {shapes[0]!r} and {shapes[1]!r}: a demonstration is a 'prompt' with a 'completion', a "
+                        "'messages' list or a 'text', one of them", **where)
     if "messages" in row and "prompt" not in row:
         return Demonstration(None, "", where["file"], where["location"], messages=_messages(row["messages"], where))
     if "text" in row and "prompt" not in row:
