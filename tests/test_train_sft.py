@@ -121,6 +121,7 @@ def test_packing_gives_the_padded_layouts_log_probs_and_loss(smol_tokenizer):
     batch = examples(smol_tokenizer)
     packed, padded = pack_examples(batch, pad_token_id=2), pad_examples(batch, pad_token_id=2)
     assert packed.input_ids.numel() < padded.input_ids.numel()  # fewer positions: less padding
+    assert packed.input_ids.shape[0] < len(batch)  # rows hold several sequences that must not see each other
     assert torch.equal(packed.lengths, padded.lengths) and int(packed.lengths.sum()) == sum(e.num_targets for e in batch)
     assert len(packed.score_targets) == len(padded.score_targets) == int(padded.lengths.sum())
     with torch.no_grad():

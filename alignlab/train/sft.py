@@ -70,6 +70,7 @@ class SFTAlgorithm:
     def __init__(self, cfg: SFTConfig, model, train: list[SFTExample], evals: list[SFTExample], pad_token_id: int):
         self.cfg, self.model, self.train, self.evals, self.pad_token_id = cfg, model, train, evals, pad_token_id
         self.layout = pack_examples if cfg.packing else pad_examples
+        self.hidden_size = getattr(getattr(model, "config", None), "hidden_size", None) or 1024
         self._epoch_cache: tuple[int, list[SFTBatch]] | None = None
 
     def _batches(self, examples: list[SFTExample], order: list[int]) -> list[SFTBatch]:
@@ -88,7 +89,8 @@ class SFTAlgorithm:
 
     def _loss(self, scorer, examples: list[SFTExample], batch: SFTBatch):
         device = next(self.model.parameters()).device
-        packed = self.layout([examples[i] for i in batch.indices], pad_token_id=self.pad_token_id).to(device)
+        packed = self.layout([examples[i] for i in batch.indices], pad_token_id=self.pad_token_id,
+                             hidden_size=self.hidden_size).to(device)
         return sft_loss(scorer(packed), packed.lengths)
 
     def loss(self, scorer, batch: SFTBatch):
