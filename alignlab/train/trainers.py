@@ -15,6 +15,7 @@ from alignlab.train.online import ONLINE_METHODS, resolve_online, train_online
 from alignlab.train.online.config import OnlineConfig, settings_help
 from alignlab.train.reward import RMConfig, train_reward_model
 from alignlab.train.session import TrainingSession
+from alignlab.train.sft import SFTConfig, train_sft
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,15 @@ class Trainer:
 def _offline_report(session: TrainingSession) -> list[str]:
     s = session.summary
     lines = [f"  {s['examples_per_second']:.2f} examples/s over {s['train_seconds']:.1f}s of training"]
+    if s.get("final_eval"):
+        lines.append("  final eval: " + ", ".join(f"{k}={v:.4g}" for k, v in s["final_eval"].items()))
+    return lines
+
+
+def _sft_report(session: TrainingSession) -> list[str]:
+    s = session.summary
+    lines = [f"  {s['tokens_per_second']:.1f} target tokens/s over {s['train_seconds']:.1f}s of training "
+             f"({s['target_tokens']} of {s['input_tokens']} tokens are targets)"]
     if s.get("final_eval"):
         lines.append("  final eval: " + ", ".join(f"{k}={v:.4g}" for k, v in s["final_eval"].items()))
     return lines
@@ -65,5 +75,8 @@ TRAINERS: dict[str, Trainer] = {
     "rm": Trainer("rm", RMConfig, lambda path, flags: resolve(RMConfig, path, flags), train_reward_model,
                   lambda: config_help(RMConfig), _offline_report,
                   "Bradley-Terry reward models (Ouyang et al. 2022); ArmoRM; Safe RLHF cost models"),
+    "sft": Trainer("sft", SFTConfig, lambda path, flags: resolve(SFTConfig, path, flags), train_sft,
+                   lambda: config_help(SFTConfig), _sft_report,
+                   "supervised fine-tuning on demonstrations (the SFT stage of Ouyang et al. 2022)"),
     **{method: _online(method) for method in ONLINE_METHODS},
 }
