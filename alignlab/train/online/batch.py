@@ -93,7 +93,7 @@ def rollout_files(directory: Path) -> list[Path]:
 
 def write_selections(batch: RolloutBatch, path: Path) -> int:
     """The samples `batch.keep` selected, one JSON line each (`prompt`, `response`, `reward`,
-    `iteration`): a demonstrations file (`ptx_data` and SFT read it). Written
+    `iteration`): a demonstrations file that `alignlab train sft` and `ptx_data` read. Written
     atomically; returns the number of lines."""
     keep = batch.keep if batch.keep is not None else torch.ones(len(batch), dtype=torch.bool)
     rows = [{"prompt": batch.prompts[i], "response": batch.texts[i], "reward": float(batch.rewards[i]),
