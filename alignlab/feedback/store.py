@@ -1,0 +1,279 @@
+"""What the web pages, the HTTP API and the command line do to the database, in one place:
+accounts, projects, items, assignments, votes and progress. Errors are `FeedbackError`s with
+the HTTP status they map to and a message that says what to do."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import random
+import re
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from alignlab.feedback import assign
+from alignlab.feedback.agreement import krippendorff_alpha, mean_pairwise_kappa
+from alignlab.feedback.auth import hash_password
+from alignlab.feedback.db import STRATEGIES, Assignment, Item, Membership, Project, User, Vote, now
+from alignlab.feedback.tasks import TASKS, VoteError
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+ASSIGNMENT_TTL = dt.timedelta(minutes=30)  # an item shown but not answered is offered to others after this
+MAX_KEY = 128
+
+
+class FeedbackError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def _name(kind: str, name: str) -> str:
+    if not isinstance(name, str) or not NAME.match(name):
+        raise FeedbackError(400, f"{kind} name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
+                                 "starting with a letter or digit")
+    return name
+
+
+# --- accounts and projects ----------------------------------------------------------------------
+
+
+def create_user(db: Session, name: str, password: str | None = None, *, admin: bool = False) -> User:
+    _name("user", name)
+    if db.scalar(select(User).where(User.name == name)) is not None:
+        raise FeedbackError(409, f"user {name!r} already exists")
+    try:
+        hashed = hash_password(password) if password else None
+    except ValueError as exc:
+        raise FeedbackError(400, str(exc)) from None
+    user = User(name=name, password_hash=hashed, is_admin=admin)
+    db.add(user)
+    db.flush()
+    return user
+
+
+def set_password(db: Session, user: User, password: str) -> None:
+    try:
+        user.password_hash = hash_password(password)
+    except ValueError as exc:
+        raise FeedbackError(400, str(exc)) from None
+
+
+def get_user(db: Session, name: str) -> User:
+    user = db.scalar(select(User).where(User.name == name))
+    if user is None:
+        raise FeedbackError(404, f"no user {name!r}")
+    return user
+
+
+def create_project(db: Session, slug: str, task: str, *, overlap: int = 1, strategy: str = "uniform",
+                   attributes: list[str] | None = None, scale: int = 5, title: str = "",
+                   instructions: str = "") -> Project:
+    _name("project", slug)
+    if task not in TASKS:
+        raise FeedbackError(400, f"task {task!r}: use one of {', '.join(TASKS)}")
+    if strategy not in STRATEGIES:
+        raise FeedbackError(400, f"strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
+    if not (isinstance(overlap, int) and overlap >= 1):
+        raise FeedbackError(400, f"overlap must be a whole number >= 1, got {overlap!r}")
+    if not (isinstance(scale, int) and 2 <= scale <= 10):
+        raise FeedbackError(400, f"scale must be a whole number from 2 to 10, got {scale!r}")
+    attributes = [a.strip() for a in (attributes or []) if a.strip()]
+    for a in attributes:
+        _name("attribute", a)
+    if db.scalar(select(Project).where(Project.slug == slug)) is not None:
+        raise FeedbackError(409, f"project {slug!r} already exists")
+    project = Project(slug=slug, task=task, overlap=overlap, strategy=strategy, attributes=attributes, scale=scale,
+                      title=title or slug, instructions=instructions)
+    db.add(project)
+    db.flush()
+    return project
+
+
+def get_project(db: Session, slug: str) -> Project:
+    project = db.scalar(select(Project).where(Project.slug == slug))
+    if project is None:
+        raise FeedbackError(404, f"no project {slug!r}")
+    return project
+
+
+def add_member(db: Session, project: Project, user: User) -> None:
+    if db.get(Membership, (project.id, user.id)) is None:
+        db.add(Membership(project_id=project.id, user_id=user.id))
+
+
+def projects_of(db: Session, user: User) -> list[Project]:
+    query = select(Project).order_by(Project.slug)
+    if not user.is_admin:
+        query = query.join(Membership, Membership.project_id == Project.id).where(Membership.user_id == user.id)
+    return list(db.scalars(query))
+
+
+def project_for(db: Session, slug: str, user: User) -> Project:
+    """The project, if `user` may see it. Non-members get the same 404 as for a project that does
+    not exist, so project names do not leak across teams."""
+    project = db.scalar(select(Project).where(Project.slug == slug))
+    if project is None or not (user.is_admin or db.get(Membership, (project.id, user.id)) is not None):
+        raise FeedbackError(404, f"no project {slug!r} that you are a member of")
+    return project
+
+
+# --- items --------------------------------------------------------------------------------------
+
+
+def add_items(db: Session, project: Project, rows: list[dict]) -> int:
+    """rows: {prompt, responses, sources?, member_scores?, meta?}; checked against the task first."""
+    task = TASKS[project.task]
+    for i, row in enumerate(rows):
+        n = len(row["responses"])
+        if not task.fits(n):
+            raise FeedbackError(400, f"item {i}: a {project.task} item holds {task.responses} response(s), got {n}")
+        scores = row.get("member_scores")
+        if scores is not None and any(len(s) != n for s in scores):
+            raise FeedbackError(400, f"item {i}: member_scores must hold one score per response")
+    db.add_all(Item(project_id=project.id, prompt=row["prompt"], responses=list(row["responses"]),
+                    sources=row.get("sources"), member_scores=row.get("member_scores"), meta=row.get("meta") or {})
+               for row in rows)
+    return len(rows)
+
+
+def get_item(db: Session, project: Project, item_id: int) -> Item:
+    item = db.get(Item, item_id)
+    if item is None or item.project_id != project.id:
+        raise FeedbackError(404, f"no item {item_id} in project {project.slug!r}")
+    return item
+
+
+# --- assignments --------------------------------------------------------------------------------
+
+
+def _open_assignment(db: Session, project: Project, user: User) -> Assignment | None:
+    return db.scalar(select(Assignment).join(Item, Item.id == Assignment.item_id)
+                     .where(Item.project_id == project.id, Assignment.user_id == user.id,
+                            Assignment.answered_at.is_(None)).order_by(Assignment.id).limit(1))
+
+
+def next_assignment(db: Session, project: Project, user: User, rng: random.Random | None = None):
+    """(item, assignment) to show `user` next, or None when nothing is left for them. An item
+    already shown and not yet answered is shown again (same order) before anything new."""
+    rng = rng or random.Random()
+    current = _open_assignment(db, project, user)
+    if current is not None:
+        return db.get(Item, current.item_id), current
+    cutoff = (dt.datetime.now(dt.timezone.utc) - ASSIGNMENT_TTL).isoformat()
+    live = (select(Assignment.item_id, func.count().label("n")).join(Item, Item.id == Assignment.item_id)
+            .where(Item.project_id == project.id,
+                   or_(Assignment.answered_at.is_not(None), Assignment.created_at >= cutoff))
+            .group_by(Assignment.item_id).subquery())
+    shown = func.coalesce(live.c.n, 0)
+    mine = select(Assignment.item_id).where(Assignment.user_id == user.id)
+    rows = db.execute(select(Item.id, Item.member_scores, shown).outerjoin(live, live.c.item_id == Item.id)
+                      .where(Item.project_id == project.id, shown < project.overlap, Item.id.not_in(mine))).all()
+    candidates = [_Candidate(i, s) for i, s, _ in rows]
+    picked = assign.choose(candidates, {i: n for i, _, n in rows}, project.strategy, rng)
+    if picked is None:
+        return None
+    item = db.get(Item, picked.id)
+    order = list(range(len(item.responses)))
+    rng.shuffle(order)
+    assignment = Assignment(item_id=item.id, user_id=user.id, order=order)
+    db.add(assignment)
+    try:
+        db.commit()
+    except IntegrityError:  # the same annotator asked twice at once: give the one that won
+        db.rollback()
+        current = _open_assignment(db, project, user)
+        return None if current is None else (db.get(Item, current.item_id), current)
+    return item, assignment
+
+
+class _Candidate:
+    __slots__ = ("id", "member_scores")
+
+    def __init__(self, id, member_scores):
+        self.id, self.member_scores = id, member_scores
+
+
+# --- votes --------------------------------------------------------------------------------------
+
+
+def _request_hash(item_id: int, payload: dict) -> str:
+    return hashlib.sha256(json.dumps({"item": item_id, "vote": payload}, sort_keys=True).encode()).hexdigest()
+
+
+def _replay(db: Session, user: User, key: str, request_hash: str) -> Vote | None:
+    vote = db.scalar(select(Vote).where(Vote.user_id == user.id, Vote.idempotency_key == key))
+    if vote is not None and vote.request_hash != request_hash:
+        raise FeedbackError(409, f"Idempotency-Key {key!r} was already used for a different vote "
+                                 f"(vote {vote.id} on item {vote.item_id}); use a new key for a new vote")
+    return vote
+
+
+def submit_vote(db: Session, project: Project, user: User, item_id: int, payload: dict, key: str | None
+                ) -> tuple[Vote, bool]:
+    """Store a vote once: (vote, True) when new, (the stored vote, False) when `key` was seen
+    before with the same request (a retry)."""
+    if not key or len(key) > MAX_KEY or not key.isprintable():
+        raise FeedbackError(400, f"every vote needs an Idempotency-Key header (1-{MAX_KEY} printable characters), "
+                                 "the same on every retry of that vote")
+    if not isinstance(payload, dict):
+        raise FeedbackError(400, "the vote must be a JSON object")
+    request_hash = _request_hash(item_id, payload)
+    stored = _replay(db, user, key, request_hash)
+    if stored is not None:
+        return stored, False
+    item = get_item(db, project, item_id)
+    assignment = db.scalar(select(Assignment).where(Assignment.item_id == item.id, Assignment.user_id == user.id))
+    if assignment is None:
+        raise FeedbackError(409, f"item {item.id} was not shown to you; ask for your next item first "
+                                 f"(GET /api/projects/{project.slug}/next)")
+    existing = db.scalar(select(Vote).where(Vote.item_id == item.id, Vote.user_id == user.id))
+    if existing is not None:
+        raise FeedbackError(409, f"you already voted on item {item.id} (vote {existing.id})")
+    try:
+        canonical = TASKS[project.task].parse(payload, item.responses, assignment.order, project)
+    except VoteError as exc:
+        raise FeedbackError(422, f"bad vote for a {project.task} item: {exc}") from None
+    vote = Vote(project_id=project.id, item_id=item.id, user_id=user.id, idempotency_key=key,
+                request_hash=request_hash, payload=canonical, order=list(assignment.order))
+    db.add(vote)
+    assignment.answered_at = now()
+    try:
+        db.commit()
+    except IntegrityError:  # a retry of this same vote raced the first attempt
+        db.rollback()
+        stored = _replay(db, user, key, request_hash)
+        if stored is None:
+            raise FeedbackError(409, f"you already voted on item {item.id}") from None
+        return stored, False
+    return vote, True
+
+
+# --- progress -----------------------------------------------------------------------------------
+
+
+def vote_rows(db: Session, project: Project):
+    """(vote, item, annotator name) for every vote of the project, oldest first."""
+    return db.execute(select(Vote, Item, User.name).join(Item, Item.id == Vote.item_id)
+                      .join(User, User.id == Vote.user_id).where(Vote.project_id == project.id)
+                      .order_by(Vote.id)).all()
+
+
+def progress(db: Session, project: Project) -> dict:
+    items = db.scalar(select(func.count()).select_from(Item).where(Item.project_id == project.id))
+    per_annotator, per_item, labels = {}, {}, {}
+    label = TASKS[project.task].label
+    for vote, item, name in vote_rows(db, project):
+        per_annotator[name] = per_annotator.get(name, 0) + 1
+        per_item[item.id] = per_item.get(item.id, 0) + 1
+        labels.setdefault(item.id, {})[name] = label(vote.payload)
+    kappa, pairs = mean_pairwise_kappa(labels)
+    return {"project": project.slug, "task": project.task, "strategy": project.strategy, "overlap": project.overlap,
+            "items": items, "votes": sum(per_annotator.values()),
+            "items_complete": sum(n >= project.overlap for n in per_item.values()),
+            "items_multiply_labeled": sum(n >= 2 for n in per_item.values()),
+            "per_annotator": dict(sorted(per_annotator.items())),
+            "cohen_kappa": kappa, "kappa_pairs": pairs, "krippendorff_alpha": krippendorff_alpha(labels)}
