@@ -15,9 +15,7 @@ from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, Text, UniqueC
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
-DEFAULT_URL = "sqlite:///feedback.db"
-TASKS = ("pairwise", "ranking", "rating", "thumbs")
-STRATEGIES = ("uniform", "uncertainty", "thompson")
+from alignlab.feedback.names import DEFAULT_URL, STRATEGIES, TASKS  # noqa: F401 (re-exported)
 
 
 def now() -> str:

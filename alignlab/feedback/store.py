@@ -25,7 +25,7 @@ ASSIGNMENT_TTL = dt.timedelta(minutes=30)  # an item shown but not answered is o
 MAX_KEY = 128
 
 
-class FeedbackError(Exception):
+class FeedbackError(ValueError):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status, self.message = status, message
@@ -62,8 +62,12 @@ def set_password(db: Session, user: User, password: str) -> None:
         raise FeedbackError(400, str(exc)) from None
 
 
+def find_user(db: Session, name: str) -> User | None:
+    return db.scalar(select(User).where(User.name == name))
+
+
 def get_user(db: Session, name: str) -> User:
-    user = db.scalar(select(User).where(User.name == name))
+    user = find_user(db, name)
     if user is None:
         raise FeedbackError(404, f"no user {name!r}")
     return user
