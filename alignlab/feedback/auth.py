@@ -19,7 +19,7 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from alignlab.feedback.db import ApiToken, LoginSession, User, now
+from alignlab.feedback.db import ApiToken, LoginSession, User, now, write
 
 SCRYPT = dict(n=2**14, r=8, p=1)
 TOKEN_PREFIX = "alf_"
@@ -56,7 +56,8 @@ def sha256(text: str) -> str:
 def issue_token(db: Session, user: User) -> str:
     """A new API token for `user`; returned once, stored only as its hash."""
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    db.add(ApiToken(user_id=user.id, token_hash=sha256(token), prefix=token[:8], revoked=False))
+    with write(db):
+        db.add(ApiToken(user_id=user.id, token_hash=sha256(token), prefix=token[:8], revoked=False))
     return token
 
 
@@ -69,7 +70,9 @@ def start_session(db: Session, user: User) -> str:
     """A login session; returns the cookie value (its hash and a CSRF token are stored)."""
     key = secrets.token_urlsafe(32)
     expires = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=SESSION_HOURS)).isoformat()
-    db.add(LoginSession(key_hash=sha256(key), user_id=user.id, csrf=secrets.token_urlsafe(32), expires_at=expires))
+    with write(db):
+        db.add(LoginSession(key_hash=sha256(key), user_id=user.id, csrf=secrets.token_urlsafe(32),
+                            expires_at=expires))
     return key
 
 
@@ -83,9 +86,10 @@ def session_for(db: Session, key: str | None) -> LoginSession | None:
 
 
 def end_session(db: Session, key: str | None) -> None:
-    row = session_for(db, key)
-    if row is not None:
-        db.delete(row)
+    with write(db):
+        row = session_for(db, key)
+        if row is not None:
+            db.delete(row)
 
 
 def same_token(sent: str | None, expected: str | None) -> bool:

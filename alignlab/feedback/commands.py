@@ -49,7 +49,8 @@ def cmd_serve(args, rest) -> int:
     app = create_app(args.database_url, secure_cookies=args.secure_cookies)
     print(f"alignlab feedback: serving {redact(args.database_url)} on http://{args.host}:{args.port}", file=sys.stderr,
           flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", proxy_headers=False)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", proxy_headers=False,
+                timeout_graceful_shutdown=5)
     return 0
 
 

@@ -8,6 +8,8 @@ read back exactly the same from either database.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime as dt
 from pathlib import Path
 
@@ -125,10 +127,40 @@ class Vote(Base):
     created_at: Mapped[str] = mapped_column(String(40), default=now)
 
 
+_IMMEDIATE = contextvars.ContextVar("alignlab_feedback_immediate", default=False)
+
+
+@contextlib.contextmanager
+def write(session):
+    """One write transaction (see `begin_write`), committed at the end of the block and rolled back
+    on an error. It never outlives the block: a request's session is closed only after its
+    response, by a worker thread that may all be busy waiting for this very lock."""
+    begin_write(session)
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+
+
+def begin_write(session) -> None:
+    """Start the session's next transaction as a write transaction: on SQLite `BEGIN IMMEDIATE`,
+    which waits for the write lock up front. A deferred transaction that has read and then writes
+    fails at once with "database is locked" (SQLITE_BUSY_SNAPSHOT, no busy wait) when another
+    connection wrote in between; reads stay deferred, so readers never wait for writers (WAL).
+    Anything pending is committed first. On PostgreSQL this only starts a new transaction."""
+    session.commit()
+    token = _IMMEDIATE.set(True)
+    try:
+        session.connection()  # begins the transaction now, while the flag is set
+    finally:
+        _IMMEDIATE.reset(token)
+
+
 def _sqlite_pragmas(engine: Engine) -> None:
-    """WAL (readers never block the writer), a 30 s busy wait, and every transaction `BEGIN
-    IMMEDIATE`: a deferred transaction that reads and then writes can fail at once with "database
-    is locked" when another writer got there first, without waiting (SQLite docs, "busy_timeout")."""
+    """WAL (readers never block the writer), a 30 s busy wait, foreign keys, and our own BEGIN
+    (pysqlite's implicit transactions would not let `writing` choose BEGIN IMMEDIATE)."""
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_conn, _record):
@@ -140,7 +172,7 @@ def _sqlite_pragmas(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if _IMMEDIATE.get() else "BEGIN")
 
 
 def make_engine(url: str) -> Engine:
@@ -151,12 +183,15 @@ def make_engine(url: str) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        # more connections than the server's worker threads (40): a thread never waits for a connection
+        # held by a request whose session can only be closed by another worker thread
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=10,
+                               max_overflow=60)
         _sqlite_pragmas(engine)
         return engine
     if not url.startswith("postgresql"):
         raise ValueError(f"database URL {redact(url)!r}: use sqlite:///FILE or postgresql://USER@HOST:PORT/DB")
-    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    return create_engine(url, pool_size=10, max_overflow=60, pool_pre_ping=True)
 
 
 def redact(url: str) -> str:

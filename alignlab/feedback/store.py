@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from alignlab.feedback import assign
 from alignlab.feedback.agreement import krippendorff_alpha, mean_pairwise_kappa
 from alignlab.feedback.auth import hash_password
-from alignlab.feedback.db import STRATEGIES, Assignment, Item, Membership, Project, User, Vote, now
+from alignlab.feedback.db import STRATEGIES, Assignment, Item, Membership, Project, User, Vote, now, write
 from alignlab.feedback.tasks import TASKS, VoteError
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -43,23 +43,25 @@ def _name(kind: str, name: str) -> str:
 
 def create_user(db: Session, name: str, password: str | None = None, *, admin: bool = False) -> User:
     _name("user", name)
-    if db.scalar(select(User).where(User.name == name)) is not None:
-        raise FeedbackError(409, f"user {name!r} already exists")
     try:
         hashed = hash_password(password) if password else None
     except ValueError as exc:
         raise FeedbackError(400, str(exc)) from None
-    user = User(name=name, password_hash=hashed, is_admin=admin)
-    db.add(user)
-    db.flush()
+    with write(db):
+        if db.scalar(select(User).where(User.name == name)) is not None:
+            raise FeedbackError(409, f"user {name!r} already exists")
+        user = User(name=name, password_hash=hashed, is_admin=admin)
+        db.add(user)
     return user
 
 
 def set_password(db: Session, user: User, password: str) -> None:
     try:
-        user.password_hash = hash_password(password)
+        hashed = hash_password(password)
     except ValueError as exc:
         raise FeedbackError(400, str(exc)) from None
+    with write(db):
+        user.password_hash = hashed
 
 
 def find_user(db: Session, name: str) -> User | None:
@@ -88,12 +90,12 @@ def create_project(db: Session, slug: str, task: str, *, overlap: int = 1, strat
     attributes = [a.strip() for a in (attributes or []) if a.strip()]
     for a in attributes:
         _name("attribute", a)
-    if db.scalar(select(Project).where(Project.slug == slug)) is not None:
-        raise FeedbackError(409, f"project {slug!r} already exists")
-    project = Project(slug=slug, task=task, overlap=overlap, strategy=strategy, attributes=attributes, scale=scale,
-                      title=title or slug, instructions=instructions)
-    db.add(project)
-    db.flush()
+    with write(db):
+        if db.scalar(select(Project).where(Project.slug == slug)) is not None:
+            raise FeedbackError(409, f"project {slug!r} already exists")
+        project = Project(slug=slug, task=task, overlap=overlap, strategy=strategy, attributes=attributes,
+                          scale=scale, title=title or slug, instructions=instructions)
+        db.add(project)
     return project
 
 
@@ -105,8 +107,9 @@ def get_project(db: Session, slug: str) -> Project:
 
 
 def add_member(db: Session, project: Project, user: User) -> None:
-    if db.get(Membership, (project.id, user.id)) is None:
-        db.add(Membership(project_id=project.id, user_id=user.id))
+    with write(db):
+        if db.get(Membership, (project.id, user.id)) is None:
+            db.add(Membership(project_id=project.id, user_id=user.id))
 
 
 def projects_of(db: Session, user: User) -> list[Project]:
@@ -138,9 +141,10 @@ def add_items(db: Session, project: Project, rows: list[dict]) -> int:
         scores = row.get("member_scores")
         if scores is not None and any(len(s) != n for s in scores):
             raise FeedbackError(400, f"item {i}: member_scores must hold one score per response")
-    db.add_all(Item(project_id=project.id, prompt=row["prompt"], responses=list(row["responses"]),
-                    sources=row.get("sources"), member_scores=row.get("member_scores"), meta=row.get("meta") or {})
-               for row in rows)
+    with write(db):
+        db.add_all(Item(project_id=project.id, prompt=row["prompt"], responses=list(row["responses"]),
+                        sources=row.get("sources"), member_scores=row.get("member_scores"),
+                        meta=row.get("meta") or {}) for row in rows)
     return len(rows)
 
 
@@ -164,6 +168,15 @@ def next_assignment(db: Session, project: Project, user: User, rng: random.Rando
     """(item, assignment) to show `user` next, or None when nothing is left for them. An item
     already shown and not yet answered is shown again (same order) before anything new."""
     rng = rng or random.Random()
+    try:
+        with write(db):
+            return _next_assignment(db, project, user, rng)
+    except IntegrityError:  # the same annotator asked twice at once: give the one that won
+        current = _open_assignment(db, project, user)
+        return None if current is None else (db.get(Item, current.item_id), current)
+
+
+def _next_assignment(db: Session, project: Project, user: User, rng: random.Random):
     current = _open_assignment(db, project, user)
     if current is not None:
         return db.get(Item, current.item_id), current
@@ -176,8 +189,7 @@ def next_assignment(db: Session, project: Project, user: User, rng: random.Rando
     mine = select(Assignment.item_id).where(Assignment.user_id == user.id)
     rows = db.execute(select(Item.id, Item.member_scores, shown).outerjoin(live, live.c.item_id == Item.id)
                       .where(Item.project_id == project.id, shown < project.overlap, Item.id.not_in(mine))).all()
-    candidates = [_Candidate(i, s) for i, s, _ in rows]
-    picked = assign.choose(candidates, {i: n for i, _, n in rows}, project.strategy, rng)
+    picked = assign.choose([_Candidate(i, s) for i, s, _ in rows], {i: n for i, _, n in rows}, project.strategy, rng)
     if picked is None:
         return None
     item = db.get(Item, picked.id)
@@ -185,12 +197,6 @@ def next_assignment(db: Session, project: Project, user: User, rng: random.Rando
     rng.shuffle(order)
     assignment = Assignment(item_id=item.id, user_id=user.id, order=order)
     db.add(assignment)
-    try:
-        db.commit()
-    except IntegrityError:  # the same annotator asked twice at once: give the one that won
-        db.rollback()
-        current = _open_assignment(db, project, user)
-        return None if current is None else (db.get(Item, current.item_id), current)
     return item, assignment
 
 
@@ -226,6 +232,19 @@ def submit_vote(db: Session, project: Project, user: User, item_id: int, payload
     if not isinstance(payload, dict):
         raise FeedbackError(400, "the vote must be a JSON object")
     request_hash = _request_hash(item_id, payload)
+    try:
+        with write(db):
+            return _store_vote(db, project, user, item_id, payload, key, request_hash)
+    except IntegrityError:  # a retry of this same vote raced the first attempt
+        stored = _replay(db, user, key, request_hash)
+        db.rollback()
+        if stored is None:
+            raise FeedbackError(409, f"you already voted on item {item_id}") from None
+        return stored, False
+
+
+def _store_vote(db: Session, project: Project, user: User, item_id: int, payload: dict, key: str,
+                request_hash: str) -> tuple[Vote, bool]:
     stored = _replay(db, user, key, request_hash)
     if stored is not None:
         return stored, False
@@ -245,14 +264,6 @@ def submit_vote(db: Session, project: Project, user: User, item_id: int, payload
                 request_hash=request_hash, payload=canonical, order=list(assignment.order))
     db.add(vote)
     assignment.answered_at = now()
-    try:
-        db.commit()
-    except IntegrityError:  # a retry of this same vote raced the first attempt
-        db.rollback()
-        stored = _replay(db, user, key, request_hash)
-        if stored is None:
-            raise FeedbackError(409, f"you already voted on item {item.id}") from None
-        return stored, False
     return vote, True
 
 
