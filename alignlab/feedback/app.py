@@ -45,7 +45,7 @@ def _validation_message(exc: RequestValidationError) -> str:
 def create_app(database_url: str, *, secure_cookies: bool = False) -> FastAPI:
     from alignlab.feedback import api, pages
 
-    app = FastAPI(title="alignlab feedback", docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
+    app = FastAPI(title="Feedback (alignlab)", docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
     app.state.sessions = open_database(database_url)
     app.state.secure_cookies = secure_cookies
 

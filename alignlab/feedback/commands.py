@@ -1,4 +1,5 @@
-"""`alignlab feedback ...`: serve the app, manage accounts and projects, push items, export votes.
+"""The feedback command group: `alignlab feedback serve` runs the app; user, project, member and
+token manage accounts; push queues items, export writes votes as records, progress reports.
 Every command takes --database-url (default: $ALIGNLAB_FEEDBACK_DB or sqlite:///feedback.db) and
 migrates the database first."""
 
