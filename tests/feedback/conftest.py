@@ -92,7 +92,7 @@ class Postgres:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{name}"
 
     def stop(self) -> None:
-        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")  # the data is thrown away
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -367,3 +367,73 @@ def test_uncertainty_and_thompson_query_where_the_ensemble_disagrees():
     assert {choose(items, {}, "uniform", rng).id for _ in range(60)} == {1, 2, 3}
     assert choose([agree], {}, "thompson", rng).id == 1  # nothing informative left: any open item
     assert choose(items, {2: 1, 3: 1}, "uncertainty", rng).id == 1  # fewest annotators first
+
+
+@pytest.mark.parametrize("task,fields,expected", [
+    ("ranking", {"rank:A": "2", "rank:B": "1", "rank:C": "3"}, lambda shown: {"ranking": [shown["B"], shown["A"],
+                                                                                          shown["C"]]}),
+    ("rating", {"rating:overall": "4", "critique": "fine"}, lambda shown: {"ratings": {"overall": 4.0},
+                                                                           "critique": "fine"}),
+    ("thumbs", {"thumbs": "up"}, lambda shown: {"up": True}),
+    ("pairwise", {"choice": "B", "highlight": "nice", "highlight_in": "A", "highlight_label": "vague"},
+     lambda shown: {"choice": "ab"[shown["B"]], "spans": [{"response": shown["A"], "start": [6, 3][shown["A"]],
+                                                           "end": [10, 7][shown["A"]], "text": "nice",
+                                                           "label": "vague"}]}),
+])
+def test_each_task_form_stores_what_was_chosen(app, task, fields, expected):
+    responses = {"ranking": ["r0", "r1", "r2"], "pairwise": ["Hello nice day", "Hi nice day"]}.get(task, ["only"])
+    seed(app, task=task, items=[{"prompt": PROMPT, "responses": responses}])
+    browser = TestClient(app)
+    login(browser, "ann", "ann-password")
+    page = browser.get("/p/p1")
+    item = int(re.search(r'action="/p/p1/items/(\d+)"', page.text).group(1))
+    r = browser.post(f"/p/p1/items/{item}", data={**form_fields(page.text), **fields}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    with app.state.sessions() as db:
+        vote = db.scalar(select(Vote))
+    shown = {letter: index for letter, index in zip("ABC", vote.order)}
+    assert {k: v for k, v in vote.payload.items() if v} == expected(shown)
+
+
+def test_a_bad_form_shows_the_item_again_with_the_problem(app):
+    seed(app, task="ranking", items=[{"prompt": "q", "responses": ["r0", "r1", "r2"]}])
+    browser = TestClient(app)
+    login(browser, "ann", "ann-password")
+    page = browser.get("/p/p1")
+    item = re.search(r'action="/p/p1/items/(\d+)"', page.text).group(1)
+    r = browser.post(f"/p/p1/items/{item}", data={**form_fields(page.text), "rank:A": "1", "rank:B": "1",
+                                                  "rank:C": "2"})
+    assert r.status_code == 422 and "give each response a different rank from 1 (best) to 3" in r.text
+    assert f'action="/p/p1/items/{item}"' in r.text and count_votes(app) == 0
+
+
+def test_logout_ends_the_session(app):
+    seed(app)
+    browser = TestClient(app)
+    login(browser, "ann", "ann-password")
+    csrf = form_fields(browser.get("/").text)["csrf"]
+    assert browser.post("/logout", data={"csrf": csrf}, follow_redirects=False).status_code == 303
+    assert browser.get("/p/p1", follow_redirects=False).headers["location"] == "/login"
+
+
+def test_cli_accounts_with_passwords_from_stdin(tmp_path, capsys, monkeypatch):
+    import io
+
+    from alignlab.cli import main
+
+    url = ["--database-url", f"sqlite:///{tmp_path / 'cli.db'}"]
+    monkeypatch.setattr("sys.stdin", io.StringIO("first-password\n"))
+    assert main(["feedback", "user", "ann", "--password-stdin", *url]) == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO("second-password\n"))
+    assert main(["feedback", "user", "ann", "--reset-password", "--password-stdin", *url]) == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO("x\n"))
+    assert main(["feedback", "user", "ann", "--password-stdin", *url]) == 2
+    assert "error: a password needs at least 8 characters" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", io.StringIO("another-password\n"))
+    assert main(["feedback", "user", "ann", "--password-stdin", *url]) == 2
+    assert "error: user 'ann' already exists" in capsys.readouterr().err
+    app = create_app(url[1])
+    with app.state.sessions() as db:
+        assert verify_password("second-password", store.get_user(db, "ann").password_hash)
+    assert main(["feedback", "progress", "--project", "nope", *url]) == 2
+    assert "error: no project 'nope'" in capsys.readouterr().err
