@@ -109,7 +109,6 @@ def push(sessions, project_slug: str, rows: list[dict], *, rm: str | None = None
                          "pass --rm DIR1+DIR2+... (an ensemble) or a model trained with --ensemble K")
     items = make_items(task, rows, score_rows(rows, rm) if rm else None)
     with sessions() as db:
-        added = store.add_items(db, store.get_project(db, project_slug), items)
-        db.commit()
+        added = len(store.add_items(db, store.get_project(db, project_slug), items))
     return {"project": project_slug, "task": task, "prompts": len(rows), "items_added": added,
             "scored_by": rm}

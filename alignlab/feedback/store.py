@@ -131,8 +131,9 @@ def project_for(db: Session, slug: str, user: User) -> Project:
 # --- items --------------------------------------------------------------------------------------
 
 
-def add_items(db: Session, project: Project, rows: list[dict]) -> int:
-    """rows: {prompt, responses, sources?, member_scores?, meta?}; checked against the task first."""
+def add_items(db: Session, project: Project, rows: list[dict]) -> list[Item]:
+    """rows: {prompt, responses, sources?, member_scores?, meta?}; checked against the task first.
+    Returns the stored items (with their ids)."""
     task = TASKS[project.task]
     for i, row in enumerate(rows):
         n = len(row["responses"])
@@ -141,11 +142,12 @@ def add_items(db: Session, project: Project, rows: list[dict]) -> int:
         scores = row.get("member_scores")
         if scores is not None and any(len(s) != n for s in scores):
             raise FeedbackError(400, f"item {i}: member_scores must hold one score per response")
+    items = [Item(project_id=project.id, prompt=row["prompt"], responses=list(row["responses"]),
+                  sources=row.get("sources"), member_scores=row.get("member_scores"), meta=row.get("meta") or {})
+             for row in rows]
     with write(db):
-        db.add_all(Item(project_id=project.id, prompt=row["prompt"], responses=list(row["responses"]),
-                        sources=row.get("sources"), member_scores=row.get("member_scores"),
-                        meta=row.get("meta") or {}) for row in rows)
-    return len(rows)
+        db.add_all(items)
+    return items
 
 
 def get_item(db: Session, project: Project, item_id: int) -> Item:

@@ -128,3 +128,50 @@ def test_push_refuses_bad_input_before_loading_anything(tmp_path, capsys):
     assert "prompt 2 has 1 response: a pairwise project needs 2 or more" in capsys.readouterr().err
     with open_database(db[1])() as s:
         assert s.scalar(store.select(store.func.count()).select_from(store.Item)) == 0  # nothing half-pushed
+
+
+def test_people_as_a_preference_source_through_the_app(tmp_path, capsys):
+    import threading
+    import time as _time
+
+    from alignlab.feedback.preferences import AppPreferenceSource
+
+    db = ["--database-url", f"sqlite:///{tmp_path / 'prefer.db'}"]
+    cli(capsys, "project", "online", "--task", "pairwise", "--overlap", "2", *db)
+    tokens = {}
+    for name in ("sim0", "sim1"):
+        cli(capsys, "user", name, "--no-password", *db)
+        tokens[name] = cli(capsys, "token", name, *db).strip()
+    cli(capsys, "member", "online", "sim0", "sim1", *db)
+    server = Server(db[1], tmp_path / "server.log").start()
+    stop = threading.Event()
+
+    def person(k, token):  # polls for work like an annotator waiting for the next batch
+        client = FeedbackClient(server.url, token)
+        judge = BradleyTerryAnnotator(gold, temperature=0.01, seed=k, annotator_id=f"sim{k}")
+        while not stop.is_set():
+            if annotate(client, "online", judge) == 0:
+                _time.sleep(0.05)
+
+    threads = [threading.Thread(target=person, args=(k, t), daemon=True) for k, t in enumerate(tokens.values())]
+    try:
+        for t in threads:
+            t.start()
+        source = AppPreferenceSource(db[1], "online", poll_seconds=0.05, timeout=60)
+        words = WORDS[:6]
+        a = [good(w) if i % 2 else bad(w) for i, w in enumerate(words)]
+        b = [bad(w) if i % 2 else good(w) for i, w in enumerate(words)]
+        p = source.prefer([f"Tell me about {w}." for w in words], a, b)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+        server.stop()
+    assert p.tolist() == [0.0, 1.0, 0.0, 1.0, 0.0, 1.0]
+    assert all(sorted(v["annotator"] for v in votes) == ["sim0", "sim1"] for votes in source.last_votes)
+    nobody_left = AppPreferenceSource(db[1], "online", poll_seconds=0.05, timeout=0.3)
+    with pytest.raises(TimeoutError, match=r"4 vote\(s\) still missing"):
+        nobody_left.prefer(["q", "r"], ["x", "y"], ["y", "x"])
+    with pytest.raises(ValueError, match="preferences need a pairwise one"):
+        cli(capsys, "project", "stars", "--task", "rating", *db)
+        AppPreferenceSource(db[1], "stars")
