@@ -149,7 +149,10 @@ def begin_write(session) -> None:
     which waits for the write lock up front. A deferred transaction that has read and then writes
     fails at once with "database is locked" (SQLITE_BUSY_SNAPSHOT, no busy wait) when another
     connection wrote in between; reads stay deferred, so readers never wait for writers (WAL).
-    Anything pending is committed first. On PostgreSQL this only starts a new transaction."""
+    Anything pending is committed first. PostgreSQL needs nothing here: at READ COMMITTED every
+    statement sees the newest committed rows."""
+    if session.get_bind().dialect.name != "sqlite":
+        return
     session.commit()
     token = _IMMEDIATE.set(True)
     try:

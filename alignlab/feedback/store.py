@@ -168,28 +168,49 @@ def _open_assignment(db: Session, project: Project, user: User) -> Assignment | 
 
 def next_assignment(db: Session, project: Project, user: User, rng: random.Random | None = None):
     """(item, assignment) to show `user` next, or None when nothing is left for them. An item
-    already shown and not yet answered is shown again (same order) before anything new."""
+    already shown and not yet answered is shown again (same order) before anything new.
+
+    No lock is held while choosing: a new assignment is committed, then checked against the
+    item's overlap; when concurrent requests took the item's last slots first (possible on
+    PostgreSQL; SQLite's write lock serializes them), it is withdrawn and another item chosen."""
     rng = rng or random.Random()
-    try:
+    for _attempt in range(20):
+        try:
+            with write(db):
+                found, new = _next_assignment(db, project, user, rng)
+        except IntegrityError:  # the same annotator asked twice at once: give the one that won
+            current = _open_assignment(db, project, user)
+            return None if current is None else (db.get(Item, current.item_id), current)
+        if not new or not _beyond_overlap(db, project, found[1]):
+            return found
         with write(db):
-            return _next_assignment(db, project, user, rng)
-    except IntegrityError:  # the same annotator asked twice at once: give the one that won
-        current = _open_assignment(db, project, user)
-        return None if current is None else (db.get(Item, current.item_id), current)
+            db.delete(found[1])
+    raise FeedbackError(503, "too many annotators asked for the same items at once; try again")
+
+
+def _live(cutoff: str):
+    """Assignments that count towards an item's overlap: answered, or shown within the TTL."""
+    return or_(Assignment.answered_at.is_not(None), Assignment.created_at >= cutoff)
+
+
+def _cutoff() -> str:
+    return (dt.datetime.now(dt.timezone.utc) - ASSIGNMENT_TTL).isoformat()
+
+
+def _beyond_overlap(db: Session, project: Project, assignment: Assignment) -> bool:
+    earlier = db.scalar(select(func.count()).select_from(Assignment).where(
+        Assignment.item_id == assignment.item_id, Assignment.id < assignment.id, _live(_cutoff())))
+    db.commit()  # end the read (a rollback would expire the loaded objects)
+    return earlier >= project.overlap
 
 
 def _next_assignment(db: Session, project: Project, user: User, rng: random.Random):
-    # One assignment at a time per project (PostgreSQL: a row lock; SQLite: the write lock already
-    # held), so concurrent requests cannot all take the last open slots of the same item.
-    db.execute(select(Project.id).where(Project.id == project.id).with_for_update())
+    """((item, assignment), is it new) or (None, False)."""
     current = _open_assignment(db, project, user)
     if current is not None:
-        return db.get(Item, current.item_id), current
-    cutoff = (dt.datetime.now(dt.timezone.utc) - ASSIGNMENT_TTL).isoformat()
+        return (db.get(Item, current.item_id), current), False
     live = (select(Assignment.item_id, func.count().label("n")).join(Item, Item.id == Assignment.item_id)
-            .where(Item.project_id == project.id,
-                   or_(Assignment.answered_at.is_not(None), Assignment.created_at >= cutoff))
-            .group_by(Assignment.item_id).subquery())
+            .where(Item.project_id == project.id, _live(_cutoff())).group_by(Assignment.item_id).subquery())
     shown = func.coalesce(live.c.n, 0)
     mine = select(Assignment.item_id).where(Assignment.user_id == user.id)
     open_items = (select(Item.id, Item.member_scores, shown.label("shown")).outerjoin(live, live.c.item_id == Item.id)
@@ -203,13 +224,13 @@ def _next_assignment(db: Session, project: Project, user: User, rng: random.Rand
                                rng)
         picked_id = None if picked is None else picked.id
     if picked_id is None:
-        return None
+        return None, False
     item = db.get(Item, picked_id)
     order = list(range(len(item.responses)))
     rng.shuffle(order)
     assignment = Assignment(item_id=item.id, user_id=user.id, order=order)
     db.add(assignment)
-    return item, assignment
+    return (item, assignment), True
 
 
 class _Candidate:

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, Server
+from feedback_servers import ROOT, Server
 from sqlalchemy import select
 
 from alignlab.feedback import store

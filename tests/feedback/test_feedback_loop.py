@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import Server
+from feedback_servers import Server
 
 from alignlab.cli import main
 from alignlab.data import load_records
