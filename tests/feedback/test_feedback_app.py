@@ -437,3 +437,24 @@ def test_cli_accounts_with_passwords_from_stdin(tmp_path, capsys, monkeypatch):
         assert verify_password("second-password", store.get_user(db, "ann").password_hash)
     assert main(["feedback", "progress", "--project", "nope", *url]) == 2
     assert "error: no project 'nope'" in capsys.readouterr().err
+
+
+def test_an_assignment_beyond_the_overlap_is_withdrawn(app):
+    """Two requests that both took an item's last slot (a PostgreSQL race): the later one (by id)
+    is beyond the overlap and is withdrawn; the annotator gets another item."""
+    from alignlab.feedback.db import Assignment
+    from alignlab.feedback.store import _beyond_overlap
+
+    seed(app, items=[{"prompt": "x", "responses": ["a", "b"]}, {"prompt": "y", "responses": ["c", "d"]}],
+         annotators=("ann", "bob"))
+    with app.state.sessions() as db:
+        project, ann, bob = store.get_project(db, "p1"), store.get_user(db, "ann"), store.get_user(db, "bob")
+        first, a_first = store.next_assignment(db, project, ann)
+        raced = Assignment(item_id=first.id, user_id=bob.id, order=[0, 1])  # committed just after ann's
+        db.add(raced)
+        db.commit()
+        assert not _beyond_overlap(db, project, a_first) and _beyond_overlap(db, project, raced)
+        db.delete(raced)
+        db.commit()
+        other, _ = store.next_assignment(db, project, bob)
+        assert other.id != first.id
