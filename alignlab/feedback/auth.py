@@ -61,6 +61,15 @@ def issue_token(db: Session, user: User) -> str:
     return token
 
 
+def revoke_tokens(db: Session, user: User) -> int:
+    """Revoke every API token of `user`; returns how many were active."""
+    with write(db):
+        tokens = db.scalars(select(ApiToken).where(ApiToken.user_id == user.id, ApiToken.revoked.is_(False))).all()
+        for token in tokens:
+            token.revoked = True
+    return len(tokens)
+
+
 def user_for_token(db: Session, token: str) -> User | None:
     row = db.scalar(select(ApiToken).where(ApiToken.token_hash == sha256(token), ApiToken.revoked.is_(False)))
     return None if row is None else db.get(User, row.user_id)

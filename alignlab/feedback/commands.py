@@ -111,11 +111,14 @@ def cmd_member(args, rest) -> int:
 
 def cmd_token(args, rest) -> int:
     from alignlab.feedback import store
-    from alignlab.feedback.auth import issue_token
+    from alignlab.feedback.auth import issue_token, revoke_tokens
 
     with _sessions(args)() as db:
-        token = issue_token(db, store.get_user(db, args.user))
-        db.commit()
+        user = store.get_user(db, args.user)
+        if args.revoke:
+            print(f"revoked {revoke_tokens(db, user)} API token(s) of {user.name}")
+            return 0
+        token = issue_token(db, user)
     print(token)  # stdout only, once: it is stored as a hash
     return 0
 
@@ -195,6 +198,7 @@ def add_parser(sub) -> None:
 
     token = fsub.add_parser("token", parents=[common], help="print a new API token for a user (shown once)")
     token.add_argument("user")
+    token.add_argument("--revoke", action="store_true", help="revoke all of the user's tokens instead")
     token.set_defaults(func=cmd_token)
 
     push = fsub.add_parser("push", parents=[common], help="queue items: a responses file, or sample from policies")

@@ -435,6 +435,13 @@ def test_cli_accounts_with_passwords_from_stdin(tmp_path, capsys, monkeypatch):
     app = create_app(url[1])
     with app.state.sessions() as db:
         assert verify_password("second-password", store.get_user(db, "ann").password_hash)
+    assert main(["feedback", "token", "ann", *url]) == 0
+    token = capsys.readouterr().out.strip()
+    client = TestClient(app)
+    assert client.get("/api/me", headers=auth(token)).status_code == 200
+    assert main(["feedback", "token", "ann", "--revoke", *url]) == 0
+    assert capsys.readouterr().out.strip() == "revoked 1 API token(s) of ann"
+    assert client.get("/api/me", headers=auth(token)).json() == {"error": "invalid or revoked API token"}
     assert main(["feedback", "progress", "--project", "nope", *url]) == 2
     assert "error: no project 'nope'" in capsys.readouterr().err
 
