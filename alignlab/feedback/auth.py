@@ -71,8 +71,8 @@ def revoke_tokens(db: Session, user: User) -> int:
 
 
 def user_for_token(db: Session, token: str) -> User | None:
-    row = db.scalar(select(ApiToken).where(ApiToken.token_hash == sha256(token), ApiToken.revoked.is_(False)))
-    return None if row is None else db.get(User, row.user_id)
+    return db.scalar(select(User).join(ApiToken, ApiToken.user_id == User.id)
+                     .where(ApiToken.token_hash == sha256(token), ApiToken.revoked.is_(False)))
 
 
 def start_session(db: Session, user: User) -> str:

@@ -122,8 +122,11 @@ def projects_of(db: Session, user: User) -> list[Project]:
 def project_for(db: Session, slug: str, user: User) -> Project:
     """The project, if `user` may see it. Non-members get the same 404 as for a project that does
     not exist, so project names do not leak across teams."""
-    project = db.scalar(select(Project).where(Project.slug == slug))
-    if project is None or not (user.is_admin or db.get(Membership, (project.id, user.id)) is not None):
+    query = select(Project).where(Project.slug == slug)
+    if not user.is_admin:
+        query = query.join(Membership, (Membership.project_id == Project.id) & (Membership.user_id == user.id))
+    project = db.scalar(query)
+    if project is None:
         raise FeedbackError(404, f"no project {slug!r} that you are a member of")
     return project
 

@@ -25,11 +25,11 @@ RESPONSES = ["Whisk the eggs well with a splash of milk, cook on medium-low heat
 
 
 @pytest.fixture
-def browser(chromium, tmp_path):
+def browser(chromium, tmp_path, monkeypatch):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must not download a browser or driver
+    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager must not download a browser or driver
     binary, driver = chromium
     options = webdriver.ChromeOptions()
     options.binary_location = binary
