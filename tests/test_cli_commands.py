@@ -14,7 +14,7 @@ from alignlab.cli import LAB_EXPERIMENTS, build_parser, main
 from alignlab.train.trainers import TRAINERS
 
 ROOT = Path(__file__).resolve().parents[1]
-TOP = ("train", "data", "eval", "bon", "lab", "demo")
+TOP = ("train", "data", "eval", "bon", "lab", "demo", "feedback")
 # `alignlab WORD ...` in code, or a bare `train WORD` / `data WORD` span (as in "needs `train kto`").
 IN_TICKS = re.compile(r"`((?:alignlab|accelerate launch -m alignlab\.cli) [^`]+|(?:%s) [a-z][^`]*)`" % "|".join(TOP))
 # In Python strings outside backticks, a command starts with a command word and is no label
