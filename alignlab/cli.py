@@ -11,7 +11,7 @@ from typing import Any
 from alignlab.config import ConfigError, config_help, resolve
 
 
-LAB_EXPERIMENTS = ("bon-overoptimization", "overoptimization", "rm-accuracy")
+LAB_EXPERIMENTS = ("bon-overoptimization", "overoptimization", "rm-accuracy", "nash-bandit")
 
 
 def parse_flags(tokens: list[str]) -> dict[str, Any]:
@@ -143,12 +143,14 @@ def cmd_bon(args, rest: list[str]) -> int:
 
 def cmd_lab(args, rest: list[str]) -> int:
     from alignlab.experiments.bon_overoptimization import BoNOveroptConfig, run_bon_overoptimization
+    from alignlab.experiments.nash_bandit import NashBanditLabConfig, run_nash_bandit
     from alignlab.experiments.overoptimization import OveroptConfig, run_overoptimization
     from alignlab.experiments.rm_accuracy import RMAccuracyConfig, run_rm_accuracy
 
     experiments = {"bon-overoptimization": (BoNOveroptConfig, run_bon_overoptimization),
                    "overoptimization": (OveroptConfig, run_overoptimization),
-                   "rm-accuracy": (RMAccuracyConfig, run_rm_accuracy)}
+                   "rm-accuracy": (RMAccuracyConfig, run_rm_accuracy),
+                   "nash-bandit": (NashBanditLabConfig, run_nash_bandit)}
     if args.experiment not in experiments:
         print(f"error: unknown experiment '{args.experiment}'; available: {', '.join(experiments)}", file=sys.stderr)
         return 2

@@ -10,7 +10,7 @@ whose minimizer over all policies is online mirror descent (no-regret) on the re
     pi_{t+1} ∝ pi_t^(1 - eta beta) pi_ref^(eta beta) exp(eta P(. > pi_t)),
 
 without estimating any win rate. Exact step: the loss over every pair, weighted by pi_t(y) pi_t(y')
-P(y > y'), minimized by L-BFGS (tests check it equals the closed form); sampled step: `samples`
+P(y > y'), minimized exactly (`fit_pairs`; tests check it equals the closed form); sampled step: `samples`
 sampled pairs per prompt.
 """
 
@@ -42,7 +42,7 @@ def fit(game: PreferenceBandit, previous: Tensor, chosen: Tensor, rejected: Tens
         return inpo_loss(pick(logps, chosen), pick(logps, rejected), prev_c, prev_r, ref_c, ref_r,
                          beta=game.beta, eta=eta, weights=weights.reshape(-1))[0]
 
-    return fit_pairs(previous, loss)
+    return fit_pairs(previous, loss, chosen, rejected, weights)
 
 
 def exact_step(game: PreferenceBandit, state: NashState, cfg: NashBanditConfig, g: torch.Generator) -> Tensor:

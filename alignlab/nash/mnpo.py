@@ -47,7 +47,7 @@ def fit(game: PreferenceBandit, members: list[Tensor], lam: Tensor, chosen: Tens
         return mnpo_loss(pick(logps, chosen), pick(logps, rejected), opp_c, opp_r, ref_c, ref_r, beta=game.beta,
                          eta=eta, opponent_weights=lam, weights=weights.reshape(-1))[0]
 
-    return fit_pairs(members[-1], loss)
+    return fit_pairs(members[-1], loss, chosen, rejected, weights)
 
 
 def _rho(members: list[Tensor], lam: Tensor) -> Tensor:

@@ -20,7 +20,9 @@ class NashMethod:
     module: ModuleType
     """Its `exact_step`, `sampled_step` and `PAPER`."""
     eta: float
-    """The bandit step size (or SPO's learning rate) this lab uses for it, exact and sampled."""
+    """The mirror-descent step size this lab uses for it (capped at 1 / beta)."""
+    learning_rate: float
+    """The gradient step of its gradient-based steps (SPO; sampled Nash-MD, Nash-MP, EGPO)."""
 
     @property
     def paper(self) -> str:
@@ -28,8 +30,9 @@ class NashMethod:
 
 
 NASH_METHODS = {m.name: m for m in (
-    NashMethod("nash_md", nash_md, 0.5), NashMethod("nash_mp", mirror_prox, 1.0), NashMethod("inpo", inpo, 0.5),
-    NashMethod("mnpo", mnpo, 0.5), NashMethod("egpo", egpo, 1.0), NashMethod("spo", spo, 2.0))}
+    NashMethod("nash_md", nash_md, 0.5, 5.0), NashMethod("nash_mp", mirror_prox, 1.0, 2.0),
+    NashMethod("inpo", inpo, 0.5, 0.0), NashMethod("mnpo", mnpo, 0.5, 0.0), NashMethod("egpo", egpo, 1.0, 1.0),
+    NashMethod("spo", spo, 1.0, 5.0))}
 
 
 def run_nash(game: PreferenceBandit, cfg: NashBanditConfig, target: torch.Tensor | None = None) -> dict:

@@ -78,21 +78,28 @@ def pick(logps: Tensor, index: Tensor) -> Tensor:
     return torch.gather(logps, 1, index).reshape(-1)
 
 
-def fit_pairs(init_logps: Tensor, loss_fn, max_iter: int = 40) -> Tensor:
-    """argmin over tabular policies of loss_fn(logps) (a pair regression, convex in the logits),
-    by L-BFGS from init_logps; returns the (P, K) log-probs."""
-    logits = init_logps.detach().clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([logits], lr=1.0, max_iter=max_iter, tolerance_grad=1e-12, tolerance_change=1e-14,
-                            line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = loss_fn(torch.log_softmax(logits, -1))
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return torch.log_softmax(logits.detach(), -1)
+def fit_pairs(init_logps: Tensor, loss_fn, chosen: Tensor, rejected: Tensor, weights: Tensor,
+              newton_steps: int = 2) -> Tensor:
+    """argmin over tabular policies of loss_fn(logps), a pair regression sum_b w_b (z_w - z_l - t_b)^2
+    / sum_b w_b on the (P, n) pairs `chosen`, `rejected` with weights w (INPO's and MNPO's losses:
+    log pi(y_w) - log pi(y_l) = z_w - z_l for logits z). Quadratic in z, with the Hessian
+    2 D^T diag(w) D / sum w (D: +1 at y_w, -1 at y_l per pair), so a Newton step with its
+    pseudo-inverse (null space: each prompt's constant shift and responses no pair touches) is the
+    exact minimizer; the gradient comes from loss_fn itself, a second step removes round-off."""
+    shape, (P, K) = init_logps.shape, init_logps.shape
+    rows = torch.arange(chosen.numel())
+    offset = (torch.arange(P)[:, None] * K).expand_as(chosen).reshape(-1)
+    D = torch.zeros(chosen.numel(), P * K, dtype=init_logps.dtype)
+    D.index_put_((rows, offset + chosen.reshape(-1)), torch.ones(len(rows), dtype=D.dtype), accumulate=True)
+    D.index_put_((rows, offset + rejected.reshape(-1)), -torch.ones(len(rows), dtype=D.dtype), accumulate=True)
+    w = weights.reshape(-1).to(D.dtype)
+    inverse = torch.linalg.pinv(2 * D.T @ (w[:, None] * D) / w.sum(), hermitian=True, rtol=1e-10)  # (P*K, P*K)
+    z = init_logps.detach().reshape(-1).clone()
+    for _ in range(newton_steps):
+        z.requires_grad_(True)
+        (grad,) = torch.autograd.grad(loss_fn(torch.log_softmax(z.reshape(shape), -1)), z)
+        z = z.detach() - inverse @ grad
+    return torch.log_softmax(z.reshape(shape), -1)
 
 
 def gradient_step(logps: Tensor, loss_fn, lr: float) -> Tensor:
