@@ -16,7 +16,7 @@ is strongly monotone, so it has one equilibrium, symmetric, the fixed point of
 
 `nash_equilibrium` solves it to a residual below 1e-10 (damped fixed-point iteration, then Newton)
 and reports the residual: max over prompts and responses of |log pi - log T(pi)|, T the right-hand
-side above. `Bradley-Terry` matrices (P = sigmoid(r_y - r_y')) are here for contrast: their
+side above. Bradley-Terry matrices (P = sigmoid(r_y - r_y')) are here for contrast: their
 preferences are transitive, yet the equilibrium is still not pi_ref exp(r / beta), the optimum of
 the reward objective, because the game's payoff is a win probability, not a reward.
 """
@@ -91,7 +91,7 @@ class PreferenceBandit:
     @classmethod
     def bradley_terry(cls, prompts: int = 4, arms: int = 5, *, scale: float = 1.0, beta: float = 0.2,
                       seed: int = 0) -> "PreferenceBandit":
-        """Transitive: P(y > y') = sigmoid(r_y - r_y'), r ~ scale * N(0, 1) (`rewards` returns r)."""
+        """Transitive: P(y > y') = sigmoid(r_y - r_y'), r ~ scale * N(0, 1)."""
         g = torch.Generator().manual_seed(seed)
         reference = _reference(prompts, arms, g)
         r = scale * torch.randn(prompts, arms, generator=g, dtype=torch.float64)
@@ -112,7 +112,8 @@ class PreferenceBandit:
 
     def nash_equilibrium(self, tol: float = 1e-10, max_iter: int = 20000) -> tuple[Tensor, float]:
         """(log pi*, residual). Damped fixed-point iteration z <- z + a (T(z) - z) on the log-probs
-        until the residual is below 0.1, then Newton (a damped step wherever Newton does not lower the residual) on F(z) = z - T(z). F's Jacobian,
+        until the residual is below NEWTON_FROM, then Newton on F(z) = z - T(z) (a damped step
+        wherever Newton does not lower the residual) until it is below tol. F's Jacobian,
         I - (1/beta) A S with A = P - 1/2 antisymmetric and S = diag(pi) - pi pi^T, has
         eigenvalues 1 +- i w with |w| <= ||A|| / (2 beta), so the damped step a = 1 / (1 + w_max^2)
         contracts and Newton's system is never singular."""
