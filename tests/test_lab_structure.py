@@ -20,7 +20,7 @@ from alignlab.rewards import spec
 from alignlab.rewards.spec import build_reward_source, register_reward_family
 
 PACKAGE = Path(alignlab.__file__).parent
-DRIVERS = ("bon_overoptimization", "overoptimization", "rm_accuracy", "demo")
+DRIVERS = ("bon_overoptimization", "overoptimization", "rm_accuracy", "demo", "nash_bandit")
 
 
 def _imported(path: Path) -> set[str]:
