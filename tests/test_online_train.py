@@ -77,6 +77,8 @@ def run(tmp_path, policy_dir, smol_tokenizer, method, **overrides):
                  kl_coef=0.0, progress=False, eval_prompts=4, seed=0, samples_per_prompt=4)
     if method == "ppo_lagrangian":
         flags.update(cost="python:unused:unused")  # replaced by the in-memory cost below
+    if ONLINE_METHODS[method].preference:
+        flags.update(kl_coef=0.1)  # online DPO's beta
     flags.update(overrides)
     cfg = resolve_online(method, flags=flags)
     cost = FunctionReward(lambda texts: [len(t) / 40 for t in texts], name="chars", responses_only=True)
@@ -94,7 +96,9 @@ def test_every_online_method_raises_its_reward_on_a_tiny_task(tmp_path, structur
     assert summary["iterations"] == 8 and summary["steps"] > 0
     rows = [json.loads(line) for line in open(f"{summary['run_dir']}/metrics.jsonl")]
     logged = {k for r in rows for k in r}
-    objective = ("sft_loss",) if ONLINE_METHODS[method].supervised else ("clip_fraction", "policy_loss")
+    spec = ONLINE_METHODS[method]
+    objective = ("sft_loss",) if spec.supervised else ("policy_loss",) if spec.preference else ("clip_fraction",
+                                                                                                 "policy_loss")
     for key in ("rollout/reward/mean", "rollout/response_length", "rollout/truncated_share", "rollout/time/generation",
                 "rollout/generated_tokens_per_second", "entropy", "step_seconds", *objective):
         assert key in logged, key

@@ -28,11 +28,12 @@ from torch import Tensor, nn
 
 from alignlab.losses import get_loss
 from alignlab.losses.advantages import ESTIMATORS, compute_advantages
+from alignlab.losses.online_preference import choose_pairs, round_robin_probabilities, soft_preference_loss
 from alignlab.losses.policy import clipped_surrogate, clipped_value_loss, kl_estimate, kl_loss, p3o_loss
 
 # algorithm -> advantage estimator (None: its own loss)
 BANDIT_ALGORITHMS = {"ppo": "gae", "grpo": "grpo", "rloo": "rloo", "reinforce_pp": "reinforce_pp",
-                     "remax": "remax", "p3o": None, "dpo": None}
+                     "remax": "remax", "p3o": None, "dpo": None, "online_dpo": None}
 
 
 @dataclass
@@ -151,6 +152,31 @@ def _dpo_step(bandit: Bandit, policy: TabularPolicy, cfg: BanditConfig, opt, g: 
     _step(opt, loss)
 
 
+def _online_dpo_step(bandit: Bandit, policy: TabularPolicy, cfg: BanditConfig, opt, g: torch.Generator) -> None:
+    """Online DPO: n pairs a prompt sampled from the *current* policy, judged by Bradley-Terry on
+    r (P(a ≻ b) = σ(r(a) − r(b))), the trainer's own pair choice and `soft_preference_loss` over
+    the `dpo` loss with the fixed reference. `cfg.extra["labels"]`: "sampled" (an annotator's
+    Bernoulli label, default), "soft" (the probability itself, OSP) or "hard" (the more
+    probable side always wins, as ranking by a reward does): the first two have pi* as their
+    population optimum, "hard" does not (its labels are not Bradley-Terry)."""
+    labels = cfg.extra.get("labels", "sampled")
+    prompts, actions = _sample(policy.logps(), 2 * cfg.n, g)  # groups of 2: (P * n, 2)
+    prompts, actions = prompts[0::2], actions.reshape(-1, 2)
+    r = bandit.rewards[prompts[:, None], actions]  # (G, 2)
+    probabilities = round_robin_probabilities(lambda a, b: torch.sigmoid(r.reshape(-1)[a] - r.reshape(-1)[b]), 2,
+                                              len(prompts))
+    pair = choose_pairs(probabilities, "best_worst", g)  # a group of 2 is its own pair, best first
+    first, second = actions.gather(1, pair[:, :1])[:, 0], actions.gather(1, pair[:, 1:])[:, 0]
+    p = probabilities[torch.arange(len(prompts)), pair[:, 0], pair[:, 1]]
+    target = {"soft": p, "hard": (p > 0.5).float(),
+              "sampled": (torch.rand(p.shape, generator=g) < p).float()}[labels]
+    logps = policy.logps()
+    loss, _ = soft_preference_loss(get_loss("dpo"), logps[prompts, first], logps[prompts, second],
+                                   bandit.reference_logps[prompts, first], bandit.reference_logps[prompts, second],
+                                   target, beta=bandit.beta)
+    _step(opt, loss.mean())
+
+
 def _step(opt, loss: Tensor) -> None:
     opt.zero_grad()
     loss.backward()
@@ -169,7 +195,7 @@ def train_bandit(bandit: Bandit, cfg: BanditConfig) -> dict:
     policy = TabularPolicy(bandit)
     opt = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / cfg.steps)  # decay to 0: a settled last iterate
-    step_fn = _dpo_step if cfg.algorithm == "dpo" else _online_step
+    step_fn = {"dpo": _dpo_step, "online_dpo": _online_dpo_step}.get(cfg.algorithm, _online_step)
     history = [(0, bandit.tv_distance(policy.logps().detach()), bandit.objective(policy.logps().detach()))]
     for step in range(1, cfg.steps + 1):
         step_fn(bandit, policy, cfg, opt, g)

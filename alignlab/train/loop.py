@@ -161,7 +161,9 @@ def train_loop(cfg: TrainConfig, algorithm: Algorithm, model, scorer, accelerato
     """Run optimizer steps until `max_steps` or the epochs are done. `model` owns the trainable
     parameters; `scorer` is the module whose forward the algorithm calls (it wraps `model`)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    total_steps = count_steps(cfg, len(algorithm.micro_batches(0)))
+    # an algorithm whose epochs vary in size (online DPO drops tied pairs) plans on its nominal size
+    planned = getattr(algorithm, "planned_micro_batches", None)
+    total_steps = count_steps(cfg, planned() if planned is not None else len(algorithm.micro_batches(0)))
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer, total_steps)
     scorer, optimizer = accelerator.prepare(scorer, optimizer)
@@ -177,7 +179,7 @@ def train_loop(cfg: TrainConfig, algorithm: Algorithm, model, scorer, accelerato
     bar = tqdm(total=total_steps, initial=state.step, disable=not cfg.progress, desc="train", dynamic_ncols=True)
     try:
         with _StopRequest() as stop:
-            while state.step < total_steps:
+            while state.step < total_steps and state.epoch < math.ceil(cfg.epochs):
                 # what a checkpoint of this step boundary holds, should a KeyboardInterrupt cut the
                 # next step short: that step's RNG draws are undone (its optimizer step never ran)
                 boundary = (rng_state(), state.step, state.epoch, state.micro)

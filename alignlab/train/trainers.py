@@ -56,6 +56,8 @@ def _online_report(session: TrainingSession) -> list[str]:
     before, after = s.get("eval_before", {}), s.get("final_eval", {})
     lines = [f"  {s['iterations']} iterations, {s['completions_per_second']:.2f} completions/s"]
     lines += [f"  eval {key}: {before[key]:.4g} -> {after[key]:.4g}" for key in sorted(set(before) & set(after))]
+    if "pairs" in s:
+        lines.append(f"  {s['pairs']} judged pairs trained on, {s['ties_dropped']} tied pairs dropped")
     if "safety_test" in s:
         t = s["safety_test"]
         lines.append(f"  safety test: {t['verdict']} (cost upper bound {t['cost_upper_bound']:.4g} vs threshold "

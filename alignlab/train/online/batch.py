@@ -47,13 +47,16 @@ class RolloutBatch:
     finished: list
     mask: Tensor  # (B, T)
     old_logps: Tensor  # (B, T): the sampling policy's log-probs at the sampling temperature
-    rewards: Tensor  # (B,): the shaped reward the advantages were computed from
+    rewards: Tensor  # (B,): the shaped reward the advantages were computed from; online DPO: each kept
+    # row's preference target P(row ≻ its pair's other row), 0 or 1 with hard labels
     advantages: Tensor | None = None  # (B, T)
     returns: Tensor | None = None  # (B, T, C): value targets per critic
     ref_logps: Tensor | None = None  # (B, T)
     old_values: Tensor | None = None  # (B, T, C)
     costs: Tensor | None = None  # (B,)
-    keep: Tensor | None = None  # (B,) bool: rows that are trained on (PF-PPO filtration)
+    keep: Tensor | None = None  # (B,) bool: rows that are trained on (PF-PPO filtration; online DPO's pairs)
+    from_reference: Tensor | None = None  # (B,) bool: rows sampled from the reference (XPO / VPO exploration)
+    judged: Tensor | None = None  # (B,) online DPO: the judge's P(row ≻ its pair's other row), kept rows
     baseline: Tensor | None = None  # (P,) ReMax: each prompt's greedy reward, shaped as the samples' rewards
     metrics: dict = field(default_factory=dict)
     controller: dict = field(default_factory=dict)
@@ -91,6 +94,33 @@ def rollout_files(directory: Path) -> list[Path]:
     return sorted(directory.glob("iter-*.safetensors"))
 
 
+def write_judged_pairs(batch: RolloutBatch, path: Path) -> int:
+    """Online DPO's labelled pairs of one iteration, one JSON line each (`prompt`, `chosen`,
+    `rejected`, `preference` = P(chosen ≻ rejected), `iteration`, and `chosen_from_reference` /
+    `rejected_from_reference` with exploration): pairwise records that `load_records` and
+    `alignlab train dpo` read. Tied pairs were dropped before and are not written. Atomic."""
+    kept = batch.keep.nonzero()[:, 0].tolist() if batch.keep is not None else []
+    rows = []
+    for a, b in zip(kept[0::2], kept[1::2]):
+        p = float(batch.judged[a])
+        chosen, rejected = (a, b) if p > 0.5 else (b, a)
+        row = {"prompt": batch.prompts[a], "chosen": batch.texts[chosen], "rejected": batch.texts[rejected],
+               "preference": max(p, 1 - p), "iteration": batch.iteration}
+        if batch.from_reference is not None:
+            row["chosen_from_reference"] = bool(batch.from_reference[chosen])
+            row["rejected_from_reference"] = bool(batch.from_reference[rejected])
+        rows.append(row)
+    _write_jsonl(rows, path)
+    return len(rows)
+
+
+def _write_jsonl(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    tmp.replace(path)
+
+
 def write_selections(batch: RolloutBatch, path: Path) -> int:
     """The samples `batch.keep` selected, one JSON line each (`prompt`, `response`, `reward`,
     `iteration`): a demonstrations file that `alignlab train sft` and `ptx_data` read. Written
@@ -98,10 +128,7 @@ def write_selections(batch: RolloutBatch, path: Path) -> int:
     keep = batch.keep if batch.keep is not None else torch.ones(len(batch), dtype=torch.bool)
     rows = [{"prompt": batch.prompts[i], "response": batch.texts[i], "reward": float(batch.rewards[i]),
              "iteration": batch.iteration} for i in keep.nonzero()[:, 0].tolist()]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    tmp.replace(path)
+    _write_jsonl(rows, path)
     return len(rows)
 
 
@@ -122,6 +149,8 @@ class OnlineMicroBatch:
     """Compute entropies on this micro-batch (first pass over a rollout only)."""
     ptx: PackedBatch | None = None
     """Demonstrations for the pretraining/SFT mixing term (online_ptx), when it is on."""
+    from_reference: Tensor | None = None
+    """(b,) bool: rows sampled from the reference (online DPO's XPO / VPO exploration)."""
 
     def to_bt(self, flat: Tensor) -> Tensor:
         """Packed per-token values (N, ...) -> (b, T, ...) zero-padded."""
@@ -158,7 +187,7 @@ def make_micro_batch(batch: RolloutBatch, rows: list[int], pad_token_id: int, *,
 
     return OnlineMicroBatch(idx, packed, token_row, token_col, batch.mask[idx], batch.old_logps[idx],
                             pick(batch.advantages), pick(batch.returns), pick(batch.ref_logps), pick(batch.old_values),
-                            batch.rewards[idx], entropy)
+                            batch.rewards[idx], entropy, from_reference=pick(batch.from_reference))
 
 
 def micro_batch_rows(batch: RolloutBatch, *, batch_size: int, epochs: int, seed: int, pairs: bool = False

@@ -12,8 +12,10 @@ import dataclasses
 from dataclasses import dataclass
 
 from alignlab.config import ConfigError, field, fill_defaults
+from alignlab.losses import LOSSES
 from alignlab.losses.advantages import ESTIMATORS
 from alignlab.losses.control import LAGRANGE_UPDATES
+from alignlab.losses.online_preference import PAIR_RULES
 from alignlab.losses.policy import KL_ESTIMATORS
 from alignlab.losses.reduce import REDUCTIONS
 from alignlab.losses.shaping import PF_STRATEGIES, kept_per_group
@@ -36,6 +38,9 @@ class MethodSpec:
     greedy_baseline: bool
     """A greedy response per prompt is generated and scored as the baseline (ReMax)."""
     paper: str
+    preference: bool = False
+    """Each prompt's samples are judged by a preference source (or ranked by the rewards), one pair
+    per prompt is kept and labelled, and a DPO-family loss trains on the pairs (online DPO)."""
     supervised: bool = False
     """The loss is the negative log-likelihood of the samples the reward selected (RAFT, SuperHF):
     no advantages, no ratio clipping; the selection is `policy_filter` (best_of_n)."""
@@ -46,8 +51,9 @@ class MethodSpec:
         return self.estimator is not None and ESTIMATORS[self.estimator].min_samples > 1
 
 
-def _method(estimator, critics=0, *, cost=False, pairs=False, greedy=False, supervised=False, paper) -> MethodSpec:
-    return MethodSpec(estimator, critics, cost, pairs, greedy, paper, supervised)
+def _method(estimator, critics=0, *, cost=False, pairs=False, greedy=False, preference=False, supervised=False,
+            paper) -> MethodSpec:
+    return MethodSpec(estimator, critics, cost, pairs, greedy, paper, preference, supervised)
 
 
 ONLINE_METHODS: dict[str, MethodSpec] = {
@@ -59,6 +65,9 @@ ONLINE_METHODS: dict[str, MethodSpec] = {
     "p3o": _method(None, pairs=True, paper="Wu et al. 2023, Pairwise PPO (arXiv 2310.00212)"),
     "ppo_lagrangian": _method("gae", 2, cost=True,
                               paper="Dai et al. 2023, Safe RLHF (arXiv 2310.12773); HC-RLHF (Chittepu et al. 2025)"),
+    "online-dpo": _method(None, pairs=True, preference=True,
+                          paper="Dong et al. 2024, RLHF Workflow (arXiv 2405.07863); XPO (arXiv 2405.21046); "
+                                "VPO (arXiv 2405.19320); OSP soft preferences"),
     "raft": _method(None, supervised=True, paper="Dong et al. 2023, RAFT: Reward rAnked FineTuning (arXiv 2304.06767)"),
     "superhf": _method(None, supervised=True,
                        paper="Mukobi et al. 2023, SuperHF: Supervised Iterative Learning from Human Feedback (arXiv 2310.16763)"),
@@ -75,6 +84,8 @@ METHOD_DEFAULTS: dict[str, dict] = {
     "remax": {"samples_per_prompt": 1, "kl_mode": "reward", "kl_estimator": "k1"},
     "p3o": {"samples_per_prompt": 2, "kl_mode": "reward", "kl_estimator": "k1"},
     "ppo_lagrangian": {"samples_per_prompt": 1, "kl_mode": "reward", "kl_estimator": "k1", "ppo_epochs": 2},
+    # RLHF Workflow's online iterative DPO: beta = kl_coef as DPO's 0.1, best-vs-worst of n samples
+    "online-dpo": {"samples_per_prompt": 4, "kl_coef": 0.1},
     # RAFT: sample K, keep the best of each prompt's K, fine-tune on them; no KL term
     "raft": {"samples_per_prompt": 4, "policy_filter": "best_of_n", "kl_coef": 0.0, "kl_mode": "loss"},
     # SuperHF: the same filtered fine-tuning plus a KL prior to the reference on the kept samples
@@ -107,7 +118,7 @@ def _default(name: str):
 
 @dataclass
 class OnlineConfig(TrainConfig):
-    method: str = field("grpo", "ppo | grpo | rloo | reinforce_pp | remax | p3o | ppo_lagrangian | raft | superhf (set by `alignlab train METHOD`)")
+    method: str = field("grpo", "ppo | grpo | rloo | reinforce_pp | remax | p3o | ppo_lagrangian | online-dpo | raft | superhf (set by `alignlab train METHOD`)")
     preset: str = field("", "named bundle of settings applied before yours: ppo_max")
     reward: list = field(["lab:sentiment"], "reward sources, summed with reward_weights: lab:sentiment | lab:arithmetic | lab:length | math (answer column, math-verify) | rm:DIR | python:module:function")
     reward_weights: list = field([], "weight of each reward source (default 1 each)")
@@ -149,6 +160,16 @@ class OnlineConfig(TrainConfig):
     length_target: int = field(0, "wanted response length for the length penalty (0: penalize every token)")
     par_references: int = field(0, "PAR shaping: reward = mean sigmoid(r - r_ref) over this many reference-policy samples per prompt (0: off)")
     policy_filter: str = field("none", "PF-PPO filtration per prompt group: none | best_of_n | best_random | best_worst")
+    # online DPO (online-dpo)
+    judge: str = field("", "online-dpo: preference source that labels the pairs: annotator:REWARD | pm:DIR | judge:MODEL | a reward spec (empty: the reward sources through Bradley-Terry at judge_temperature)")
+    judge_temperature: float = field(1.0, "online-dpo: Bradley-Terry temperature of reward-based judging (and of reward specs given as judge)")
+    pair_rule: str = field("best_worst", "online-dpo: which two of a prompt's samples form its pair: best_worst | best_random | random (ranked by expected win rate in the group)")
+    preference_loss: str = field("dpo", "online-dpo: the pairwise loss: dpo | ipo | cdpo | hinge | simpo | cpl | fdpo_js | fdpo_fkl | fdpo_alpha (beta = kl_coef)")
+    preference_loss_options: dict = field({}, "online-dpo: options of the pairwise loss, e.g. {label_smoothing: 0.1} (cdpo)")
+    soft_labels: bool = field(False, "online-dpo: train on the judge's probability P(a > b) instead of a hard label (OSP's soft-preference loss)")
+    reference_update: str = field("fixed", "online-dpo: fixed (the initial model) | refresh (each iteration's reference is the policy that sampled it)")
+    exploration: str = field("none", "online-dpo: none | xpo | vpo: each prompt's one policy sample is paired with a reference sample, whose log-likelihood enters the loss with exploration_coef")
+    exploration_coef: float = field(0.0, "online-dpo: alpha of the XPO / VPO exploration term (must be set > 0 with exploration)")
     mask_truncated: bool = field(False, "leave completions cut off at max_new_tokens out of the loss (DAPO's overlong filtering; advantages still use their rewards)")
     # pretraining/SFT mixing (InstructGPT's PPO-ptx, part of PPO-max)
     ptx_data: str = field("", "demonstrations (JSONL: prompt + response, or text) whose NLL is mixed into the loss (empty: off)")
@@ -171,6 +192,8 @@ class OnlineConfig(TrainConfig):
         """The method's paper defaults, then its preset's, for the settings the user did not give
         (`alignlab.config.resolve` applies them and `sources` names them)."""
         out = {k: (v, f"{self.method} default") for k, v in METHOD_DEFAULTS.get(self.method, {}).items()}
+        if self.spec.preference and self.exploration != "none":  # XPO/VPO: one policy and one reference sample
+            out["samples_per_prompt"] = (1, f"{self.exploration} default")
         out.update({k: (v, f"{self.preset} preset") for k, v in PRESETS.get(self.preset, {}).items()})
         return {k: v for k, v in out.items() if k not in given}
 
@@ -197,6 +220,17 @@ class OnlineConfig(TrainConfig):
                                       "hc_delta", "hc_inflation", "safety_prompts"), "it applies to ppo_lagrangian only"))
         elif not self.hc_delta:
             out.update(dict.fromkeys(("hc_inflation", "safety_prompts"), "it applies with hc_delta > 0 only"))
+        if not spec.preference:
+            out.update(dict.fromkeys(("judge", "judge_temperature", "pair_rule", "preference_loss",
+                                      "preference_loss_options", "soft_labels", "reference_update", "exploration",
+                                      "exploration_coef"), "it applies to online-dpo only"))
+        else:
+            out.update(dict.fromkeys(("clip_low", "clip_high", "dual_clip", "kl_mode", "kl_estimator", "kl_target",
+                                      "reward_normalize", "reward_clip", "par_references", "policy_filter"),
+                                     "online-dpo trains a pairwise loss on judged pairs (beta = kl_coef)"))
+            if self.judge:
+                out["length_penalty"] = "it shapes rewards, and with a judge set the rewards are only logged"
+                out["length_target"] = out["length_penalty"]
         if spec.supervised:
             out.update(dict.fromkeys(("clip_low", "clip_high", "dual_clip"),
                                      f"{self.method} fine-tunes on the selected samples (no probability ratio to clip)"))
@@ -254,24 +288,52 @@ class OnlineConfig(TrainConfig):
                 raise ConfigError(f"{name} is set but {self.method} training does not read it: {why}")
         if spec.group_baseline and self.samples_per_prompt < 2:
             raise ConfigError(f"{self.method} needs samples_per_prompt >= 2 (a group baseline)")
-        if spec.pairs and self.samples_per_prompt % 2:
+        if spec.pairs and not spec.preference and self.samples_per_prompt % 2:
             raise ConfigError(f"{self.method} compares pairs: samples_per_prompt must be even")
         if spec.needs_cost and not self.cost:
             raise ConfigError(f"{self.method} needs a cost source (cost: rm:DIR or python:module:function)")
         if self.policy_filter not in ("none", "best_of_n") and self.samples_per_prompt < 2:
             raise ConfigError(f"policy_filter {self.policy_filter} needs samples_per_prompt >= 2")
+        if spec.preference:
+            self._validate_preference()
         if spec.supervised and self.policy_filter != "best_of_n":
             raise ConfigError(f"{self.method} fine-tunes on each prompt's best sample: policy_filter must be best_of_n")
         if spec.supervised and self.kl_mode != "loss":
             raise ConfigError(f"{self.method} has no rewards in its loss to penalize: its KL term is kl_mode loss")
         kept = kept_per_group(self.policy_filter, self.samples_per_prompt)
-        if spec.pairs and kept < 2:
+        if spec.pairs and not spec.preference and kept < 2:
             raise ConfigError(f"{self.method} compares two responses to the same prompt, but policy_filter {self.policy_filter} keeps"
                               f" {kept} per prompt (pairs would mix prompts): use none, best_worst or best_random")
         if spec.estimator and kept < ESTIMATORS[spec.estimator].min_samples:
             raise ConfigError(f"{self.method}'s group baseline needs >= {ESTIMATORS[spec.estimator].min_samples} samples"
                               f" per prompt, but policy_filter {self.policy_filter} keeps {kept}: use best_worst or"
                               " best_random")
+
+
+    def _validate_preference(self) -> None:
+        pairwise = [name for name, spec in LOSSES.items() if spec.kind == "pairwise"]
+        checks = [
+            (self.preference_loss in pairwise, f"preference_loss must be a pairwise loss: {', '.join(pairwise)}"),
+            (self.pair_rule in PAIR_RULES, f"pair_rule must be one of {', '.join(PAIR_RULES)}"),
+            (self.reference_update in ("fixed", "refresh"), "reference_update must be fixed or refresh"),
+            (self.exploration in ("none", "xpo", "vpo"), "exploration must be none, xpo or vpo"),
+            (self.kl_coef > 0, "online-dpo needs kl_coef (its beta) > 0"),
+            (self.judge_temperature > 0, "judge_temperature must be > 0"),
+            (self.exploration == "none" or self.exploration_coef > 0,
+             f"exploration {self.exploration} needs exploration_coef (alpha) > 0"),
+            (self.exploration != "none" or self.exploration_coef == 0, "exploration_coef is set but exploration is none"),
+            (self.exploration == "none" or self.samples_per_prompt == 1,
+             "with exploration each prompt's pair is one policy sample and one reference sample: samples_per_prompt 1"),
+            (self.exploration != "none" or self.samples_per_prompt >= 2,
+             "online-dpo builds each pair from a prompt's samples: samples_per_prompt must be >= 2"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        try:
+            LOSSES[self.preference_loss].check_options(self.preference_loss_options)
+        except ValueError as exc:
+            raise ConfigError(f"preference_loss_options: {exc}") from None
 
 
 def settings_help(method: str) -> str:

@@ -82,14 +82,16 @@ def token_pass(scorer, batch: RolloutBatch, rows: list[int], pad_token_id: int, 
 class RolloutMaker:
     """Builds each iteration's RolloutBatch for one trainer (owns no optimizer state)."""
 
-    def __init__(self, cfg, *, model, scorer, reference_scorer, tokenizer, rewards, cost, pad_token_id: int):
+    def __init__(self, cfg, *, model, scorer, reference_scorer, tokenizer, rewards, cost, pad_token_id: int,
+                 judge=None):
         self.cfg, self.model, self.scorer, self.reference_scorer = cfg, model, scorer, reference_scorer
+        self.judge = judge  # online DPO's preference source (None: the rewards through Bradley-Terry)
         self.tokenizer, self.rewards, self.cost, self.pad_token_id = tokenizer, rewards, cost, pad_token_id
         self.generator = HFGenerator(model, tokenizer, batch_size=cfg.rollout_batch_size)
-        # PAR samples the reference policy: the same model with its adapter disabled under LoRA, the
+        # PAR and XPO/VPO sample the reference policy: the same model with its adapter disabled under LoRA, the
         # frozen copy under full fine-tuning (where disabling an adapter would change nothing)
         self.reference_generator = None
-        if cfg.par_references:
+        if cfg.par_references or cfg.exploration != "none":
             reference_model = model if is_peft(model) else reference_scorer.model
             self.reference_generator = HFGenerator(reference_model, tokenizer, batch_size=cfg.rollout_batch_size)
 

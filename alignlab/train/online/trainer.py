@@ -26,16 +26,20 @@ from alignlab.config import ConfigError, fill_defaults, load_yaml, resolve
 from alignlab.data.prompts import read_prompt_rows
 from alignlab.data.tokenize import encode_prompt
 from alignlab.lab.tasks import get_task  # importing the lab also registers its lab:<task> rewards
+from alignlab.losses import LOSSES
+from alignlab.losses.online_preference import soft_preference_loss, vpo_bonus, xpo_bonus
 from alignlab.losses.policy import clipped_surrogate, clipped_value_loss, kl_estimate, p3o_loss
 from alignlab.models.load import add_lora, is_peft, load_policy, load_tokenizer, reference_context, save_final
 from alignlab.models.policy_value import PolicyValue
+from alignlab.preferences import build_preference_source
 from alignlab.rewards.spec import WeightedRewards, build_reward_source, build_rewards
 from alignlab.rewards.verifiable import answers_of
 from alignlab.rollout.base import SamplingParams
 from alignlab.train.dryrun import describe, policy_lines
 from alignlab.train.online.batch import (OnlineMicroBatch, RolloutBatch, make_micro_batch, micro_batch_rows, pad_tokens,
-                                        rollout_files, rollout_path, write_selections)
+                                        rollout_files, rollout_path, write_judged_pairs, write_selections)
 from alignlab.train.online.config import OnlineConfig
+from alignlab.train.online.preference import make_preference_batch
 from alignlab.train.online.ptx import PtxMixer, ptx_nll
 from alignlab.train.online.rollout import Controllers, RolloutMaker, token_pass
 from alignlab.train.online.safety import run_safety_test
@@ -103,8 +107,12 @@ class OnlineAlgorithm:
             if iteration > 0 and self._path(iteration - 1).is_file() and (self._cache is None or self._cache[0] != iteration - 1):
                 self.ctl = Controllers.from_dict(RolloutBatch.load(self._path(iteration - 1)).controller)
             idx = self._iteration_prompts(iteration)
-            batch = self.maker.make(iteration, [self.train_rows[i]["prompt"] for i in idx], [self._ids(i) for i in idx],
-                                    self.ctl)
+            make = make_preference_batch if self.cfg.spec.preference else type(self.maker).make
+            batch = make(self.maker, iteration, [self.train_rows[i]["prompt"] for i in idx], [self._ids(i) for i in idx],
+                         self.ctl)
+            if self.cfg.spec.preference:  # online DPO: each iteration's judged pairs as a dataset, written before
+                # the rollout like RAFT's selections
+                write_judged_pairs(batch, self.rollout_dir.parent / "pairs" / f"iter-{iteration:05d}.jsonl")
             if self.cfg.spec.supervised:  # RAFT / SuperHF: each iteration's selections as a dataset, written
                 # before the rollout, so that a resumed run (which reloads the rollout) always has them
                 write_selections(batch, self.rollout_dir.parent / "selections" / f"iter-{iteration:05d}.jsonl")
@@ -125,6 +133,15 @@ class OnlineAlgorithm:
                     mb.ptx = self.ptx.batch(epoch, i)
             self._cache = (epoch, batch, mbs)
         return self._cache[2]
+
+    def planned_micro_batches(self) -> int:
+        """Micro-batches of an iteration without ties: online DPO's pairs vary (tied pairs are
+        dropped), and the run's step count must not depend on the first iteration's ties."""
+        if not self.cfg.spec.preference:
+            return len(self.micro_batches(0))
+        c = self.cfg
+        step = c.batch_size + c.batch_size % 2
+        return c.ppo_epochs * -(-2 * c.prompts_per_step // step)
 
     def step_metrics(self) -> dict:
         """The current rollout's metrics, logged with every optimizer step trained on it."""
@@ -174,6 +191,8 @@ class OnlineAlgorithm:
         if mb.ref_logps is not None:
             kl_tokens = kl_estimate(logps, mb.ref_logps.to(device), c.kl_estimator)
             metrics["kl_token_mean"] = (kl_tokens.detach() * mask).sum() / mask.sum().clamp(min=1)
+        if c.spec.preference:
+            return self._preference_loss(logps, mask, mb, metrics)
         if c.spec.pairs:
             return self._p3o_loss(logps, old, mask, kl_tokens, mb, metrics)
         if c.spec.supervised:
@@ -204,6 +223,32 @@ class OnlineAlgorithm:
             lengths = mask.sum(-1)
             per_seq = (per_seq / lengths.clamp(min=1))[lengths > 0]
         return per_seq
+
+    def _preference_loss(self, logps, mask, mb, metrics):
+        """Online DPO on the micro-batch's pairs (rows 2k, 2k+1; targets P(row 2k ≻ row 2k+1)):
+        the pairwise loss with beta = kl_coef under the (soft or hard) target, plus XPO's or VPO's
+        exploration term on each pair's reference sample."""
+        c = self.cfg
+        spec = LOSSES[c.preference_loss]
+        seq, lengths = (logps * mask).sum(-1), mask.sum(-1)  # (b,)
+        ref = (mb.ref_logps.to(seq.device) * mask).sum(-1) if mb.ref_logps is not None else None
+        a, b = slice(0, None, 2), slice(1, None, 2)
+        per_pair, m = soft_preference_loss(
+            spec.fn, seq[a], seq[b], ref[a] if spec.needs_reference else None, ref[b] if spec.needs_reference else None,
+            mb.rewards.to(seq.device)[a], beta=self.ctl.kl_coef,
+            lengths_a=lengths[a] if spec.needs_lengths else None, lengths_b=lengths[b] if spec.needs_lengths else None,
+            **{**spec.options, **c.preference_loss_options})
+        metrics.update(m)
+        metrics["policy_loss"] = per_pair.detach().mean()
+        if mb.from_reference is not None:  # one reference sample per pair (exploration: 1 policy + 1 reference)
+            explored = mb.from_reference.to(seq.device)
+            if c.exploration == "xpo":
+                bonus = xpo_bonus(seq[explored], alpha=c.exploration_coef)
+            else:
+                bonus = vpo_bonus(seq[explored], ref[explored], alpha=c.exploration_coef, beta=self.ctl.kl_coef)
+            metrics["exploration_term"] = bonus.detach().mean()
+            per_pair = per_pair + bonus
+        return per_pair, metrics
 
     def _supervised_loss(self, logps, mask, kl_tokens, metrics):
         """RAFT / SuperHF on the selected samples y* (the best of each prompt's n):
@@ -286,9 +331,9 @@ def _build_models(cfg: OnlineConfig, model=None):
 
 
 def train_online(cfg: OnlineConfig, *, model=None, tokenizer=None, train_rows=None, eval_rows=None, rewards=None,
-                 eval_rewards=None, cost=None, dry_run: bool = False) -> TrainingSession:
-    """Python API: train per `cfg`. Prompts (rows {prompt, answer?}), the model, and reward/cost
-    sources may be given in memory instead of by name. Returns the session; its `summary` is also
+                 eval_rewards=None, cost=None, judge=None, dry_run: bool = False) -> TrainingSession:
+    """Python API: train per `cfg`. Prompts (rows {prompt, answer?}), the model, reward/cost
+    sources and online DPO's judge (a `PreferenceSource`) may be given in memory instead of by name. Returns the session; its `summary` is also
     written to the run's summary.json. Settings left at their dataclass defaults take the method's
     paper defaults (`fill_defaults`), as on the command line."""
     cfg = fill_defaults(cfg)
@@ -311,13 +356,15 @@ def train_online(cfg: OnlineConfig, *, model=None, tokenizer=None, train_rows=No
         eval_rewards = _combine(rewards, eval_rewards)
     if cfg.spec.needs_cost and cost is None:
         cost = build_reward_source(cfg.cost, how=cfg.reward_how, answers=answers)
+    if judge is None and cfg.spec.preference and cfg.judge:
+        judge = build_preference_source(cfg.judge, temperature=cfg.judge_temperature, seed=cfg.seed, answers=answers)
     model, scorer, reference = _build_models(cfg, model)
     start_training(session, model, data_files=[cfg.train_data, cfg.eval_data])
     if reference is not None:
         reference.to(session.accelerator.device)  # the frozen copy of full fine-tuning (LoRA's is the model itself)
     pad = session.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     maker = RolloutMaker(cfg, model=model, scorer=scorer, reference_scorer=reference, tokenizer=tokenizer,
-                         rewards=rewards, cost=cost, pad_token_id=pad)
+                         rewards=rewards, cost=cost, pad_token_id=pad, judge=judge)
     ctl = Controllers(kl_coef=cfg.kl_coef, lagrange=cfg.lagrange_init if cfg.spec.needs_cost else 0.0)
     ptx = _ptx_mixer(cfg, tokenizer, pad)
     algorithm = OnlineAlgorithm(cfg, scorer=scorer, maker=maker, tokenizer=tokenizer, train_rows=train_rows,
@@ -446,4 +493,6 @@ def _summary(cfg, state, run_dir: Path, loop_seconds: float) -> dict:
         "rollout_reward_first": rollouts[0]["reward/mean"] if rollouts else None,
         "rollout_reward_last": rollouts[-1]["reward/mean"] if rollouts else None,
         "final_loss": steps[-1]["loss"] if steps else None,
+        **({"pairs": sum(m["pairs"] for m in rollouts), "ties_dropped": sum(m["pairs/ties_dropped"] for m in rollouts)}
+           if cfg.spec.preference else {}),
     }
