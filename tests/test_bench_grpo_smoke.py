@@ -5,7 +5,7 @@ split that adds up; the observers agree with what each trainer logs itself."""
 from __future__ import annotations
 
 import pytest
-from conftest import run_bench
+from helpers import run_bench
 
 SPLIT = ("generation", "scoring", "reference_and_old_passes", "training", "other")
 

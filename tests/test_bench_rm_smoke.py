@@ -5,7 +5,7 @@ on the loss; the ensemble cost ratio is reported."""
 from __future__ import annotations
 
 import pytest
-from conftest import run_bench
+from helpers import run_bench
 
 RUNS = ("alignlab", "alignlab_checkpointing", "trl", "alignlab_ensemble4_frozen", "alignlab_single_frozen",
         "alignlab_ensemble4_lora", "alignlab_single_lora", "alignlab_ensemble4_lora_top", "alignlab_single_lora_top")

@@ -4,7 +4,7 @@ sides train on the same tokens with the same targets, and agree on the mean loss
 from __future__ import annotations
 
 import pytest
-from conftest import run_bench
+from helpers import run_bench
 
 
 def test_sft_vs_trl_runs_both_sides_on_the_same_tokens(tiny_policy_dir, tmp_path):

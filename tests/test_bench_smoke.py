@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 import pytest
-from conftest import BENCH_DIR as BENCH, run_bench
+from helpers import BENCH_DIR as BENCH, run_bench
 
 
 def test_synthetic_pairs_are_deterministic_and_within_token_ranges(smol_tokenizer):

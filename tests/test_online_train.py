@@ -23,7 +23,7 @@ def structured_policy_dir(tmp_path_factory, smol_tokenizer):
     lower half of the vocabulary from the upper half, so moving the hidden state along u shifts
     probability between the halves: a structure a policy can learn in a few steps (with purely
     random embeddings no update generalizes beyond the few tokens sampled)."""
-    from conftest import make_tiny_lm
+    from helpers import make_tiny_lm
 
     path = tmp_path_factory.mktemp("structured-policy")
     model = make_tiny_lm(len(smol_tokenizer))

@@ -8,7 +8,7 @@ import torch
 
 from alignlab.models.logprobs import SequenceScorer, sequence_logps, token_logps_from_hidden
 from alignlab.models.packing import pack_pairs, pack_sequences, pad_pairs
-from tests.conftest import make_tiny_lm
+from helpers import make_tiny_lm
 
 
 def _pairs(seed=1, shapes=((5, 3, 7), (2, 9, 1), (8, 4, 4), (3, 2, 6), (1, 5, 5))):

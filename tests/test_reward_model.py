@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from alignlab.models.reward import RewardModel, pack_reward_sequences, pad_encoder_sequences
-from tests.conftest import make_tiny_lm
+from helpers import make_tiny_lm
 
 
 def tiny_bert(seed=0):

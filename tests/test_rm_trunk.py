@@ -8,7 +8,7 @@ from torch import nn
 from alignlab.models.load import add_lora, lora_placement
 from alignlab.models.reward import RewardModel, pack_reward_sequences, pad_encoder_sequences
 from alignlab.models.trunk import SharedTrunk
-from tests.conftest import make_tiny_lm
+from helpers import make_tiny_lm
 
 SEQS = [([5, 6, 7], [8, 9, 2]), ([10, 11], [12, 2]), ([13, 14, 15, 16, 17], [18, 19, 20, 21, 2])]
 

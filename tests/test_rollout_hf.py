@@ -7,7 +7,7 @@ import torch
 from alignlab.rollout.base import Completions, RolloutBackend, SamplingParams
 from alignlab.data.tokenize import encode_prompt as encode_chat_prompt
 from alignlab.rollout.hf import HFGenerator, generate_texts, inverse_cdf_sample
-from tests.conftest import make_tiny_lm
+from helpers import make_tiny_lm
 
 VOCAB, EOS = 64, 2
 PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [14], [20, 21, 22, 23, 24, 25, 26, 27, 28, 29]]

@@ -19,7 +19,7 @@ from alignlab.losses.sft import sft_loss
 from alignlab.models.logprobs import SequenceScorer
 from alignlab.train.sft import SFTAlgorithm, SFTConfig, train_sft
 from alignlab.train.sft_data import pack_examples, pad_examples
-from conftest import make_tiny_lm
+from helpers import make_tiny_lm
 
 # A Llama-2-style template: no role headers, the system turn folded into the first user turn,
 # contents trimmed, the reply after " [/INST] " closed by " " + eos, nothing between turns.
