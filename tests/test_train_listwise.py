@@ -80,6 +80,11 @@ def test_lists_of_different_sizes_share_a_batch_and_reference_is_frozen(tmp_path
     examples = session.train_examples
     assert [len(e.responses) for e in examples] == [4, 4, 2, 2, 3]
     assert examples[2].scores == [1.0, 0.0] and examples[4].scores == [1.0, 0.5, 0.0]
+    # ratings: as given for PRO (its temperatures are score gaps), rescaled to [0, 1] for LiPO (gains 2^score)
+    pro_cfg, lipo_cfg = (ListwiseConfig(loss=loss, max_length=128) for loss in ("pro", "lipo_lambda"))
+    assert encode_split(pro_cfg, smol_tokenizer, ratings(["x"]), "r", DataReport())[0].scores == [4.0, 10.0, 1.0, 7.0]
+    assert encode_split(lipo_cfg, smol_tokenizer, ratings(["x"]), "r", DataReport())[0].scores == \
+        pytest.approx([1 / 3, 1.0, 0.0, 2 / 3])
     initial = AutoModelForCausalLM.from_pretrained(tiny_policy_dir)
     cached = load_file(session.run_dir / "reference_logps.safetensors")["train"]  # (5, 4)
     for i, e in enumerate(examples):

@@ -3,7 +3,8 @@ arXiv:2306.17492) and LiPO-lambda (Liu et al. 2024, arXiv:2402.01878), from
 `alignlab.losses.listwise`, chosen by `loss` from the loss table.
 
 Each example is a prompt with K >= 2 responses and a score for each: a `RatingRecord`
-(UltraFeedback-style, the overall score of each completion, used as given), a `RankingRecord`
+(UltraFeedback-style, the overall score of each completion; `score_scale` says whether each list is
+rescaled to [0, 1], by default for LiPO only), a `RankingRecord`
 (best first; scores spaced evenly from 1 for the best to 0 for the worst, so that LiPO's gains
 2^score stay in the paper's [0, 1] label range and PRO's temperatures follow rank gaps) or a
 `PairwiseRecord` (a list of two: 1 and 0). Lists of different sizes share a batch: the shorter
@@ -33,6 +34,11 @@ from alignlab.train.session import (TrainingSession, close_session, load_split, 
                                     run_training, split_eval, start_training)
 
 LISTWISE = tuple(name for name, spec in LOSSES.items() if spec.kind == "listwise")
+SCORE_SCALES = ("auto", "none", "minmax")
+# `score_scale: auto`: LiPO's gains 2^score assume labels in [0, 1] (the paper's scores are win
+# rates), so raw ratings (UltraFeedback: 1-10) are rescaled per list; PRO's temperatures are the
+# paper's raw reward-score gaps.
+AUTO_SCALE = {"lipo_lambda": "minmax", "pro": "none"}
 NOT_READ = {"pairing": "listwise losses train on the whole list; nothing is paired"}
 
 
@@ -41,6 +47,7 @@ class ListwiseConfig(TrainConfig):
     loss: str = field("lipo_lambda", "listwise loss: lipo_lambda (LiPO-lambda, with a reference) | pro (PRO, reference-free)")
     beta: float | None = field(None, "the loss's beta: LiPO's KL strength, PRO's SFT-term weight; unset: the chosen loss's paper value")
     loss_options: dict = field({}, "options of the loss, e.g. {score_temperature: false} (pro: only the order of the scores counts)")
+    score_scale: str = field("auto", "ratings as scores: none (as given) | minmax (each list rescaled to [0, 1]) | auto (minmax for lipo_lambda, whose gains are 2^score; none for pro)")
 
     def context_defaults(self, given: frozenset) -> dict:
         """The chosen loss's paper beta and options for the settings the user did not give."""
@@ -58,6 +65,8 @@ class ListwiseConfig(TrainConfig):
         for name, why in NOT_READ.items():
             if getattr(self, name) != getattr(ListwiseConfig(), name):
                 raise ConfigError(f"{name} is set but listwise training does not read it: {why}")
+        if self.score_scale not in SCORE_SCALES:
+            raise ConfigError(f"score_scale must be one of {SCORE_SCALES}, got {self.score_scale!r}")
         if self.loss not in LISTWISE:
             raise ConfigError(f"loss '{self.loss}' is not a listwise loss; choose one of {list(LISTWISE)}")
         spec = LOSSES[self.loss]
@@ -112,11 +121,20 @@ def encode_split(cfg: ListwiseConfig, tokenizer, records: list, source: str, rep
                                           max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length or None,
                                           truncation=cfg.truncation, source=source)
     report.merge(encode_report)
-    examples = [ListExample(e.prompt_ids, e.responses, items[e.index][3], e.index) for e in encoded]
+    scale = AUTO_SCALE.get(cfg.loss, "none") if cfg.score_scale == "auto" else cfg.score_scale
+    examples = [ListExample(e.prompt_ids, e.responses, rescale(items[e.index][3], scale), e.index) for e in encoded]
     tied = sum(len(set(e.scores)) == 1 for e in examples)
     if tied:
         report.add("lists with every score equal (kept; no preference signal)", tied)
     return examples
+
+
+def rescale(scores: list[float], scale: str) -> list[float]:
+    """`minmax`: the list's best score becomes 1 and its worst 0 (all equal: all 0)."""
+    if scale == "none":
+        return list(scores)
+    low, high = min(scores), max(scores)
+    return [(s - low) / (high - low) if high > low else 0.0 for s in scores]
 
 
 class ListwiseAlgorithm:
