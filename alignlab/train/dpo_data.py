@@ -24,8 +24,8 @@ def pairwise_records(cfg, path: str, records, run_dir: Path, name: str, report: 
     if bad:
         raise ValueError(
             f"{path or name}: this trainer needs pairwise preferences, got {len(bad)} {bad[0]} records "
-            "(rankings and ratings convert to pairs automatically; binary thumbs-up/down feedback trains a reward "
-            "model: `alignlab train rm --objective binary`)"
+            "(rankings and ratings convert to pairs automatically; binary thumbs-up/down feedback trains a policy "
+            "with `alignlab train kto` or a reward model with `alignlab train rm --objective binary`)"
         )
     return records
 
