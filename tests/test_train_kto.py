@@ -148,9 +148,16 @@ def test_bad_data_is_one_line_naming_file_line_and_field(row, message, tmp_path,
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_pairs_are_refused_with_the_right_trainer_named(tmp_path, tiny_policy_dir, capsys):
-    data = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "Hi?", "chosen": "Yo.", "rejected": "No."}])
+def test_pairs_split_in_two_and_rankings_are_refused(tmp_path, tiny_policy_dir, smol_tokenizer, capsys):
+    from alignlab.data.records import PairwiseRecord
+    from alignlab.train.kto import binary_records
+
+    report = DataReport()
+    split = binary_records("p", [PairwiseRecord("Hi?", "Yo.", "No."), BinaryRecord("Ok?", "Ok.", False)], "r", report)
+    assert [(r.response, r.desirable) for r in split] == [("Yo.", True), ("No.", False), ("Ok.", False)]
+    assert report["pairs split into a desirable and an undesirable example"] == 1
+    data = write_jsonl(tmp_path / "ranks.jsonl", [{"prompt": "Hi?", "responses": ["Yo.", "No."]}])
     code = main(["train", "kto", "--model", str(tiny_policy_dir), "--train-data", str(data),
                  "--output-dir", str(tmp_path / "run")])
     err = capsys.readouterr().err
-    assert code != 0 and "KTO needs thumbs-up/down records" in err and "alignlab train dpo" in err
+    assert code != 0 and "KTO needs thumbs-up/down records" in err and "alignlab train listwise" in err

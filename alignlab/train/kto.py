@@ -1,6 +1,7 @@
 """KTO on unpaired thumbs-up/down feedback (Ethayarajh et al. 2024, arXiv:2402.01306).
 
-Each example is one (prompt, response) judged desirable or undesirable (`BinaryRecord`). The loss
+Each example is one (prompt, response) judged desirable or undesirable (`BinaryRecord`); a
+preference pair counts as two, its chosen response desirable and its rejected one undesirable. The loss
 (`alignlab.losses.binary.kto`) compares the implied reward r = log pi(y|x) - log ref(y|x) with
 the reference point z0 = max(0, KL(pi || ref)), which KTO estimates on mismatched pairs: the
 batch's prompts each with an unrelated response, z0 = max(0, mean log pi(y'|x) / ref(y'|x)),
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from alignlab.config import ConfigError, field, fill_defaults
-from alignlab.data.records import BinaryRecord
+from alignlab.data.records import BinaryRecord, PairwiseRecord
 from alignlab.losses.binary import kto
 from alignlab.models.load import add_lora, load_policy, load_tokenizer, save_final
 from alignlab.models.logprobs import SequenceScorer
@@ -77,13 +78,24 @@ class KTOBatch:
     indices: list[int]  # positions in the split (rows of its reference log-probs)
 
 
-def binary_records(path: str, records, source: str) -> list[BinaryRecord]:
-    bad = [r for r in records if not isinstance(r, BinaryRecord)]
-    if bad:
-        raise ValueError(f"{path or source}: KTO needs thumbs-up/down records (prompt, completion, label); got "
-                         f"{len(bad)} {type(bad[0]).__name__} records (pairs train with `alignlab train dpo`, "
-                         "rankings and ratings with `alignlab train listwise`)")
-    return records
+def binary_records(path: str, records, source: str, report) -> list[BinaryRecord]:
+    """Thumbs-up/down records; a pair becomes two (chosen desirable, rejected undesirable), as in
+    the paper's experiments on paired data, counted in the report."""
+    out, split = [], 0
+    for r in records:
+        if isinstance(r, PairwiseRecord):
+            out += [BinaryRecord(r.prompt, r.chosen, True, r.annotator, dict(r.meta)),
+                    BinaryRecord(r.prompt, r.rejected, False, r.annotator, dict(r.meta))]
+            split += 1
+        elif isinstance(r, BinaryRecord):
+            out.append(r)
+        else:
+            raise ValueError(f"{path or source}: KTO needs thumbs-up/down records (prompt, completion, label) or "
+                             f"pairs; got a {type(r).__name__} (rankings and ratings train with "
+                             "`alignlab train listwise`)")
+    if split:
+        report.add("pairs split into a desirable and an undesirable example", split)
+    return out
 
 
 def encode_split(cfg: KTOConfig, tokenizer, records: list[BinaryRecord], source: str, report) -> list[KTOExample]:
@@ -197,7 +209,7 @@ def train_kto(cfg: KTOConfig, *, train_records=None, eval_records=None, model=No
     read = {}
     for name, path, records in (("train", cfg.train_data, train_records), ("eval", cfg.eval_data, eval_records)):
         loaded = load_split(cfg, path, records, session.run_dir, name, session.report, to_pairs=False)
-        read[name] = binary_records(path, loaded, f"{name} records")
+        read[name] = binary_records(path, loaded, f"{name} records", session.report)
     train, evals = split_eval(cfg, read["train"], read["eval"], session.report)
     session.train_examples = encode_split(cfg, tokenizer, train, cfg.train_data or "train records", session.report)
     session.eval_examples = encode_split(cfg, tokenizer, evals, cfg.eval_data or "eval records", session.report) \
