@@ -52,6 +52,13 @@ def test_mismatched_pairs_never_pair_an_example_with_itself(smol_tokenizer):
     assert all(e.kl_response_ids != e.response_ids and tuple(e.kl_response_ids) in own for e in examples)
     assert sorted(map(tuple, (e.kl_response_ids for e in examples))) == sorted(map(tuple, (e.response_ids for e in examples)))
     assert examples[0].prompt_ids == encoder.prompt("Tell me about cats.")
+    # a mismatched response longer than the room its prompt leaves is cut to fit max_length
+    long = [BinaryRecord("Hi?", "Yes " * 40, True), BinaryRecord("Tell me everything about " + "owls " * 20, "No.", False)]
+    cut = encode_split(KTOConfig(max_length=80), smol_tokenizer, long, "r", DataReport())
+    assert cut[1].kl_response_ids == cut[0].response_ids[: 80 - len(cut[1].prompt_ids)]
+    assert len(cut[1].kl_response_ids) < len(cut[0].response_ids)
+    with pytest.raises(ValueError, match="1 example; KTO needs at least 2"):
+        encode_split(cfg, smol_tokenizer, long[:1], "r", DataReport())
 
 
 def test_reference_point_and_reference_log_probs_are_the_papers(tmp_path, tiny_policy_dir, smol_tokenizer):

@@ -105,12 +105,14 @@ def encode_split(cfg: KTOConfig, tokenizer, records: list[BinaryRecord], source:
                                           truncation=cfg.truncation, source=source)
     report.merge(encode_report)
     if len(encoded) == 1:
-        raise ValueError(f"{source}: KTO needs at least 2 examples a split (the reference point pairs each prompt "
-                         "with another example's response)")
+        raise ValueError(f"{source}: 1 example; KTO needs at least 2 a split (the reference point pairs each "
+                         "prompt with another example's response): give more data or a larger eval_fraction")
     g = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(len(encoded), generator=g).tolist()
     partner = {order[i]: order[(i + 1) % len(order)] for i in range(len(order))}
-    return [KTOExample(e.prompt_ids, e.responses[0], encoded[partner[i]].responses[0][: cfg.max_length - len(e.prompt_ids)],
+    # the partner's response is cut to the room this prompt leaves (the prompt fits with >= 1 token)
+    room = [cfg.max_length - len(e.prompt_ids) for e in encoded]
+    return [KTOExample(e.prompt_ids, e.responses[0], encoded[partner[i]].responses[0][: room[i]],
                        records[e.index].desirable, e.index) for i, e in enumerate(encoded)]
 
 

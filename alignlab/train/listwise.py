@@ -57,7 +57,8 @@ class ListwiseConfig(TrainConfig):
         origin = f"{self.loss} loss default"
         out = {} if "beta" in given and self.beta is not None else {"beta": (spec.default_beta, origin)}
         if set(spec.options) - set(self.loss_options):
-            out["loss_options"] = ({**spec.options, **self.loss_options}, "user + " + origin if self.loss_options else origin)
+            mixed = "user + " + origin if self.loss_options else origin
+            out["loss_options"] = ({**spec.options, **self.loss_options}, mixed)
         return out
 
     def validate(self) -> None:
