@@ -168,3 +168,13 @@ def test_pairs_split_in_two_and_rankings_are_refused(tmp_path, tiny_policy_dir, 
                  "--output-dir", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code != 0 and "KTO needs thumbs-up/down records" in err and "alignlab train listwise" in err
+
+
+def test_resume_ends_at_the_same_weights(tmp_path, tiny_policy_dir):
+    data = records(TOPICS[:5])  # 10 examples, batch 4: the resumed run crosses an epoch boundary
+    full = train_kto(kto_cfg(tmp_path, tiny_policy_dir, "full", max_steps=4), train_records=data)
+    part = train_kto(kto_cfg(tmp_path, tiny_policy_dir, "part", max_steps=2), train_records=data)
+    resumed = train_kto(kto_cfg(tmp_path, tiny_policy_dir, "part", max_steps=4, resume="latest"), train_records=data)
+    assert part.state.step == 2 and resumed.state.step == 4 and resumed.state.epoch == full.state.epoch == 1
+    wf, wr = load_file(full.final_dir / "model.safetensors"), load_file(resumed.final_dir / "model.safetensors")
+    assert max(float((wf[k] - wr[k]).abs().max()) for k in wf) < 1e-6
