@@ -104,7 +104,7 @@ def test_commands_are_found_in_code_and_docs():
     assert len(COMMANDS) > 30
     assert any("alignlab train rm" in c for c in COMMANDS)  # a help string
     assert any(c.startswith("alignlab lab rm-accuracy") for c in COMMANDS)  # a docstring
-    assert check("alignlab train kto") == "no algorithm 'kto'" and check("train kto") == "no algorithm 'kto'"
+    assert check("alignlab train ktoo") == "no algorithm 'ktoo'" and check("train ktoo") == "no algorithm 'ktoo'"
     assert check("alignlab data report") == "no command 'data report'"
     assert check("alignlab train dpo --betta 0.1") == "'train dpo' has no setting --betta"
 
@@ -124,7 +124,7 @@ def test_every_listed_lab_experiment_runs(experiment, capsys):
 def test_the_trainer_table_is_the_cli_s_one_list_of_trainers():
     from alignlab.train.online import ONLINE_METHODS
 
-    assert set(TRAINERS) == {"dpo", "rm", "sft", *ONLINE_METHODS}
+    assert set(TRAINERS) == {"dpo", "rm", "sft", "kto", "listwise", *ONLINE_METHODS}
     for name, trainer in TRAINERS.items():
         assert trainer.name == name and trainer.paper and f"--{'kl-coef' if name in ONLINE_METHODS else 'seed'}" in trainer.help()
     assert "[default: 0.04]" in next(l for l in TRAINERS["grpo"].help().splitlines() if "--kl-coef" in l)

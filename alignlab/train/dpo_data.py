@@ -24,8 +24,8 @@ def pairwise_records(cfg, path: str, records, run_dir: Path, name: str, report: 
     if bad:
         raise ValueError(
             f"{path or name}: this trainer needs pairwise preferences, got {len(bad)} {bad[0]} records "
-            "(rankings and ratings convert to pairs automatically; binary thumbs-up/down feedback trains a reward "
-            "model: `alignlab train rm --objective binary`)"
+            "(rankings and ratings convert to pairs automatically; binary thumbs-up/down feedback trains a policy "
+            "with `alignlab train kto` or a reward model with `alignlab train rm --objective binary`)"
         )
     return records
 
@@ -39,12 +39,13 @@ def encode_split(cfg, tokenizer, records: list, source: str, report: DataReport)
     return pairs
 
 
-def cached_reference(session, compute: Callable[[list], torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Reference log-probs for the train and eval pairs, computed once and kept in the run
+def cached_reference(session, compute: Callable[[list], torch.Tensor],
+                     token_key: Callable[[object], tuple] | None = None) -> dict[str, torch.Tensor]:
+    """Reference log-probs for the train and eval examples, computed once and kept in the run
     folder as safetensors (keyed by a hash of the tokens and the model), so a resumed run
-    reuses them."""
+    reuses them. `token_key(example)`: the tokens the key hashes (default: a pair's)."""
     path = session.run_dir / "reference_logps.safetensors"
-    key = _pairs_key(session.train_examples, session.eval_examples, session.cfg.model)
+    key = _pairs_key(session.train_examples, session.eval_examples, session.cfg.model, token_key or _pair_tokens)
     if path.is_file():
         saved, saved_key = _read_reference(path)
         if saved_key == key:
@@ -71,8 +72,12 @@ def _read_reference(path: Path) -> tuple[dict, str | None]:
         raise ValueError(f"{path} is not a valid reference log-prob cache ({exc}); delete it to recompute it") from None
 
 
-def _pairs_key(train_pairs, eval_pairs, model_name: str) -> str:
+def _pair_tokens(pair) -> tuple:
+    return pair.prompt_ids, pair.chosen_ids, pair.rejected_ids
+
+
+def _pairs_key(train_pairs, eval_pairs, model_name: str, token_key=_pair_tokens) -> str:
     digest = hashlib.sha256(model_name.encode())
     for p in list(train_pairs) + list(eval_pairs):
-        digest.update(repr((p.prompt_ids, p.chosen_ids, p.rejected_ids)).encode())
+        digest.update(repr(token_key(p)).encode())
     return digest.hexdigest()

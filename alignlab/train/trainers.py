@@ -11,6 +11,8 @@ from typing import Callable
 
 from alignlab.config import config_help, resolve
 from alignlab.train.dpo import DPOConfig, train_dpo
+from alignlab.train.kto import KTOConfig, train_kto
+from alignlab.train.listwise import ListwiseConfig, train_listwise
 from alignlab.train.online import ONLINE_METHODS, resolve_online, train_online
 from alignlab.train.online.config import OnlineConfig, settings_help
 from alignlab.train.reward import RMConfig, train_reward_model
@@ -80,5 +82,11 @@ TRAINERS: dict[str, Trainer] = {
     "sft": Trainer("sft", SFTConfig, lambda path, flags: resolve(SFTConfig, path, flags), train_sft,
                    lambda: config_help(SFTConfig), _sft_report,
                    "supervised fine-tuning on demonstrations (the SFT stage of Ouyang et al. 2022)"),
+    "kto": Trainer("kto", KTOConfig, lambda path, flags: resolve(KTOConfig, path, flags), train_kto,
+                   lambda: config_help(KTOConfig), _offline_report,
+                   "KTO on thumbs-up/down feedback (Ethayarajh et al. 2024, arXiv:2402.01306)"),
+    "listwise": Trainer("listwise", ListwiseConfig, lambda path, flags: resolve(ListwiseConfig, path, flags),
+                        train_listwise, lambda: config_help(ListwiseConfig), _offline_report,
+                        "PRO (Song et al. 2023) and LiPO-lambda (Liu et al. 2024) on rankings and ratings (see `--loss`)"),
     **{method: _online(method) for method in ONLINE_METHODS},
 }
