@@ -57,3 +57,14 @@ def build_preference_source(spec: str, *, temperature: float = 1.0, flip_prob: f
         families = "".join(f"{p}:NAME, " for p in PREFERENCE_FAMILIES)
         raise ValueError(f"{exc}; preference sources are {families}annotator:REWARD or a reward spec") from None
     return RewardPreference(reward, temperature, name=spec)
+
+
+# The model-backed families are registered here but imported on first use, so that importing
+# alignlab.preferences stays light (no model code until a judge or a preference model is built).
+def _judge_family(name: str, options: dict) -> PreferenceSource:
+    from alignlab.preferences.judge import load_judge
+
+    return load_judge(name, options)
+
+
+register_preference_family("judge", _judge_family)
