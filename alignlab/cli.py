@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a policy: alignlab train dpo --config my.yaml [--key value ...]")
-    train.add_argument("algorithm", help="algorithm: sft | dpo | rm (reward model) | ppo | grpo | rloo | reinforce_pp | remax | p3o | ppo_lagrangian (the trainer table: alignlab.train.trainers)")
+    train.add_argument("algorithm", help="algorithm: sft | dpo | rm (reward model) | pm (pairwise preference model) | ppo | grpo | rloo | reinforce_pp | remax | p3o | ppo_lagrangian (the trainer table: alignlab.train.trainers)")
     train.add_argument("--config", help="YAML file of settings (flags override it)")
     train.add_argument("--dry-run", action="store_true", help="explain the run (batches, memory, data) and exit")
     train.add_argument("--help-settings", action="store_true", help="list every setting with its default")

@@ -68,3 +68,12 @@ def _judge_family(name: str, options: dict) -> PreferenceSource:
 
 
 register_preference_family("judge", _judge_family)
+
+
+def _pm_family(name: str, options: dict) -> PreferenceSource:
+    from alignlab.preferences.pairwise import load_pairwise_preference
+
+    return load_pairwise_preference(name, options)
+
+
+register_preference_family("pm", _pm_family)
