@@ -81,3 +81,14 @@ def test_judge_spec_loads_a_model_folder(tiny_policy_dir, tmp_path):
     assert ((p > 0) & (p < 1)).all()
     with pytest.raises(ValueError, match="unknown option.*colour"):
         build_preference_source(f"judge:{tiny_policy_dir}", colour="red")
+
+
+def test_importing_preferences_loads_no_model_code():
+    import subprocess
+    import sys
+
+    code = ("import sys, alignlab.preferences; "
+            "print(sorted(m for m in ('alignlab.preferences.judge', 'alignlab.preferences.pairwise', 'transformers') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -3,8 +3,9 @@
     annotator:REWARD     a simulated annotator: hard labels sampled by Bradley-Terry from the
                          reward source REWARD (any reward spec, e.g. annotator:lab:sentiment) at
                          `temperature`, flipped with `flip_prob`
-    PREFIX:NAME          a registered preference family (`register_preference_family`), e.g. a
-                         pairwise preference model (pm:DIR) or an LLM judge (judge:MODEL)
+    judge:MODEL          an LLM judge (`judge`): judge:embedded (SmolLM2) or judge:DIR, a local model
+    pm:DIR               a pairwise preference model from `alignlab train pm` (`pairwise`)
+    PREFIX:NAME          any other registered preference family (`register_preference_family`)
     REWARD               any other reward spec (rm:DIR, lab:sentiment, python:mod:fn, ...) as a
                          soft judgement through Bradley-Terry at `temperature`
 """
