@@ -128,5 +128,8 @@ def test_train_pm_from_the_command_line_and_dry_run(tmp_path, tiny_encoder_dir, 
     assert main([*common, "--output-dir", str(tmp_path / "run"), "--max-steps", "2", "--eval-fraction", "0.25"]) == 0
     assert f"pm done: 2 steps; model saved to {tmp_path / 'run' / 'final'}" in capsys.readouterr().out
     assert json.loads((tmp_path / "run" / "final" / "alignlab_reward.json").read_text())["objective"] == "pm"
+    # a preference model is not a reward model: scoring single responses with it is refused
+    assert main(["eval", "rm", "--model", str(tmp_path / "run" / "final"), "--data", str(data)]) == 2
+    assert "is a pairwise preference model" in capsys.readouterr().err
     assert main([*common, "--output-dir", str(tmp_path / "x"), "--objective", "pairwise"]) == 2
     assert "train rm" in capsys.readouterr().err

@@ -47,7 +47,8 @@ class PairwisePreference:
     def __init__(self, path, *, batch_size: int = 16, max_length: int = 1024, device: str | None = None):
         from alignlab.rewards.model import RewardModelSource
 
-        self.scorer = RewardModelSource(path, batch_size=batch_size, max_length=max_length, device=device)
+        self.scorer = RewardModelSource(path, batch_size=batch_size, max_length=max_length, device=device,
+                                        preference_model=True)
         if self.scorer.meta.get("objective") != "pm":
             raise ValueError(f"{path} is a reward model (objective {self.scorer.meta.get('objective')!r}), not a "
                              "pairwise preference model from `alignlab train pm`; use it as rm:DIR")
