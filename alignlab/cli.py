@@ -124,6 +124,19 @@ def cmd_eval_rm(args, rest: list[str]) -> int:
     return 0
 
 
+def cmd_eval_winrate(args, rest: list[str]) -> int:
+    from alignlab.eval.winrate import render_winrate
+    from alignlab.eval.winrate_run import run_winrate
+
+    if rest:
+        raise ConfigError(f"unknown option(s) for eval winrate: {' '.join(rest)}")
+    report = run_winrate(args)
+    print(render_winrate(report))
+    if args.output:
+        print(f"written: {args.output}")
+    return 0
+
+
 def cmd_bon(args, rest: list[str]) -> int:
     import json
 
@@ -181,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a policy: alignlab train dpo --config my.yaml [--key value ...]")
-    train.add_argument("algorithm", help="algorithm: sft | dpo | rm (reward model) | ppo | grpo | rloo | reinforce_pp | remax | p3o | ppo_lagrangian (the trainer table: alignlab.train.trainers)")
+    train.add_argument("algorithm", help="algorithm: sft | dpo | rm (reward model) | pm (pairwise preference model) | ppo | grpo | rloo | reinforce_pp | remax | p3o | ppo_lagrangian (the trainer table: alignlab.train.trainers)")
     train.add_argument("--config", help="YAML file of settings (flags override it)")
     train.add_argument("--dry-run", action="store_true", help="explain the run (batches, memory, data) and exit")
     train.add_argument("--help-settings", action="store_true", help="list every setting with its default")
@@ -218,6 +231,26 @@ def build_parser() -> argparse.ArgumentParser:
                          help="also score reward consistency on contrast pairs of similar prompts built from the data")
     eval_rm.add_argument("--min-similarity", type=float, default=0.5, help="Jaccard word similarity for contrast pairs")
     eval_rm.set_defaults(func=cmd_eval_rm)
+
+    winrate = eval_sub.add_parser("winrate", help="win-rate of a policy against a baseline under a judge, "
+                                                  "with a bootstrap interval and a length-controlled win-rate")
+    winrate.add_argument("--policy", help="model folder (or 'embedded') to sample the policy's responses from")
+    winrate.add_argument("--baseline", help="model folder (or 'embedded') to sample the baseline's responses from")
+    winrate.add_argument("--policy-responses", help="JSONL of the policy's responses (prompt + response per line) instead of --policy")
+    winrate.add_argument("--baseline-responses", help="JSONL of the baseline's responses (prompt + response per line) instead of --baseline")
+    winrate.add_argument("--prompts", help=".jsonl with a `prompt` field per line, or .txt, one per line (needed when sampling)")
+    winrate.add_argument("--judge", default="judge:embedded",
+                         help="preference source: judge:embedded | judge:DIR (LLM judge), pm:DIR (pairwise preference "
+                              "model), rm:DIR, lab:TASK, annotator:REWARD (see docs/preferences.md)")
+    winrate.add_argument("--gold", help="gold reward (e.g. lab:sentiment): also report the judge's agreement with it")
+    winrate.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the interval")
+    winrate.add_argument("--max-new-tokens", type=int, default=128)
+    winrate.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (0: greedy)")
+    winrate.add_argument("--seed", type=int, default=0, help="seed of sampling and of the bootstrap")
+    winrate.add_argument("--batch-size", type=int, default=16, help="batch size of sampling and of an LLM judge")
+    winrate.add_argument("-o", "--output", help="write the report as JSON here")
+    winrate.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    winrate.set_defaults(func=cmd_eval_winrate)
 
     bon = sub.add_parser("bon", help="Best-of-N: sample N responses per prompt, keep the best by a reward model")
     bon.add_argument("--policy", default="embedded", help="policy to sample from")

@@ -54,7 +54,7 @@ def test_help_settings_lists_every_setting_with_its_default(capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["train", "ppo-max-turbo"], "unknown algorithm 'ppo-max-turbo'; available: dpo, rm"),
+    (["train", "ppo-max-turbo"], "unknown algorithm 'ppo-max-turbo'; available: dpo, pm, rm"),
     (["train", "dpo", "--betta", "0.1"], "unknown key 'betta'"),
     (["train", "dpo", "--loss", "dpoo"], "not a pairwise loss"),
 ])

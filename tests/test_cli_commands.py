@@ -124,7 +124,7 @@ def test_every_listed_lab_experiment_runs(experiment, capsys):
 def test_the_trainer_table_is_the_cli_s_one_list_of_trainers():
     from alignlab.train.online import ONLINE_METHODS
 
-    assert set(TRAINERS) == {"dpo", "rm", "sft", "kto", "listwise", *ONLINE_METHODS}
+    assert set(TRAINERS) == {"dpo", "pm", "rm", "sft", "kto", "listwise", *ONLINE_METHODS}
     for name, trainer in TRAINERS.items():
         assert trainer.name == name and trainer.paper and f"--{'kl-coef' if name in ONLINE_METHODS else 'seed'}" in trainer.help()
     assert "[default: 0.04]" in next(l for l in TRAINERS["grpo"].help().splitlines() if "--kl-coef" in l)

@@ -111,3 +111,15 @@ def test_registered_family_receives_its_options():
             register_preference_family("annotator", factory)
     finally:
         PREFERENCE_FAMILIES.pop("testfam", None)
+
+
+def test_both_orders_sums_to_one_bit_for_bit():
+    torch.manual_seed(0)
+    x, y = torch.rand(20000), torch.rand(20000)
+
+    def judge(prompts, first, second):
+        return x if first == "a" else y
+
+    total = both_orders(judge, None, "a", "b") + both_orders(judge, None, "b", "a")
+    assert torch.equal(total, torch.ones(20000))
+    torch.testing.assert_close(both_orders(judge, None, "a", "b"), 0.5 * (x + 1 - y), atol=1e-7, rtol=0)

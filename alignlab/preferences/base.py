@@ -58,8 +58,12 @@ def both_orders(judge: Callable[[Sequence, Sequence[str], Sequence[str]], Tensor
     """Order-averaged judgement: P(a ≻ b) = ½ [q(a, b) + 1 − q(b, a)], where q(x, y) is the
     judge's probability that the response shown first, x, is better. Position bias (a judge that
     favours whichever answer it sees first) cancels, and the result satisfies
-    P(a ≻ b) + P(b ≻ a) = 1 exactly."""
-    return 0.5 * (judge(prompts, a, b) + 1.0 - judge(prompts, b, a))
+    P(a ≻ b) + P(b ≻ a) = 1 exactly, also in floating point: with d = ½ [q(a, b) − q(b, a)]
+    (d(b, a) = −d(a, b) exactly), P = ½ + |d| when d ≥ 0, else 1 − (½ + |d|), and 1 − h is exact
+    for h in [½, 1] (Sterbenz), so the two orders sum to 1 bit for bit."""
+    d = 0.5 * (torch.as_tensor(judge(prompts, a, b)) - torch.as_tensor(judge(prompts, b, a)))
+    high = 0.5 + d.abs()
+    return torch.where(d >= 0, high, 1.0 - high)
 
 
 class RewardPreference:

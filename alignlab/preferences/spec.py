@@ -3,8 +3,9 @@
     annotator:REWARD     a simulated annotator: hard labels sampled by Bradley-Terry from the
                          reward source REWARD (any reward spec, e.g. annotator:lab:sentiment) at
                          `temperature`, flipped with `flip_prob`
-    PREFIX:NAME          a registered preference family (`register_preference_family`), e.g. a
-                         pairwise preference model (pm:DIR) or an LLM judge (judge:MODEL)
+    judge:MODEL          an LLM judge (`judge`): judge:embedded (SmolLM2) or judge:DIR, a local model
+    pm:DIR               a pairwise preference model from `alignlab train pm` (`pairwise`)
+    PREFIX:NAME          any other registered preference family (`register_preference_family`)
     REWARD               any other reward spec (rm:DIR, lab:sentiment, python:mod:fn, ...) as a
                          soft judgement through Bradley-Terry at `temperature`
 """
@@ -57,3 +58,23 @@ def build_preference_source(spec: str, *, temperature: float = 1.0, flip_prob: f
         families = "".join(f"{p}:NAME, " for p in PREFERENCE_FAMILIES)
         raise ValueError(f"{exc}; preference sources are {families}annotator:REWARD or a reward spec") from None
     return RewardPreference(reward, temperature, name=spec)
+
+
+# The model-backed families are registered here but imported on first use, so that importing
+# alignlab.preferences stays light (no model code until a judge or a preference model is built).
+def _judge_family(name: str, options: dict) -> PreferenceSource:
+    from alignlab.preferences.judge import load_judge
+
+    return load_judge(name, options)
+
+
+register_preference_family("judge", _judge_family)
+
+
+def _pm_family(name: str, options: dict) -> PreferenceSource:
+    from alignlab.preferences.pairwise import load_pairwise_preference
+
+    return load_pairwise_preference(name, options)
+
+
+register_preference_family("pm", _pm_family)

@@ -62,11 +62,18 @@ class RewardModelSource(_Members):
     direction: optional weights over the attributes of a multi-objective model (DPA), replacing
     its gate. Responses longer than `max_length` tokens (with their prompt) are cut by the rule
     reward-model training uses (`alignlab.data.tokenize.fit_to_length`: the prompt's end, the
-    response's start); the count is in `self.truncated`."""
+    response's start); the count is in `self.truncated`. A pairwise preference model's folder
+    (`alignlab train pm`) scores joint texts, not responses: it is refused unless
+    `preference_model` (as `alignlab.preferences.pairwise` reads it)."""
 
     def __init__(self, path, *, how: str = "mean", uwo_coef: float = 0.5, direction=None, batch_size: int = 16,
-                 max_length: int = 512, progress: bool = False, device: str | None = None):
+                 max_length: int = 512, progress: bool = False, device: str | None = None,
+                 preference_model: bool = False):
         self.model, self.tokenizer, self.meta = load_reward_model(path)
+        if self.meta.get("objective") == "pm" and not preference_model:
+            # its score is f(x, [a, b]) of a joint text, not a reward of one response
+            raise ValueError(f"{path} is a pairwise preference model (`alignlab train pm`), not a reward model; "
+                             "use it as the preference source pm:DIR")
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device)
         if direction is not None:

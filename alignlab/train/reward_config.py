@@ -75,6 +75,7 @@ class ObjectiveSpec:
     center: bool = False  # shift each member to mean 0 over the training responses afterwards (center_rewards)
     reads: tuple = ()  # the pairwise loss options it reads
     safety_labels: bool = False  # pairs carry chosen_safe / rejected_safe labels (Item.target: unsafe flags)
+    joint: bool = False  # pairwise preference model: each pair read as (joint(c, r), joint(r, c)) (preferences.pairwise)
 
 
 BT_OPTIONS = ("use_margin", "label_smoothing", "flip_rate", "center_coef")
@@ -89,6 +90,9 @@ OBJECTIVES: dict[str, ObjectiveSpec] = {
     "binary": ObjectiveSpec("thumbs-up classifier", _binary, BinaryRecord, paired=False),
     "cost": ObjectiveSpec("Safe RLHF cost model: pairs with chosen = safer, plus chosen_safe/rejected_safe labels",
                           _cost, PairwiseRecord, paired=True, safety_labels=True),
+    "pm": ObjectiveSpec("pairwise preference model (`alignlab train pm`): one head on the prompt with both "
+                        "responses, P(a ≻ b) = σ(f(x, a, b) − f(x, b, a)), Bradley-Terry on the two orders",
+                        _pairwise, PairwiseRecord, paired=True, reads=BT_OPTIONS, joint=True),
 }
 
 
@@ -116,6 +120,11 @@ class RMConfig(TrainConfig):
     def spec(self) -> ObjectiveSpec:
         return OBJECTIVES[self.objective]
 
+    @property
+    def run_name(self) -> str:
+        """The algorithm name the run folder and summary record."""
+        return "pm" if self.spec.joint else f"rm-{self.objective}"
+
     def validate(self) -> None:
         super().validate()
         if self.objective not in OBJECTIVES:
@@ -141,6 +150,8 @@ class RMConfig(TrainConfig):
             raise ConfigError(f"objective {self.objective} trains the gate of the ratings model given as --model: its "
                               "members, attributes and backbone come from that model (no ensemble, lora, attributes, "
                               "freeze_backbone)")
+        if self.spec.joint and (self.ensemble != 1 or self.attributes):
+            raise ConfigError("a pairwise preference model is one model with one score: no ensemble or attributes")
         if self.flip_rate and self.label_smoothing:
             raise ConfigError("label_smoothing and flip_rate are two models of the same label noise: set one")
 

@@ -3,6 +3,7 @@ the shared run setup (`alignlab.train.session`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from alignlab.models.reward_io import (
     resolve_backbone_path,
     reward_pad_token_id,
 )
+from alignlab.preferences.pairwise import joint_response
 from alignlab.train.dryrun import batch_lines, describe
 from alignlab.train.reward_config import Item, RMConfig
 from alignlab.train.session import load_split, open_session, require_examples, split_eval, start_training
@@ -43,6 +45,9 @@ def _records(cfg: RMConfig, path: str, given, run_dir: Path, name: str, report: 
     if wrong:
         raise ValueError(f"{path or name}: objective '{cfg.objective}' needs {wanted.__name__} records, "
                          f"got {len(wrong)} {wrong[0]} record(s)")
+    if cfg.spec.joint:  # the preference model's f reads both responses: BT on the two orders
+        records = [dataclasses.replace(r, chosen=joint_response(r.chosen, r.rejected),
+                                       rejected=joint_response(r.rejected, r.chosen)) for r in records]
     return records
 
 
@@ -178,6 +183,9 @@ def _model_lines(cfg: RMConfig, attributes: list[str]) -> list[str]:
                 f"{'frozen' if cfg.frozen or cfg.lora_members else 'trained'} backbone"
                 f"{f'; LoRA on the top {cfg.lora_layers} layers' if cfg.lora_layers and (cfg.lora or cfg.lora_members) else ''}"
                 f"{' (the layers below run once per batch for all members)' if cfg.lora_layers and cfg.lora_members else ''}")
+    if cfg.spec.joint:
+        return ["model:", "  pairwise preference model: one head on (prompt, response A, response B), "
+                "P(a ≻ b) = σ(f(x, a, b) − f(x, b, a))", what]
     return ["model:", f"  reward model ({cfg.objective}) over attributes {attributes}", what]
 
 
@@ -186,7 +194,7 @@ def prepare_reward_session(cfg: RMConfig, *, train_records=None, eval_records=No
     reward model built and handed to accelerate."""
     from transformers import AutoTokenizer
 
-    session = open_session(cfg, f"rm-{cfg.objective}", dry_run=dry_run)
+    session = open_session(cfg, cfg.run_name, dry_run=dry_run)
     if train_records is None and not cfg.train_data:
         raise ValueError("no training data: set train_data (a file or datasets folder)")
     trained = trained_ratings_model(cfg.model) if cfg.spec.trains == "gate" else None

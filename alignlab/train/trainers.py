@@ -15,6 +15,7 @@ from alignlab.train.kto import KTOConfig, train_kto
 from alignlab.train.listwise import ListwiseConfig, train_listwise
 from alignlab.train.online import ONLINE_METHODS, resolve_online, train_online
 from alignlab.train.online.config import OnlineConfig, settings_help
+from alignlab.train.pm import PMConfig, train_pm
 from alignlab.train.reward import RMConfig, train_reward_model
 from alignlab.train.session import TrainingSession
 from alignlab.train.sft import SFTConfig, train_sft
@@ -76,6 +77,9 @@ TRAINERS: dict[str, Trainer] = {
     "dpo": Trainer("dpo", DPOConfig, lambda path, flags: resolve(DPOConfig, path, flags), train_dpo,
                    lambda: config_help(DPOConfig), _offline_report,
                    "Rafailov et al. 2023 and the DPO family (see `--loss`)"),
+    "pm": Trainer("pm", PMConfig, lambda path, flags: resolve(PMConfig, path, flags), train_pm,
+                  lambda: config_help(PMConfig), _offline_report,
+                  "pairwise preference model, antisymmetric by construction (Think-RM / Pairwise-RL)"),
     "rm": Trainer("rm", RMConfig, lambda path, flags: resolve(RMConfig, path, flags), train_reward_model,
                   lambda: config_help(RMConfig), _offline_report,
                   "Bradley-Terry reward models (Ouyang et al. 2022); ArmoRM; Safe RLHF cost models"),
