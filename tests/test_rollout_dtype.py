@@ -72,3 +72,27 @@ def test_bf16_copy_samples_and_the_fp32_policy_gives_the_old_logps(tmp_path, tin
 def test_rollout_dtype_must_be_known(tmp_path, tiny_policy_dir):
     with pytest.raises(ConfigError, match="rollout_dtype"):
         resolve_online("grpo", flags=dict(model=str(tiny_policy_dir), output_dir=str(tmp_path), rollout_dtype="fp16"))
+
+
+def test_rollout_copy_of_a_lora_policy_has_the_adapter_merged_and_leaves_the_policy_alone():
+    from peft import LoraConfig, get_peft_model
+
+    policy = get_peft_model(make_tiny_lm(64), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # a trained adapter (lora_B starts at zero)
+    x = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        want = policy(x).logits
+        with policy.disable_adapter():
+            base = policy(x).logits
+    clone = rollout_module.rollout_copy(policy, torch.bfloat16)
+    assert not hasattr(clone, "peft_config") and next(clone.parameters()).dtype == torch.bfloat16
+    with torch.no_grad():
+        got = clone(x).logits.float()
+    assert (want - base).abs().max() > 0.05  # the adapter matters...
+    torch.testing.assert_close(got, want, atol=0.02, rtol=0.02)  # ...and the copy carries it
+    assert next(policy.parameters()).dtype == torch.float32 and hasattr(policy, "peft_config")
+    with torch.no_grad():
+        torch.testing.assert_close(policy(x).logits, want)  # the policy still has its adapter, unmerged
