@@ -85,7 +85,10 @@ def token_pass(scorer, batch: RolloutBatch, rows: list[int], pad_token_id: int, 
 def rollout_copy(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     """An eval-mode copy of the policy's current weights in `dtype`, for sampling only; a PEFT
     model's adapters are merged into the copy (the policy itself is untouched)."""
-    clone = copy.deepcopy(model)
+    # each parameter is cast on the way (the memo hands deepcopy the cast tensor; tied weights stay
+    # tied), so no second full-precision copy is ever held
+    memo = {id(p): torch.nn.Parameter(p.detach().to(dtype), requires_grad=p.requires_grad) for p in model.parameters()}
+    clone = copy.deepcopy(model, memo)
     if is_peft(clone):
         clone = clone.merge_and_unload()
     # requires_grad stays on (sampling runs under no_grad anyway): on CPU, bf16 linears over
