@@ -29,6 +29,7 @@ completion lengths and losses are compared as distributions (`*_same_range`), no
 
 from __future__ import annotations
 
+import copy
 import argparse
 import json
 import math
@@ -57,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--learning-rate", type=float, default=1e-6)
     p.add_argument("--seed", type=int, default=0, help="seed of the prompts and of both trainers")
     p.add_argument("--only", choices=SIDES, help="run one side only")
+    p.add_argument("--rollout-dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="alignlab's rollout_dtype (bfloat16: a bf16 copy samples; TRL's side is unchanged, fp32)")
     add_runner_args(p, SIDES, DEFAULT_OUT)
     args = p.parse_args(argv)
     if args.samples < 2:
@@ -113,13 +116,22 @@ class GenerateWatch:
         self.prompt_ids: list[list[int]] = []
         self.lengths: list[int] = []
         self.truncated: list[bool] = []
+        self.owner = self  # where calls are recorded: a copy of the model (rollout_dtype) records here too
         model.generate = self
+
+    def __deepcopy__(self, memo):
+        """A deep copy of the watched model (alignlab's bf16 rollout copy) keeps a watch on the copy's
+        own `generate` that records into this one."""
+        clone = copy.copy(self)
+        clone.inner = copy.deepcopy(self.inner, memo)  # bound to the model's copy
+        return clone
 
     def __call__(self, *args, **kwargs):
         start = time.perf_counter()
         out = self.inner(*args, **kwargs)
-        self.seconds += time.perf_counter() - start
-        self._record(kwargs["input_ids"] if "input_ids" in kwargs else args[0], kwargs.get("attention_mask"), out)
+        self.owner.seconds += time.perf_counter() - start
+        self.owner._record(kwargs["input_ids"] if "input_ids" in kwargs else args[0], kwargs.get("attention_mask"),
+                           out)
         return out
 
     def _record(self, input_ids, attention_mask, out) -> None:
@@ -215,7 +227,7 @@ def alignlab_flags(args, output_dir: str) -> dict:
         loss_reduction="token_mean", scale_rewards=True, clip_low=0.2, clip_high=0.0, ppo_epochs=1,
         temperature=1.0, top_p=1.0, top_k=0,
         learning_rate=args.learning_rate, lr_schedule="linear", warmup_ratio=0.0, weight_decay=0.0,
-        max_grad_norm=1.0, gradient_checkpointing=False,
+        max_grad_norm=1.0, gradient_checkpointing=False, rollout_dtype=args.rollout_dtype,
     )
 
 
@@ -436,6 +448,7 @@ def setup_info(args, side_setup: dict) -> dict:
         "grpo": "beta 0, token-mean loss (dapo), group std scaling, epsilon 0.2, one pass, temperature 1, "
                 "top_p 1, top_k 0, linear schedule, no warmup, fused AdamW, max_grad_norm 1.0",
         "trl_gradient_checkpointing": not args.trl_no_gradient_checkpointing,
+        "alignlab_rollout_dtype": args.rollout_dtype,
         **side_setup,
     }
 
@@ -443,7 +456,8 @@ def setup_info(args, side_setup: dict) -> dict:
 def worker_argv(args) -> list[str]:
     argv = ["--model", args.model, "--prompts", str(args.prompts), "--samples", str(args.samples),
             "--iterations", str(args.iterations), "--max-new-tokens", str(args.max_new_tokens),
-            "--grad-accum", str(args.grad_accum), "--learning-rate", repr(args.learning_rate), "--seed", str(args.seed)]
+            "--grad-accum", str(args.grad_accum), "--learning-rate", repr(args.learning_rate), "--seed", str(args.seed),
+            "--rollout-dtype", args.rollout_dtype]
     return argv + (["--trl-no-gradient-checkpointing"] if args.trl_no_gradient_checkpointing else [])
 
 

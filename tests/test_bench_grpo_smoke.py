@@ -55,3 +55,13 @@ def test_only_alignlab_with_pairs(tiny_policy_dir, tmp_path):
     r = report["alignlab"]
     assert r["completions"] == 8 and r["generate_calls"] == [8] and r["steps"] == 1
     assert report["setup"]["batch_size"] == 2  # 4 prompts x 2 samples over 4 accumulation steps
+
+
+def test_grpo_bench_counts_the_bf16_rollout_copys_generate_calls(tiny_policy_dir, tmp_path):
+    # rollout_dtype bfloat16 samples with a deep copy of the model: the observer must see its calls
+    report = run_grpo_bench(tiny_policy_dir, tmp_path / "result.json", "--samples", "4", "--only", "alignlab",
+                            "--rollout-dtype", "bfloat16")
+    r = report["alignlab"]
+    assert r["completions"] == 16 and r["generate_calls"] == [16]
+    assert r["observed_mean_completion_tokens"] == pytest.approx(r["mean_completion_tokens"])
+    assert report["setup"]["alignlab_rollout_dtype"] == "bfloat16"

@@ -5,7 +5,7 @@ import torch
 
 from alignlab.preferences import build_preference_source
 from alignlab.preferences.judge import JudgePreference, label_token_id
-from tests.conftest import make_tiny_lm
+from helpers import make_tiny_lm
 
 PROMPTS = ["What is 2 + 2?", [{"role": "user", "content": "Say hi."}], "Name a colour."]
 A = ["4", "hello there, friend", "blue"]

@@ -108,6 +108,7 @@ NOT_READ: dict[str, str] = {
     "skip_invalid": "an invalid prompt line is always an error",
     "max_prompt_length": "prompts are not truncated",
 }
+ROLLOUT_DTYPES = ("float32", "bfloat16")
 EVAL_SETTINGS = ("eval_prompts", "eval_temperature", "eval_every", "eval_reward")
 
 
@@ -135,6 +136,7 @@ class OnlineConfig(TrainConfig):
     top_k: int = field(0, "top-k sampling (0: off)")
     stop_strings: list = field([], "extra strings that end a completion")
     rollout_batch_size: int = field(64, "completions generated per `generate` call (all prompts x n at once when it fits)")
+    rollout_dtype: str = field("float32", "float32: the policy samples its own rollouts | bfloat16: a bf16 copy of the policy (LoRA merged in), made from its current weights each iteration, samples them; the old log-probs are then recomputed by the policy in one no-grad pass")
     # KL to the reference
     kl_coef: float = field(0.05, "beta: weight of the KL to the reference (0: no reference pass at all)")
     kl_mode: str = field("reward", "reward: per-token penalty in the reward (k1 classic) | loss: a loss term (GRPO's k3)")
@@ -258,6 +260,7 @@ class OnlineConfig(TrainConfig):
             (self.method in ONLINE_METHODS, f"method must be one of {sorted(ONLINE_METHODS)}"),
             (not self.preset or self.preset in PRESETS, f"preset must be one of {sorted(PRESETS)}"),
             (self.kl_mode in ("reward", "loss"), "kl_mode must be reward or loss"),
+            (self.rollout_dtype in ROLLOUT_DTYPES, f"rollout_dtype must be one of {ROLLOUT_DTYPES}"),
             (self.kl_estimator in KL_ESTIMATORS, f"kl_estimator must be one of {KL_ESTIMATORS}"),
             (self.loss_reduction in REDUCTIONS and self.loss_reduction != "sum",
              "loss_reduction must be token_mean, seq_mean_token_mean or constant"),

@@ -3,11 +3,13 @@ compute advantages with the shared estimator table. Produces a `RolloutBatch`.
 
 Where the time goes: all prompts x n samples go to `generate` in as few calls as
 `rollout_batch_size` allows; the sampling log-probs are reused as the old-policy log-probs (no
-extra pass) unless a critic pass runs anyway; the reference pass is skipped when kl_coef is 0.
+extra pass) unless a critic pass runs anyway or a bf16 copy sampled them (`rollout_dtype`); the
+reference pass is skipped when kl_coef is 0.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 
@@ -79,6 +81,21 @@ def token_pass(scorer, batch: RolloutBatch, rows: list[int], pad_token_id: int, 
     return logps, values
 
 
+@torch.no_grad()
+def rollout_copy(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """An eval-mode copy of the policy's current weights in `dtype`, for sampling only; a PEFT
+    model's adapters are merged into the copy (the policy itself is untouched)."""
+    # each parameter is cast on the way (the memo hands deepcopy the cast tensor; tied weights stay
+    # tied), so no second full-precision copy is ever held
+    memo = {id(p): torch.nn.Parameter(p.detach().to(dtype), requires_grad=p.requires_grad) for p in model.parameters()}
+    clone = copy.deepcopy(model, memo)
+    if is_peft(clone):
+        clone = clone.merge_and_unload()
+    # requires_grad stays on (sampling runs under no_grad anyway): on CPU, bf16 linears over
+    # weights with requires_grad off took 4x longer and ~3.5 GB more (torch 2.13, measured)
+    return clone.to(dtype).eval()
+
+
 class RolloutMaker:
     """Builds each iteration's RolloutBatch for one trainer (owns no optimizer state)."""
 
@@ -94,6 +111,15 @@ class RolloutMaker:
         if cfg.par_references or cfg.exploration != "none":
             reference_model = model if is_peft(model) else reference_scorer.model
             self.reference_generator = HFGenerator(reference_model, tokenizer, batch_size=cfg.rollout_batch_size)
+
+    def _sampler(self) -> HFGenerator:
+        """The generator of this iteration's samples: the policy itself, or under rollout_dtype
+        bfloat16 a bf16 copy of its current weights (LoRA merged in), made now and dropped after
+        sampling, so it never adds to the peak memory of the update that follows."""
+        if self.cfg.rollout_dtype == "float32":
+            return self.generator
+        return HFGenerator(rollout_copy(self.model, getattr(torch, self.cfg.rollout_dtype)), self.tokenizer,
+                           batch_size=self.cfg.rollout_batch_size)
 
     def _params(self, iteration: int, n: int, **kw) -> SamplingParams:
         c = self.cfg
@@ -112,7 +138,7 @@ class RolloutMaker:
         c, spec = self.cfg, self.cfg.spec
         n = c.samples_per_prompt
         t0 = time.perf_counter()
-        out = self.generator.generate(prompt_ids, self._params(iteration, n))
+        out = self._sampler().generate(prompt_ids, self._params(iteration, n))
         gen_seconds = time.perf_counter() - t0
         rows_prompts = [prompts[i] for i in out.prompt_index]
         lengths = torch.tensor([len(x) for x in out.completion_ids])
@@ -128,8 +154,13 @@ class RolloutMaker:
         t2 = time.perf_counter()
         rows = list(range(len(batch)))
         chunk = max(1, c.batch_size)
-        if spec.critics:  # one no-grad policy pass gives the old values (and exact old log-probs)
+        # one no-grad policy pass gives the old values, and the old log-probs at the policy's own
+        # precision: a bf16 copy's sampling log-probs must never enter the importance ratio
+        if spec.critics or c.rollout_dtype != "float32":
+            sampled_logps = batch.old_logps
             batch.old_logps, batch.old_values = token_pass(self.scorer, batch, rows, self.pad_token_id, chunk)
+            metrics["sampler_logprob_gap"] = float(((sampled_logps - batch.old_logps).abs() * batch.mask).sum()
+                                                   / batch.mask.sum().clamp(min=1))
         if c.kl_coef > 0:
             with reference_context(self.model):
                 batch.ref_logps, _ = token_pass(self.reference_scorer, batch, rows, self.pad_token_id, chunk,
