@@ -28,10 +28,13 @@ from alignlab.rollout.base import Completions, SamplingParams
 
 
 class _Sampler(LogitsProcessor):
-    """Samples the next token itself and records log softmax(logits / T)[token] per step."""
+    """Samples the next token itself and records log softmax(logits / T)[token] per step. With
+    `row_generators` (one per row), each row draws from its own generator, by inverse CDF, so a
+    row's tokens do not depend on which other rows share its batch."""
 
-    def __init__(self, params: SamplingParams, generator: torch.Generator):
-        self.params, self.generator = params, generator
+    def __init__(self, params: SamplingParams, generator: torch.Generator,
+                 row_generators: list[torch.Generator] | None = None):
+        self.params, self.generator, self.row_generators = params, generator, row_generators
         self.step_logps: list[torch.Tensor] = []  # one (B,) tensor per decoding step
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -42,9 +45,21 @@ class _Sampler(LogitsProcessor):
         lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (B, 1)
         truncated = _truncate(logits, p.top_k, p.top_p)
         probs = torch.exp(logits - lse) if truncated is logits else torch.softmax(truncated, dim=-1)
-        token = torch.multinomial(probs, 1, generator=self.generator)  # (B, 1)
+        if self.row_generators is None:
+            token = torch.multinomial(probs, 1, generator=self.generator)  # (B, 1)
+        else:
+            token = _row_draws(probs, self.row_generators)
         self.step_logps.append((logits.gather(1, token) - lse).squeeze(1))
         return torch.full_like(scores, float("-inf")).scatter_(1, token, 0.0)
+
+
+def _row_draws(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """(B, 1) tokens, row b drawn from probs[b] (B, V) with one uniform of generators[b]."""
+    u = torch.cat([torch.rand(1, generator=g, device=probs.device) for g in generators])  # (B,)
+    cdf = probs.double().cumsum(-1)  # (B, V); float64: a float32 running sum over a 50k vocabulary drifts ~1e-3
+    token = torch.searchsorted(cdf, (u.double() * cdf[:, -1]).unsqueeze(1).contiguous())  # (B, 1)
+    # a uniform at the very top of the mass can land past the last token with float cumsums
+    return token.clamp(max=probs.shape[-1] - 1)
 
 
 def _truncate(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -124,7 +139,13 @@ class HFGenerator:
             pad_token_id = tokenizer.pad_token_id
         self.pad_token_id = self.eos_token_ids[0] if pad_token_id is None else pad_token_id
 
-    def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> Completions:
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams, *,
+                 seeds: list[int] | None = None) -> Completions:
+        """`seeds` (one per prompt): sample j of prompt i draws from its own generator seeded by
+        (seeds[i], j) instead of the call's one generator, so it is the same whichever other prompts
+        share the call (data-parallel rollouts split the prompts over processes)."""
+        if seeds is not None and len(seeds) != len(prompt_ids):
+            raise ValueError(f"HFGenerator.generate: {len(seeds)} seeds for {len(prompt_ids)} prompts")
         if any(len(p) == 0 for p in prompt_ids):
             raise ValueError("HFGenerator.generate: every prompt needs at least one token")
         if params.stop_strings and self.tokenizer is None:
@@ -132,8 +153,13 @@ class HFGenerator:
         _check_generation_config(self.model)
         rows = [i for i in range(len(prompt_ids)) for _ in range(params.n)]  # prompt-major
         order = sorted(range(len(rows)), key=lambda r: len(prompt_ids[rows[r]]))
-        generator = torch.Generator(next(self.model.parameters()).device)
+        device = next(self.model.parameters()).device
+        generator = torch.Generator(device)
         generator.manual_seed(params.seed) if params.seed is not None else generator.seed()
+        row_generators = None
+        if seeds is not None:
+            row_generators = [torch.Generator(device).manual_seed(_row_seed(seeds[rows[r]], r % params.n))
+                              for r in range(len(rows))]
         completion_ids: list[list[int]] = [[] for _ in rows]
         logprobs: list[torch.Tensor] = [torch.zeros(0) for _ in rows]
         finished = [False] * len(rows)
@@ -146,7 +172,8 @@ class HFGenerator:
             for start in tqdm(starts, desc=self.progress, disable=self.progress is None, dynamic_ncols=True,
                               unit="batch"):
                 chunk = order[start : start + self.batch_size]
-                ids, lps, fin = self._generate_chunk([prompt_ids[rows[r]] for r in chunk], params, generator)
+                ids, lps, fin = self._generate_chunk([prompt_ids[rows[r]] for r in chunk], params, generator,
+                                                     [row_generators[r] for r in chunk] if row_generators else None)
                 for r, c, lp, f in zip(chunk, ids, lps, fin):
                     completion_ids[r], logprobs[r], finished[r] = c, lp, f
         finally:
@@ -161,7 +188,8 @@ class HFGenerator:
     # no_grad, not inference_mode: the returned log-probs must be ordinary tensors, since trainers
     # use them in autograd graphs and in-place ops, which inference tensors refuse.
     @torch.no_grad()
-    def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams, generator: torch.Generator):
+    def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams, generator: torch.Generator,
+                        row_generators: list[torch.Generator] | None = None):
         device = next(self.model.parameters()).device
         width = max(len(p) for p in prompts)
         input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)  # (B, P)
@@ -169,7 +197,7 @@ class HFGenerator:
         for i, p in enumerate(prompts):  # LEFT padding: every row's last prompt token sits at column P-1
             input_ids[i, width - len(p) :] = torch.tensor(p)
             attention_mask[i, width - len(p) :] = 1
-        sampler = _Sampler(params, generator)
+        sampler = _Sampler(params, generator, row_generators)
         stops = StoppingCriteriaList()
         if params.stop_strings:
             stops.append(_StopRecorder(StopStringCriteria(self.tokenizer, list(params.stop_strings)), len(prompts)))
@@ -190,6 +218,11 @@ class HFGenerator:
             out_lps.append(step_logps[i, :length].clone() if step_logps is not None else None)
             out_fin.append(done)
         return out_ids, out_lps, out_fin
+
+
+def _row_seed(prompt_seed: int, sample: int) -> int:
+    """The seed of one prompt's sample: distinct per (prompt seed, sample), within int64."""
+    return (int(prompt_seed) * 1_000_003 + sample) % (2**63 - 1)
 
 
 def _completion_length(tokens: torch.Tensor, eos_ids: list[int], stopped_at: int | None) -> tuple[int, bool]:

@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from alignlab.rollout.base import Completions
+
 
 def _launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -180,3 +182,44 @@ def any_process(flag: bool) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=_device())
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
     return bool(t.item())
+
+
+def gather_rows(local: torch.Tensor | dict | None) -> torch.Tensor | dict | None:
+    """Tensors (k, ...) from every process concatenated along dim 0 in rank order (a dict: each
+    entry); a process with nothing to add passes None. Dtypes and trailing shapes come back."""
+    if world_size() == 1:
+        return local
+    single = not isinstance(local, dict)
+    parts = {"": local} if single and local is not None else ({} if local is None else dict(local))
+    meta = {k: [list(v.shape[1:]), str(v.dtype).removeprefix("torch.")] for k, v in parts.items()}
+    found = next((m for m in gather_json(meta if local is not None else None) if m is not None), None)
+    if found is None:
+        return None
+    out = {}
+    for key, (tail, dtype) in found.items():
+        mine = parts.get(key)
+        flat = mine.reshape(-1).double() if mine is not None else torch.zeros(0, dtype=torch.float64)
+        out[key] = _gather_1d(flat).to(getattr(torch, dtype)).reshape(-1, *tail)
+    return out[""] if single else out
+
+
+def gather_completions(local: Completions | None, local_prompts: list[int], prompt_ids: list, tokenizer
+                       ) -> Completions:
+    """Completions of each process's prompts (`local_prompts`: their indices in the full list
+    `prompt_ids`; `local` None when it had none) put together in prompt order on every process.
+    Texts are decoded from the gathered tokens (with `tokenizer`; None without one)."""
+    if world_size() == 1:
+        return local
+    rows = local.completion_ids if local is not None else []
+    ids = gather_ragged([torch.tensor(c, dtype=torch.long) for c in rows], dtype=torch.long)
+    greedy = gather_json(local is not None and local.logprobs is None)
+    logprobs = None if any(greedy) else gather_ragged(local.logprobs if local is not None else [])
+    prompt_index = gather_rows(torch.tensor([local_prompts[i] for i in local.prompt_index], dtype=torch.long)
+                               if local is not None else None)
+    finished = gather_rows(torch.tensor(local.finished) if local is not None else None)
+    n = max(gather_json(local.n if local is not None else 0))
+    completion_ids = [c.tolist() for c in ids]
+    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True) if tokenizer is not None else None
+    prompt_index = prompt_index.tolist()
+    return Completions(prompt_index=prompt_index, prompt_ids=[prompt_ids[i] for i in prompt_index],
+                       completion_ids=completion_ids, texts=texts, logprobs=logprobs, finished=finished.tolist(), n=n)

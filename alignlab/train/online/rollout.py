@@ -4,6 +4,12 @@ compute advantages with the shared estimator table. Produces a `RolloutBatch`.
 Where the time goes: all prompts x n samples go to `generate` in as few calls as
 `rollout_batch_size` allows; the sampling log-probs are reused as the old-policy log-probs (no
 extra pass) unless a critic pass runs anyway; the reference pass is skipped when kl_coef is 0.
+
+Data parallel: each process samples and scores its block of the prompts (a prompt's whole group
+stays on one process; each prompt's samples are seeded by its position in the iteration, so they
+are the same on any number of processes), the completions and rewards are gathered, and the
+critic and reference passes are split by rows and summed. Shaping, advantages and controllers
+then run on the full batch, identically on every process.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from alignlab.losses.shaping import length_penalty, par_shaping, policy_filter
 from alignlab.models.load import is_peft, reference_context
 from alignlab.rollout.base import SamplingParams
 from alignlab.rollout.hf import HFGenerator
+from alignlab.train import distributed as dist
 from alignlab.train.online.batch import RolloutBatch, make_micro_batch, pad_tokens
 
 
@@ -64,19 +71,21 @@ class Controllers:
 def token_pass(scorer, batch: RolloutBatch, rows: list[int], pad_token_id: int, chunk: int, *, reference: bool = False
                ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(B, T) log-probs and (B, T, C) values of the sampled tokens, no grad, in chunks of rows.
-    `reference=True` runs the reference policy (LoRA adapter disabled, or the frozen copy)."""
+    `reference=True` runs the reference policy (LoRA adapter disabled, or the frozen copy).
+    Each process scores its block of `rows`; every process returns them all."""
     B, T = batch.mask.shape
-    logps = torch.zeros(B, T)
-    values = None
+    logps = torch.zeros(B, T)  # rows of other processes stay 0 until the sum
+    head = getattr(scorer, "value_head", None)
+    values = torch.zeros(B, T, head.out_features) if head is not None and not reference else None
     device = next(scorer.parameters()).device
-    for start in range(0, len(rows), chunk):
-        mb = make_micro_batch(batch, rows[start : start + chunk], pad_token_id)
+    mine = [rows[i] for i in dist.shard_indices(len(rows))]
+    for start in range(0, len(mine), chunk):
+        mb = make_micro_batch(batch, mine[start : start + chunk], pad_token_id)
         out, vals = scorer(mb.packed.to(device))
         logps[mb.rows] = mb.to_bt(out.logps.float().cpu())
-        if vals is not None and not reference:
-            values = torch.zeros(B, T, vals.shape[-1]) if values is None else values
+        if values is not None:
             values[mb.rows] = mb.to_bt(vals.float().cpu())
-    return logps, values
+    return dist.all_reduce_sum(logps), dist.all_reduce_sum(values) if values is not None else None
 
 
 class RolloutMaker:
@@ -100,26 +109,45 @@ class RolloutMaker:
                               seed=c.seed * 100_003 + iteration, **kw)
 
     def _score(self, prompts, texts, lengths) -> tuple[torch.Tensor, dict]:
+        """Raw rewards (B,) of completions, length penalty included, and the parts' means (every
+        process scores them all: the greedy and reference samples are not split)."""
         raw = self.rewards.score(prompts, texts)
         parts = {f"reward/{k}": float(v.mean()) for k, v in self.rewards.last_parts.items()}
         if self.cfg.length_penalty:
             raw = length_penalty(raw, lengths, self.cfg.length_penalty, self.cfg.length_target or None)
         return raw, parts
 
+    def _sample_and_score(self, iteration: int, prompts: list, prompt_ids: list):
+        """(completions, raw rewards (B,) before the length penalty, reward parts {name: (B,)},
+        seconds generating, seconds scoring): this process's prompts sampled, each seeded by its
+        index in the iteration, and scored; then everything gathered from all processes."""
+        params = self._params(iteration, self.cfg.samples_per_prompt)
+        mine = dist.shard_indices(len(prompt_ids))
+        seeds = [params.seed * 7_919 + k for k in range(len(prompt_ids))]
+        local = raw = parts = None
+        t0 = time.perf_counter()
+        if mine:
+            local = self.generator.generate([prompt_ids[i] for i in mine], params, seeds=[seeds[i] for i in mine])
+        t1 = time.perf_counter()
+        if mine:
+            raw = self.rewards.score([prompts[mine[i]] for i in local.prompt_index], local.texts)
+            parts = dict(self.rewards.last_parts)
+        t2 = time.perf_counter()
+        out = dist.gather_completions(local, mine, prompt_ids, self.tokenizer)
+        return out, dist.gather_rows(raw), dist.gather_rows(parts) or {}, t1 - t0, t2 - t1
+
     def make(self, iteration: int, prompts: list, prompt_ids: list, ctl: Controllers) -> RolloutBatch:
         c, spec = self.cfg, self.cfg.spec
         n = c.samples_per_prompt
-        t0 = time.perf_counter()
-        out = self.generator.generate(prompt_ids, self._params(iteration, n))
-        gen_seconds = time.perf_counter() - t0
+        out, raw, parts, gen_seconds, score_seconds = self._sample_and_score(iteration, prompts, prompt_ids)
         rows_prompts = [prompts[i] for i in out.prompt_index]
         lengths = torch.tensor([len(x) for x in out.completion_ids])
         batch = RolloutBatch(iteration, n, rows_prompts, out.prompt_ids, out.completion_ids, out.texts, out.finished,
                              mask=pad_tokens([[1.0] * len(x) for x in out.completion_ids]),
                              old_logps=pad_tokens(out.logprobs), rewards=torch.zeros(len(out)))
-        t1 = time.perf_counter()
-        raw, metrics = self._score(rows_prompts, out.texts, lengths)
-        score_seconds = time.perf_counter() - t1
+        metrics = {f"reward/{k}": float(v.mean()) for k, v in parts.items()}
+        if c.length_penalty:
+            raw = length_penalty(raw, lengths, c.length_penalty, c.length_target or None)
         greedy_raw = self._greedy_rewards(iteration, prompts, prompt_ids, metrics) if spec.greedy_baseline else None
         rewards, greedy = self._shape(raw, iteration, prompts, prompt_ids, ctl, metrics, greedy_raw)
         batch.baseline = greedy

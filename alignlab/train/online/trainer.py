@@ -32,7 +32,8 @@ from alignlab.models.policy_value import PolicyValue
 from alignlab.rewards.spec import WeightedRewards, build_reward_source, build_rewards
 from alignlab.rewards.verifiable import answers_of
 from alignlab.rollout.base import SamplingParams
-from alignlab.train.dryrun import describe, policy_lines
+from alignlab.train import distributed as dist
+from alignlab.train.dryrun import describe, launched_processes, policy_lines
 from alignlab.train.online.batch import (OnlineMicroBatch, RolloutBatch, make_micro_batch, micro_batch_rows, pad_tokens,
                                         rollout_files, rollout_path)
 from alignlab.train.online.config import OnlineConfig
@@ -97,7 +98,8 @@ class OnlineAlgorithm:
 
     def rollout(self, iteration: int) -> RolloutBatch:
         path = self._path(iteration)
-        if path.is_file():  # resume: the very samples drawn before the interruption
+        # the main process's view decides: all processes load, or all take part in sampling
+        if dist.broadcast_json(path.is_file()):  # resume: the very samples drawn before the interruption
             batch = RolloutBatch.load(path)
         else:
             if iteration > 0 and self._path(iteration - 1).is_file() and (self._cache is None or self._cache[0] != iteration - 1):
@@ -105,7 +107,8 @@ class OnlineAlgorithm:
             idx = self._iteration_prompts(iteration)
             batch = self.maker.make(iteration, [self.train_rows[i]["prompt"] for i in idx], [self._ids(i) for i in idx],
                                     self.ctl)
-            batch.save(path)
+            if dist.is_main():
+                batch.save(path)
         self.ctl = Controllers.from_dict(batch.controller)
         return batch
 
@@ -321,12 +324,17 @@ def train_online(cfg: OnlineConfig, *, model=None, tokenizer=None, train_rows=No
 
 def _batch_lines(cfg: OnlineConfig, n_train: int, n_eval: int) -> list[str]:
     completions = cfg.prompts_per_step * cfg.samples_per_prompt
-    per_iteration = cfg.ppo_epochs * -(-completions // (cfg.batch_size * cfg.grad_accum))
+    world = launched_processes()
+    micro = -(-completions // cfg.batch_size)  # per pass, whole prompt groups aside
+    per_iteration = -(-cfg.ppo_epochs * micro // (cfg.grad_accum * world))
     return [
         "rollouts and batch arithmetic:",
         f"  {cfg.iterations} iterations x {cfg.prompts_per_step} prompts x {cfg.samples_per_prompt} samples "
         f"(up to {cfg.max_new_tokens} new tokens) = {completions} completions per iteration",
-        f"  {cfg.batch_size} completions per micro-batch x {cfg.grad_accum} accumulation; {cfg.ppo_epochs} pass(es) "
+        f"  {cfg.batch_size} completions per micro-batch per device x {cfg.grad_accum} accumulation x {world} "
+        f"process(es) = {cfg.batch_size * cfg.grad_accum * world} per optimizer step; each process samples and "
+        f"scores {-(-cfg.prompts_per_step // world)} of the prompts",
+        f"  {cfg.ppo_epochs} pass(es) "
         f"over each rollout: {per_iteration} optimizer steps per iteration, {cfg.iterations * per_iteration} in all",
         f"  {n_train} training prompts, {n_eval} held-out prompts"
         + (f" ({min(n_eval, cfg.eval_prompts)} sampled at each evaluation)" if n_eval else " (no evaluation)"),
@@ -392,13 +400,14 @@ def _ptx_mixer(cfg: OnlineConfig, tokenizer, pad: int):
 def _eval_before(algorithm: OnlineAlgorithm, scorer, run_dir: Path) -> dict:
     """The untrained policy's evaluation (kept in the run folder, so a resumed run reuses it)."""
     path = run_dir / "eval_before.json"
-    if path.is_file():
+    if dist.broadcast_json(path.is_file()):  # the main process's view: all processes evaluate, or none
         return json.loads(path.read_text())
     was_training = scorer.training
     scorer.eval()
     metrics = algorithm.evaluate(scorer)
     scorer.train(was_training)
-    path.write_text(json.dumps(metrics, indent=1))
+    if dist.is_main():
+        path.write_text(json.dumps(metrics, indent=1))
     return metrics
 
 
