@@ -125,6 +125,7 @@ def start_training(session: TrainingSession, model, *, data_files: list[str] | N
     cfg = session.cfg
     dist.state()  # the process group first, from the launcher's environment
     session.accelerator = Accelerator(mixed_precision=MIXED_PRECISION[cfg.precision], cpu=dist.cpu_only())
+    check_engine(session.accelerator)
     session.model = model.to(session.accelerator.device)
     files = data_files if data_files is not None else [cfg.train_data, cfg.eval_data]
     if dist.is_main():
@@ -135,6 +136,24 @@ def start_training(session: TrainingSession, model, *, data_files: list[str] | N
         session.accelerator.print("alignlab data report:\n  " + "\n  ".join(session.report.lines()))
     session.accelerator.print(f"alignlab: {len(session.train_examples)} train / {len(session.eval_examples)} eval "
                               f"examples; run folder {session.run_dir}")
+
+
+def check_engine(accelerator) -> None:
+    """Refuse (one line) what the loop cannot drive, and say when a sharding config is not applied."""
+    import os
+
+    from accelerate.utils import DistributedType
+
+    kind = accelerator.distributed_type
+    if kind == DistributedType.DEEPSPEED:
+        raise ValueError("DeepSpeed: alignlab's loop does not drive a DeepSpeed engine yet (gradient clipping, steps and "
+                         "checkpoints); launch with configs/accelerate/fsdp.yaml or ddp.yaml (docs/distributed.md)")
+    if kind == DistributedType.FSDP and accelerator.state.fsdp_plugin.fsdp_version != 2:
+        raise ValueError("FSDP: alignlab trains with FSDP2 only; set fsdp_version: 2 in the accelerate config "
+                         "(configs/accelerate/fsdp.yaml)")
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and kind != DistributedType.FSDP:
+        accelerator.print(f"alignlab: the accelerate config asks for FSDP, but accelerate shards only on GPU processes; "
+                          f"training unsharded data-parallel ({kind.value})")
 
 
 def run_training(session: TrainingSession, algorithm, owner, scorer, *, save: Callable[[], Path],

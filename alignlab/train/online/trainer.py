@@ -34,6 +34,7 @@ from alignlab.rewards.verifiable import answers_of
 from alignlab.rollout.base import SamplingParams
 from alignlab.train import distributed as dist
 from alignlab.train.dryrun import describe, launched_processes, policy_lines
+from alignlab.train.loop import sharded_model
 from alignlab.train.online.batch import (OnlineMicroBatch, RolloutBatch, make_micro_batch, micro_batch_rows, pad_tokens,
                                         rollout_files, rollout_path)
 from alignlab.train.online.config import OnlineConfig
@@ -295,6 +296,9 @@ def train_online(cfg: OnlineConfig, *, model=None, tokenizer=None, train_rows=No
         cost = build_reward_source(cfg.cost, how=cfg.reward_how, answers=answers)
     model, scorer, reference = _build_models(cfg, model)
     start_training(session, model, data_files=[cfg.train_data, cfg.eval_data])
+    if sharded_model(session.accelerator):
+        raise ValueError("online training under FSDP is not supported: sampling needs the policy's full weights on "
+                         "every process; launch with configs/accelerate/ddp.yaml (docs/distributed.md)")
     if reference is not None:
         reference.to(session.accelerator.device)  # the frozen copy of full fine-tuning (LoRA's is the model itself)
     pad = session.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
