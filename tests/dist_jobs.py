@@ -46,7 +46,62 @@ def run_job(kind: str, settings: dict):
         reward = FunctionReward(lambda texts: [len(t) / 20 for t in texts], name="chars", responses_only=True)
         cfg = resolve_online("grpo", flags=settings)
         return train_online(cfg, train_rows=rows, eval_rows=[], rewards=reward)
+    if kind == "fsdp_checkpoint":
+        return fsdp_checkpoint(settings["output_dir"])
     raise ValueError(kind)
+
+
+class _NoTokenizer:
+    def save_pretrained(self, directory) -> None:
+        pass
+
+
+def fsdp_checkpoint(out: str) -> None:
+    """FSDP2 on CPU (gloo; accelerate routes FSDP to GPUs only, so `fully_shard` is applied here
+    directly): one AdamW step on a sharded tiny Llama, a checkpoint through the loop's sharded
+    path, that checkpoint loaded into a fresh sharded copy, and the final save after `unshard`."""
+    from pathlib import Path
+
+    import torch
+    from safetensors.torch import save_file
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from alignlab.models.load import save_final
+    from alignlab.train import distributed as dist
+    from alignlab.train.checkpoint import gathered_state, load_checkpoint, save_checkpoint
+    from conftest import make_tiny_lm
+
+    dist.state()
+    mesh = init_device_mesh("cpu", (dist.world_size(),))
+    out = Path(out)
+
+    def sharded(seed: int):
+        model = make_tiny_lm(64, seed=seed)
+        for layer in model.model.layers:
+            fully_shard(layer, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        return model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+
+    model, optimizer, scheduler = sharded(0)
+    ids = torch.arange(8).reshape(2, 4) + 3 * dist.rank()
+    model(input_ids=ids, labels=ids).loss.backward()
+    optimizer.step()
+    scheduler.step()
+    gathered = gathered_state(model, optimizer)
+    if dist.is_main():
+        save_checkpoint(out / "checkpoints", 1, model, optimizer, scheduler, {"micro": 2}, 2, gathered=gathered)
+    dist.barrier()
+    fresh, fresh_optimizer, fresh_scheduler = sharded(1)  # other initial weights: all must come from the file
+    load_checkpoint(out / "checkpoints" / "step-1", fresh, fresh_optimizer, fresh_scheduler, sharded=True)
+    reloaded, _ = gathered_state(fresh, fresh_optimizer)
+    dist.unshard(model)
+    if dist.is_main():
+        save_file({k: v.detach().clone() for k, v in reloaded.items()}, out / "reloaded.safetensors")
+        save_file({k: v.detach().clone() for k, v in gathered[0].items()}, out / "trained.safetensors")
+        save_final(model, _NoTokenizer(), out / "final")
+    dist.barrier()
 
 
 if __name__ == "__main__":

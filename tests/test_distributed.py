@@ -51,9 +51,11 @@ def launch(spec: dict, tmp: Path, processes: int = 2) -> subprocess.CompletedPro
 
 @pytest.fixture(scope="module")
 def two(tmp_path_factory, tiny_policy_dir):
-    """Folder with the 2-process runs dpo/, rm/, grpo/ (1 micro-batch per process per step)."""
+    """Folder with the 2-process runs dpo/, rm/, grpo/ (1 micro-batch per process per step) and the
+    FSDP2 checkpoint round trip fsdp/ (dist_jobs.fsdp_checkpoint)."""
     tmp = tmp_path_factory.mktemp("two-processes")
-    spec = {"jobs": [{"kind": k, "cfg": settings(k, tiny_policy_dir, tmp / k)} for k in ("dpo", "rm", "grpo")]}
+    spec = {"jobs": [{"kind": k, "cfg": settings(k, tiny_policy_dir, tmp / k)} for k in ("dpo", "rm", "grpo")]
+            + [{"kind": "fsdp_checkpoint", "cfg": {"output_dir": str(tmp / "fsdp")}}]}
     proc = launch(spec, tmp)
     assert proc.returncode == 0, proc.stderr[-6000:]
     return tmp
@@ -127,3 +129,30 @@ def test_the_dry_run_states_the_global_batch(tmp_path, tiny_policy_dir, monkeypa
     text = train_dpo(cfg, train_records=pairwise(10), dry_run=True).dry_run_text
     assert "2 per device x 1 accumulation x 2 process(es) = 4 pairs per optimizer step" in text
     assert "10 train pairs -> 5 micro-batches, 3 steps per epoch, 3 optimizer steps in all" in text
+
+
+def test_an_fsdp_checkpoint_is_the_gathered_model_and_loads_sharded_or_whole(two):
+    from conftest import make_tiny_lm
+
+    from alignlab.train.checkpoint import load_checkpoint
+
+    run = two / "fsdp"
+    trained = load_file(run / "trained.safetensors")  # gathered from the 2 shards after one step
+    assert len(trained) == len(dict(make_tiny_lm(64).named_parameters()))
+    # loaded into a fresh sharded copy with other initial weights: the trained weights come back
+    assert_same_weights(trained, load_file(run / "reloaded.safetensors"))
+    # the final save (main process, after unshard) is the whole trained model, loadable as usual
+    final = load_file(run / "final" / "model.safetensors")
+    assert final.keys() == trained.keys()
+    assert_same_weights(trained, final)
+    # resumed on 1 process without FSDP: weights and AdamW moments by parameter name
+    model = make_tiny_lm(64, seed=1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    state = load_checkpoint(run / "checkpoints" / "step-1", model, optimizer, scheduler)
+    assert state["optimizer_layout"] == "names" and state["micro"] == 2
+    assert_same_weights(trained, dict(model.named_parameters()))
+    saved = torch.load(run / "checkpoints" / "step-1" / "optimizer.pt", weights_only=True)["state"]
+    name, param = "model.layers.0.mlp.up_proj.weight", dict(model.named_parameters())["model.layers.0.mlp.up_proj.weight"]
+    torch.testing.assert_close(optimizer.state[param]["exp_avg"], saved[name]["exp_avg"])
+    assert optimizer.state[param]["exp_avg"].abs().sum() > 0

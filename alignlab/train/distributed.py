@@ -223,3 +223,15 @@ def gather_completions(local: Completions | None, local_prompts: list[int], prom
     prompt_index = prompt_index.tolist()
     return Completions(prompt_index=prompt_index, prompt_ids=[prompt_ids[i] for i in prompt_index],
                        completion_ids=completion_ids, texts=texts, logprobs=logprobs, finished=finished.tolist(), n=n)
+
+
+def unshard(model: torch.nn.Module) -> None:
+    """FSDP2: gather the full weights of every sharded module of `model` on every process and keep
+    them gathered (no resharding after a forward), so that the main process alone can save the
+    model or score with it (a reward model's centering pass). A collective; a no-op unsharded."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.set_reshard_after_forward(False)
+            module.unshard()

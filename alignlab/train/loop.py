@@ -31,7 +31,8 @@ import torch
 from tqdm.auto import tqdm
 
 from alignlab.train import distributed as dist
-from alignlab.train.checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from alignlab.train.checkpoint import (gathered_state, list_checkpoints, load_checkpoint, rng_state, save_checkpoint,
+                                       set_rng_state)
 from alignlab.train.config import TrainConfig
 from alignlab.train.tracking import Tracker
 
@@ -183,7 +184,7 @@ def train_loop(cfg: TrainConfig, algorithm: Algorithm, model, scorer, accelerato
     state = LoopState()
     resume_from = _resume_path(cfg, run_dir)
     if resume_from is not None:
-        saved = load_checkpoint(resume_from, model, optimizer, scheduler)
+        saved = load_checkpoint(resume_from, model, optimizer, scheduler, sharded=sharded_model(accelerator))
         state = LoopState(**{k: v for k, v in saved.items() if k in LoopState.__dataclass_fields__})
         accelerator.print(f"alignlab: resumed from {resume_from} at step {state.step}")
     if not sharded_model(accelerator):
@@ -360,6 +361,9 @@ def _interrupted(cfg, run_dir, model, optimizer, scheduler, state, accelerator, 
 
 
 def _save(cfg, run_dir, model, optimizer, scheduler, state, accelerator) -> None:
+    # a sharded model is gathered whole first, by every process
+    gathered = gathered_state(model, optimizer) if sharded_model(accelerator) else None
     if accelerator.is_main_process:
-        save_checkpoint(run_dir / "checkpoints", state.step, model, optimizer, scheduler, state.to_dict(), cfg.keep_checkpoints)
+        save_checkpoint(run_dir / "checkpoints", state.step, model, optimizer, scheduler, state.to_dict(),
+                        cfg.keep_checkpoints, gathered=gathered)
     accelerator.wait_for_everyone()

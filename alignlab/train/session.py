@@ -27,7 +27,7 @@ import torch
 from alignlab.data import DataReport, load_records
 from alignlab.train import distributed as dist
 from alignlab.train.errors import DiskFull, is_disk_full
-from alignlab.train.loop import LoopState, train_loop
+from alignlab.train.loop import LoopState, sharded_model, train_loop
 from alignlab.train.run import RunFolderError, make_run_dir, release_run, write_run_header
 
 MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
@@ -164,6 +164,8 @@ def run_training(session: TrainingSession, algorithm, owner, scorer, *, save: Ca
     cfg = session.cfg
     try:
         session.state = train_loop(loop_cfg or cfg, algorithm, owner, scorer, session.accelerator, session.run_dir)
+        if sharded_model(session.accelerator):
+            dist.unshard(owner)  # the final save runs on the main process alone
         if session.accelerator.is_main_process:
             session.final_dir = save()
     except OSError as exc:
