@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 from alignlab.data import DataReport, encode_pairs
 from alignlab.data.records import PairwiseRecord
+from alignlab.train import distributed as dist
 from alignlab.train.session import load_split
 
 
@@ -45,7 +46,7 @@ def cached_reference(session, compute: Callable[[list], torch.Tensor]) -> dict[s
     reuses them."""
     path = session.run_dir / "reference_logps.safetensors"
     key = _pairs_key(session.train_examples, session.eval_examples, session.cfg.model)
-    if path.is_file():
+    if dist.broadcast_json(path.is_file()):  # the main process's view: all processes load, or all compute
         saved, saved_key = _read_reference(path)
         if saved_key == key:
             return saved
