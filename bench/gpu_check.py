@@ -1,6 +1,5 @@
-"""One GPU check of online training: GRPO with a rollout backend (HF `generate` today; vLLM once
-`alignlab.rollout.vllm` exists), measuring decode throughput, step time and model FLOPs
-utilization (MFU). Prints one JSON line and writes it to --out. bench/gpu_check.sh runs it once
+"""One GPU check of online training: GRPO with a rollout backend (HF `generate`, or vLLM through
+`alignlab.rollout.vllm`), measuring decode throughput, step time and model FLOPs utilization (MFU). Prints one JSON line and writes it to --out. bench/gpu_check.sh runs it once
 per backend and the data-parallel / FSDP checks around it.
 
     python bench/gpu_check.py --backend hf --out bench/results/gpu_check-hf.json
@@ -36,21 +35,19 @@ def backend_available(name: str) -> str | None:
         return None
     if importlib.util.find_spec("vllm") is None:
         return "vllm is not installed"
-    if importlib.util.find_spec("alignlab.rollout.vllm") is None:
-        return "alignlab has no vLLM rollout backend yet (alignlab/rollout/vllm.py)"
     return None
 
 
 def measure_generation(model, tokenizer, prompts, args) -> dict:
-    """Decode throughput of the backend alone on the GRPO prompts (after one warm-up call). Only the
-    HF backend exists; `backend_available` reports vLLM as skipped until alignlab.rollout.vllm lands,
-    which then plugs in here and in the GRPO run."""
+    """Decode throughput of the backend alone on the GRPO prompts (after one warm-up call)."""
     from alignlab.data.tokenize import encode_prompt
     from alignlab.rollout.base import SamplingParams
-    from alignlab.rollout.hf import HFGenerator
+    from alignlab.train.online.config import OnlineConfig
+    from alignlab.train.online.rollout import rollout_generator
 
     ids = [encode_prompt(tokenizer, p) for p in prompts]
-    generator = HFGenerator(model, tokenizer, batch_size=len(ids) * args.samples)
+    cfg = OnlineConfig(model=args.model, rollout_backend=args.backend, rollout_batch_size=len(ids) * args.samples)
+    generator = rollout_generator(cfg, model, tokenizer)
     params = SamplingParams(n=args.samples, max_new_tokens=args.max_new_tokens, seed=0)
     generator.generate(ids[:1], params)  # warm-up (CUDA context, kernels)
     _sync()
@@ -111,7 +108,7 @@ def main(argv=None) -> dict:
             model=args.model, output_dir=str(Path(tmp) / "run"), iterations=args.iterations,
             prompts_per_step=args.prompts, samples_per_prompt=args.samples, max_new_tokens=args.max_new_tokens,
             batch_size=max(1, args.prompts * args.samples // 4), grad_accum=4, precision=args.precision,
-            learning_rate=1e-6, kl_coef=0.0, progress=False))
+            learning_rate=1e-6, kl_coef=0.0, progress=False, rollout_backend=args.backend))
         summary = train_online(cfg, model=model, tokenizer=tokenizer, train_rows=[{"prompt": q} for q in prompts],
                                eval_rows=[], rewards=reward).summary
         rows = [json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]

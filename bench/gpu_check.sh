@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check of issue 23, prepared to run as one script on a lent GPU machine:
 #   1. GRPO with HF generation: decode tokens/s, step time, MFU -> bench/results/gpu_check-hf.json
-#   2. the same with the vLLM backend -> gpu_check-vllm.json ("skipped" with the reason while
-#      vLLM or alignlab's vLLM backend is missing)
+#   2. the same with the vLLM backend (rollout_backend: vllm) -> gpu_check-vllm.json ("skipped"
+#      with the reason when vLLM is not installed)
 #   3. DPO under accelerate with configs/accelerate/ddp.yaml and fsdp.yaml on every GPU present
 #      (FSDP2 is routed by accelerate to GPUs only: this is where its trainer path runs), and the
 #      DeepSpeed ZeRO configs (expected: refused with one line until the loop drives DeepSpeed)

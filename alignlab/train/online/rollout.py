@@ -14,6 +14,7 @@ then run on the full batch, identically on every process.
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from dataclasses import dataclass, field
 
@@ -23,9 +24,10 @@ from alignlab.losses.advantages import compute_advantages, sequence_kl
 from alignlab.losses.control import LAGRANGE_UPDATES, adaptive_kl_coef, cost_upper_bound, lagrangian_advantages
 from alignlab.losses.policy import kl_estimate
 from alignlab.losses.shaping import length_penalty, par_shaping, policy_filter
-from alignlab.models.load import is_peft, reference_context
+from alignlab.models.load import is_peft, reference_context, resolve_model_path
 from alignlab.rollout.base import SamplingParams
 from alignlab.rollout.hf import HFGenerator
+from alignlab.rollout.vllm import VLLMGenerator
 from alignlab.train import distributed as dist
 from alignlab.train.online.batch import RolloutBatch, make_micro_batch, pad_tokens
 
@@ -88,13 +90,34 @@ def token_pass(scorer, batch: RolloutBatch, rows: list[int], pad_token_id: int, 
     return dist.all_reduce_sum(logps), dist.all_reduce_sum(values) if values is not None else None
 
 
+class SyncedGenerator:
+    """A rollout engine holding its own copy of the policy (vLLM): the trained weights are pushed
+    into it before every call, so it always samples the current policy."""
+
+    def __init__(self, engine, model):
+        self.engine, self.model = engine, model
+
+    def generate(self, prompt_ids, params, **kw):
+        self.engine.sync_weights(self.model)
+        return self.engine.generate(prompt_ids, params, **kw)
+
+
+def rollout_generator(cfg, model, tokenizer):
+    """The sampler of `cfg.rollout_backend`: HF generate on the policy itself, or a vLLM engine."""
+    if cfg.rollout_backend == "hf":
+        return HFGenerator(model, tokenizer, batch_size=cfg.rollout_batch_size)
+    if importlib.util.find_spec("vllm") is None:
+        raise ValueError("rollout_backend vllm needs vLLM (pip install vllm, on a GPU machine); or use rollout_backend hf")
+    return SyncedGenerator(VLLMGenerator(resolve_model_path(cfg.model), tokenizer, seed=cfg.seed), model)
+
+
 class RolloutMaker:
     """Builds each iteration's RolloutBatch for one trainer (owns no optimizer state)."""
 
     def __init__(self, cfg, *, model, scorer, reference_scorer, tokenizer, rewards, cost, pad_token_id: int):
         self.cfg, self.model, self.scorer, self.reference_scorer = cfg, model, scorer, reference_scorer
         self.tokenizer, self.rewards, self.cost, self.pad_token_id = tokenizer, rewards, cost, pad_token_id
-        self.generator = HFGenerator(model, tokenizer, batch_size=cfg.rollout_batch_size)
+        self.generator = rollout_generator(cfg, model, tokenizer)
         # PAR samples the reference policy: the same model with its adapter disabled under LoRA, the
         # frozen copy under full fine-tuning (where disabling an adapter would change nothing)
         self.reference_generator = None
