@@ -108,3 +108,8 @@ if __name__ == "__main__":
     spec = json.loads(open(sys.argv[1]).read())
     for job in spec["jobs"]:
         run_job(job["kind"], dict(job["cfg"]))
+    import torch.distributed
+
+    if torch.distributed.is_initialized():  # leave together: no process exits mid-collective
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

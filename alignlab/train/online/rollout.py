@@ -90,6 +90,12 @@ def token_pass(scorer, batch: RolloutBatch, rows: list[int], pad_token_id: int, 
     return dist.all_reduce_sum(logps), dist.all_reduce_sum(values) if values is not None else None
 
 
+def prompt_seeds(params: SamplingParams, num_prompts: int) -> list[int]:
+    """The seed of each prompt of a rollout call: from the call's seed and the prompt's position
+    alone, so a prompt's samples are the same on any number of processes."""
+    return [params.seed * 7_919 + k for k in range(num_prompts)]
+
+
 class SyncedGenerator:
     """A rollout engine holding its own copy of the policy (vLLM): the trained weights are pushed
     into it before every call, so it always samples the current policy."""
@@ -131,26 +137,25 @@ class RolloutMaker:
                               max_new_tokens=c.max_new_tokens, stop_strings=tuple(c.stop_strings) or None,
                               seed=c.seed * 100_003 + iteration, **kw)
 
-    def _score(self, prompts, texts, lengths) -> tuple[torch.Tensor, dict]:
-        """Raw rewards (B,) of completions, length penalty included, and the parts' means (every
-        process scores them all: the greedy and reference samples are not split)."""
-        raw = self.rewards.score(prompts, texts)
-        parts = {f"reward/{k}": float(v.mean()) for k, v in self.rewards.last_parts.items()}
-        if self.cfg.length_penalty:
-            raw = length_penalty(raw, lengths, self.cfg.length_penalty, self.cfg.length_target or None)
-        return raw, parts
+    def _length_penalised(self, raw: torch.Tensor, out) -> torch.Tensor:
+        """Raw rewards (B,) of `out`'s completions with the length penalty, when it is on."""
+        if not self.cfg.length_penalty:
+            return raw
+        lengths = torch.tensor([len(x) for x in out.completion_ids])
+        return length_penalty(raw, lengths, self.cfg.length_penalty, self.cfg.length_target or None)
 
-    def _sample_and_score(self, iteration: int, prompts: list, prompt_ids: list):
+    def _sample_and_score(self, prompts: list, prompt_ids: list, params: SamplingParams, generator=None):
         """(completions, raw rewards (B,) before the length penalty, reward parts {name: (B,)},
-        seconds generating, seconds scoring): this process's prompts sampled, each seeded by its
-        index in the iteration, and scored; then everything gathered from all processes."""
-        params = self._params(iteration, self.cfg.samples_per_prompt)
+        seconds generating, seconds scoring): this process's prompts sampled (by `generator`, the
+        policy's by default), each seeded by its index in the call, and scored; then everything
+        gathered from all processes."""
+        generator = generator or self.generator
         mine = dist.shard_indices(len(prompt_ids))
-        seeds = [params.seed * 7_919 + k for k in range(len(prompt_ids))]
+        seeds = prompt_seeds(params, len(prompt_ids))
         local = raw = parts = None
         t0 = time.perf_counter()
         if mine:
-            local = self.generator.generate([prompt_ids[i] for i in mine], params, seeds=[seeds[i] for i in mine])
+            local = generator.generate([prompt_ids[i] for i in mine], params, seeds=[seeds[i] for i in mine])
         t1 = time.perf_counter()
         if mine:
             raw = self.rewards.score([prompts[mine[i]] for i in local.prompt_index], local.texts)
@@ -162,15 +167,14 @@ class RolloutMaker:
     def make(self, iteration: int, prompts: list, prompt_ids: list, ctl: Controllers) -> RolloutBatch:
         c, spec = self.cfg, self.cfg.spec
         n = c.samples_per_prompt
-        out, raw, parts, gen_seconds, score_seconds = self._sample_and_score(iteration, prompts, prompt_ids)
+        out, raw, parts, gen_seconds, score_seconds = self._sample_and_score(prompts, prompt_ids, self._params(iteration, n))
         rows_prompts = [prompts[i] for i in out.prompt_index]
         lengths = torch.tensor([len(x) for x in out.completion_ids])
         batch = RolloutBatch(iteration, n, rows_prompts, out.prompt_ids, out.completion_ids, out.texts, out.finished,
                              mask=pad_tokens([[1.0] * len(x) for x in out.completion_ids]),
                              old_logps=pad_tokens(out.logprobs), rewards=torch.zeros(len(out)))
         metrics = {f"reward/{k}": float(v.mean()) for k, v in parts.items()}
-        if c.length_penalty:
-            raw = length_penalty(raw, lengths, c.length_penalty, c.length_target or None)
+        raw = self._length_penalised(raw, out)
         greedy_raw = self._greedy_rewards(iteration, prompts, prompt_ids, metrics) if spec.greedy_baseline else None
         rewards, greedy = self._shape(raw, iteration, prompts, prompt_ids, ctl, metrics, greedy_raw)
         batch.baseline = greedy
@@ -235,17 +239,18 @@ class RolloutMaker:
         adapter-disabled policy with LoRA, the frozen copy under full fine-tuning."""
         c = self.cfg
         with reference_context(self.model):
-            ref = self.reference_generator.generate(prompt_ids, self._params(iteration + 1_000_000, c.par_references))
-        ref_prompts = [prompts[i] for i in ref.prompt_index]
-        ref_raw, _ = self._score(ref_prompts, ref.texts, torch.tensor([len(x) for x in ref.completion_ids]))
+            ref, raw, _, _, _ = self._sample_and_score(prompts, prompt_ids,
+                                                       self._params(iteration + 1_000_000, c.par_references),
+                                                       self.reference_generator)
+        ref_raw = self._length_penalised(raw, ref)
         metrics["reward/reference_mean"] = float(ref_raw.mean())
         return ref_raw.reshape(len(prompts), c.par_references)
 
     def _greedy_rewards(self, iteration, prompts, prompt_ids, metrics) -> torch.Tensor:
         """ReMax's baseline before shaping: the raw reward (length penalty included) of each prompt's
         greedy completion, (P,)."""
-        out = self.generator.generate(prompt_ids, self._params(iteration, 1, greedy=True))
-        raw, _ = self._score(prompts, out.texts, torch.tensor([len(x) for x in out.completion_ids]))
+        out, raw, _, _, _ = self._sample_and_score(prompts, prompt_ids, self._params(iteration, 1, greedy=True))
+        raw = self._length_penalised(raw, out)
         metrics["reward/greedy_mean"] = float(raw.mean())
         return raw
 
