@@ -35,6 +35,7 @@ def parse_flags(tokens: list[str]) -> dict[str, Any]:
 
 
 def cmd_train(args, rest: list[str]) -> int:
+    from alignlab.train.distributed import is_main
     from alignlab.train.trainers import TRAINERS
 
     trainer = TRAINERS.get(args.algorithm)
@@ -46,6 +47,8 @@ def cmd_train(args, rest: list[str]) -> int:
         return 0
     cfg = trainer.resolve(args.config, parse_flags(rest))
     session = trainer.run(cfg, dry_run=args.dry_run)
+    if not is_main():  # launched on several processes: the main one reports
+        return 0
     if session.dry_run_text is not None:
         print(session.dry_run_text)
         return 0

@@ -16,7 +16,9 @@ from alignlab.train.trainers import TRAINERS
 ROOT = Path(__file__).resolve().parents[1]
 TOP = ("train", "data", "eval", "bon", "lab", "demo", "feedback")
 # `alignlab WORD ...` in code, or a bare `train WORD` / `data WORD` span (as in "needs `train kto`").
-IN_TICKS = re.compile(r"`((?:alignlab|accelerate launch -m alignlab\.cli) [^`]+|(?:%s) [a-z][^`]*)`" % "|".join(TOP))
+# A launcher prefix (`accelerate launch ... -m alignlab`, `torchrun ... -m alignlab`) counts too.
+LAUNCHER = r"(?:accelerate launch|torchrun)[^`\n]*? -m alignlab(?:\.cli)?"
+IN_TICKS = re.compile(r"`((?:alignlab|%s) [^`]+|(?:%s) [a-z][^`]*)`" % (LAUNCHER, "|".join(TOP)))
 # In Python strings outside backticks, a command starts with a command word and is no label
 # ("alignlab data report:" heads a printed report); prose such as "alignlab does ..." is skipped.
 IN_TEXT = re.compile(r"\balignlab((?> (?:%s)(?: [a-z][\w.-]*)*))(?![\w.:-])" % "|".join(TOP))
@@ -33,7 +35,7 @@ def _markdown_code(text: str):
     for line in text.splitlines():
         if line.strip().startswith("```"):
             fenced = not fenced
-        elif fenced and re.match(r"\s*(\$ )?alignlab ", line):
+        elif fenced and re.match(r"\s*(\$ )?(alignlab |%s )" % LAUNCHER, line):
             spans.append(line.split("#")[0])
     return spans + [f"`{m}`" for m in re.findall(r"`([^`\n]+)`", text)]
 
@@ -47,7 +49,7 @@ def collect() -> dict[str, set[str]]:
         for text in texts:
             commands = [m.group(1) for m in IN_TICKS.finditer(text)]
             commands += ["alignlab" + m.group(1) for m in IN_TEXT.finditer(text) if path.suffix == ".py"]
-            if path.suffix == ".md" and not text.startswith("`") and "alignlab " in text:
+            if path.suffix == ".md" and not text.startswith("`") and re.search(r"alignlab |-m alignlab", text):
                 commands.append(text.strip().removeprefix("$ "))
             for command in commands:
                 found.setdefault(command.strip(), set()).add(str(path.relative_to(ROOT)))
@@ -55,7 +57,7 @@ def collect() -> dict[str, set[str]]:
 
 
 def _words(command: str) -> list[str]:
-    command = re.sub(r"^(accelerate launch -m alignlab\.cli|alignlab) ", "", command).replace("\\", " ")
+    command = re.sub(r"^(%s|alignlab) " % LAUNCHER, "", command).replace("\\", " ")
     try:
         tokens = shlex.split(command)
     except ValueError:
@@ -107,6 +109,10 @@ def test_commands_are_found_in_code_and_docs():
     assert check("alignlab train ktoo") == "no algorithm 'ktoo'" and check("train ktoo") == "no algorithm 'ktoo'"
     assert check("alignlab data report") == "no command 'data report'"
     assert check("alignlab train dpo --betta 0.1") == "'train dpo' has no setting --betta"
+    launched = [c for c in COMMANDS if c.startswith(("accelerate launch", "torchrun"))]
+    assert any("-m alignlab train grpo" in c for c in launched)  # docs/distributed.md
+    assert check("torchrun --standalone --nproc_per_node 2 -m alignlab train dpo --betta 1") == \
+        "'train dpo' has no setting --betta"
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))

@@ -2,7 +2,6 @@
 regularized equilibrium on intransitive bandits (exact and sampled), and the reward-based
 baselines ending elsewhere."""
 
-import math
 
 import pytest
 import torch

@@ -17,6 +17,7 @@ from alignlab.rollout.base import SamplingParams
 from alignlab.rollout.hf import HFGenerator
 from alignlab.train.online import resolve_online, train_online
 from alignlab.train.online.batch import RolloutBatch, pad_tokens, rollout_files
+from alignlab.train.online.rollout import prompt_seeds
 
 WORDS = ["cats", "rain", "tea", "maps", "trains", "bread", "snow", "music"]
 PROMPTS = [{"prompt": [{"role": "user", "content": f"Tell me about {w}."}]} for w in WORDS]
@@ -152,9 +153,10 @@ def test_par_references_are_sampled_from_the_reference_policy(tmp_path, tiny_pol
     for iteration, (prompts, texts) in enumerate(references):
         ids = [encode_prompt(smol_tokenizer, p) for p in prompts[::3]]
         params = SamplingParams(n=3, temperature=1.0, max_new_tokens=8, seed=iteration + 1_000_000)
-        assert initial.generate(ids, params).texts == texts
+        seeds = prompt_seeds(params, len(ids))  # each prompt's samples seeded on their own
+        assert initial.generate(ids, params, seeds=seeds).texts == texts
         if iteration == 1:  # the trained policy would have drawn other samples
-            assert final.generate(ids, params).texts != texts
+            assert final.generate(ids, params, seeds=seeds).texts != texts
 
 
 # -- defect 7: PF-PPO computes group statistics over the kept samples ------------------------------------

@@ -35,9 +35,9 @@ def test_bf16_copy_samples_and_the_fp32_policy_gives_the_old_logps(tmp_path, tin
         copies.append(({k: v.detach().clone() for k, v in model.state_dict().items()}, clone))
         return clone
 
-    def spy_generate(self, prompt_ids, params):
+    def spy_generate(self, prompt_ids, params, **kw):
         sampled_by.append(self.model)
-        return real_generate(self, prompt_ids, params)
+        return real_generate(self, prompt_ids, params, **kw)
 
     monkeypatch.setattr(rollout_module, "rollout_copy", spy_copy)
     monkeypatch.setattr(HFGenerator, "generate", spy_generate)

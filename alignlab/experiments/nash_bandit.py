@@ -157,6 +157,6 @@ def _print(result: dict, out: Path) -> None:
         table.add_row(key, *[f"{c['mean']:.4f} [{c['ci95'][0]:.4f}, {c['ci95'][1]:.4f}]" for c in cells])
     console = Console()
     console.print(table)
-    console.print(f"solver residuals (max): " + ", ".join(f"{f} {result['families'][f]['max_solver_residual']:.1e}"
+    console.print("solver residuals (max): " + ", ".join(f"{f} {result['families'][f]['max_solver_residual']:.1e}"
                                                         for f in families))
     console.print(f"wrote {out / 'nash_bandit.json'} and {out / 'nash_bandit.png'}")

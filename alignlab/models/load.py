@@ -184,17 +184,37 @@ def reference_context(model):
     return contextlib.nullcontext()
 
 
+def is_fsdp(model: torch.nn.Module) -> bool:
+    """Whether FSDP2 (`fully_shard`) manages some module of `model`."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(m, FSDPModule) for m in model.modules())
+
+
+def gathered_state_dict(model: torch.nn.Module) -> dict:
+    """The weights and persistent buffers of an FSDP model whose modules were unsharded, by name."""
+    out = dict(model.named_parameters())
+    for prefix, module in model.named_modules():
+        for name, buf in module._buffers.items():
+            if buf is not None and name not in module._non_persistent_buffers_set:
+                out[f"{prefix}.{name}" if prefix else name] = buf
+    return out
+
+
 def save_final(model, tokenizer, directory: Path, *, merge_lora: bool = False) -> Path:
     """`save_pretrained` layout: a PEFT adapter folder, or a full model (merged if asked)."""
     directory.mkdir(parents=True, exist_ok=True)
     if is_peft(model) and merge_lora:
         model = model.merge_and_unload()
+    # an FSDP-trained model, gathered whole on every process (alignlab.train.distributed.unshard):
+    # its state_dict() would take every process, so it is read from the modules directly
+    state = {"state_dict": gathered_state_dict(model)} if is_fsdp(model) else {}
     if is_peft(model):
         # alignlab's adapters never target or resize the embeddings; saying so keeps peft from
         # looking the base model's name up on the hub to find out (no network at run time)
-        model.save_pretrained(directory, save_embedding_layers=False)
+        model.save_pretrained(directory, save_embedding_layers=False, **state)
     else:
-        model.save_pretrained(directory)
+        model.save_pretrained(directory, **state)
     tokenizer.save_pretrained(directory)
     adapter_config = directory / "adapter_config.json"
     if adapter_config.is_file():  # a model given in memory: still no machine-local cache path as its base

@@ -29,10 +29,13 @@ from alignlab.rollout.base import Completions, SamplingParams
 
 
 class _Sampler(LogitsProcessor):
-    """Samples the next token itself and records log softmax(logits / T)[token] per step."""
+    """Samples the next token itself and records log softmax(logits / T)[token] per step. With
+    `row_generators` (one per row), each row draws from its own generator, by inverse CDF, so a
+    row's tokens do not depend on which other rows share its batch."""
 
-    def __init__(self, params: SamplingParams, generator: torch.Generator):
-        self.params, self.generator = params, generator
+    def __init__(self, params: SamplingParams, generator: torch.Generator,
+                 row_generators: list[torch.Generator] | None = None):
+        self.params, self.generator, self.row_generators = params, generator, row_generators
         self.step_logps: list[torch.Tensor] = []  # one (B,) tensor per decoding step
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -43,24 +46,31 @@ class _Sampler(LogitsProcessor):
         lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (B, 1)
         truncated = _truncate(logits, p.top_k, p.top_p)
         probs = torch.exp(logits - lse) if truncated is logits else torch.softmax(truncated, dim=-1)
-        token = inverse_cdf_sample(probs, self.generator)  # (B, 1)
+        token = inverse_cdf_sample(probs, self.row_generators or self.generator)  # (B, 1)
         self.step_logps.append((logits.gather(1, token) - lse).squeeze(1))
         return torch.full_like(scores, float("-inf")).scatter_(1, token, 0.0)
 
 
-def inverse_cdf_sample(probs: torch.Tensor, generator: torch.Generator, block: int = 256) -> torch.Tensor:
+def inverse_cdf_sample(probs: torch.Tensor, generator: torch.Generator | list[torch.Generator],
+                       block: int = 256) -> torch.Tensor:
     """One draw per row from the (unnormalized, non-negative) weights `probs` (B, V): the token t
     with C(t-1) <= u < C(t), C the running sum of the row's weights and u ~ U[0, C(V)).
 
     Two levels keep it exact and cheap: u first picks a block of `block` tokens from the running
     sum of block masses, then a token inside that block; both sums run in float64, so a token's
     probability is its weight over the row's total up to float64 rounding. A zero-weight token
-    (outside top-k / top-p) is never drawn. Returns (B, 1) long."""
+    (outside top-k / top-p) is never drawn. `generator`: one for the batch, or a list of one per row
+    (row b's uniform from generators[b], so a row's draw does not depend on its batch-mates).
+    Returns (B, 1) long."""
     B, V = probs.shape
     pad = (-V) % block
     blocks = (torch.nn.functional.pad(probs, (0, pad)) if pad else probs).reshape(B, -1, block)  # (B, nb, block)
     cum = blocks.sum(-1, dtype=torch.float64).cumsum(-1)  # (B, nb)
-    u = torch.rand(B, 1, generator=generator, dtype=torch.float64, device=probs.device) * cum[:, -1:]
+    if isinstance(generator, torch.Generator):
+        u = torch.rand(B, 1, generator=generator, dtype=torch.float64, device=probs.device)
+    else:
+        u = torch.cat([torch.rand(1, 1, generator=g, dtype=torch.float64, device=probs.device) for g in generator])
+    u = u * cum[:, -1:]
     b = torch.searchsorted(cum, u, right=True).clamp_(max=cum.shape[1] - 1)  # (B, 1): first block with C > u
     before = torch.where(b > 0, cum.gather(1, (b - 1).clamp(min=0)), torch.zeros_like(u))
     inside = blocks.gather(1, b[..., None].expand(B, 1, block)).squeeze(1)  # (B, block)
@@ -147,7 +157,13 @@ class HFGenerator:
             pad_token_id = tokenizer.pad_token_id
         self.pad_token_id = self.eos_token_ids[0] if pad_token_id is None else pad_token_id
 
-    def generate(self, prompt_ids: list[list[int]], params: SamplingParams) -> Completions:
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams, *,
+                 seeds: list[int] | None = None) -> Completions:
+        """`seeds` (one per prompt): sample j of prompt i draws from its own generator seeded by
+        (seeds[i], j) instead of the call's one generator, so it is the same whichever other prompts
+        share the call (data-parallel rollouts split the prompts over processes)."""
+        if seeds is not None and len(seeds) != len(prompt_ids):
+            raise ValueError(f"HFGenerator.generate: {len(seeds)} seeds for {len(prompt_ids)} prompts")
         if any(len(p) == 0 for p in prompt_ids):
             raise ValueError("HFGenerator.generate: every prompt needs at least one token")
         if params.stop_strings and self.tokenizer is None:
@@ -155,8 +171,13 @@ class HFGenerator:
         _check_generation_config(self.model)
         rows = [i for i in range(len(prompt_ids)) for _ in range(params.n)]  # prompt-major
         order = sorted(range(len(rows)), key=lambda r: len(prompt_ids[rows[r]]))
-        generator = torch.Generator(next(self.model.parameters()).device)
+        device = next(self.model.parameters()).device
+        generator = torch.Generator(device)
         generator.manual_seed(params.seed) if params.seed is not None else generator.seed()
+        row_generators = None
+        if seeds is not None:
+            row_generators = [torch.Generator(device).manual_seed(_row_seed(seeds[rows[r]], r % params.n))
+                              for r in range(len(rows))]
         completion_ids: list[list[int]] = [[] for _ in rows]
         logprobs: list[torch.Tensor] = [torch.zeros(0) for _ in rows]
         finished = [False] * len(rows)
@@ -169,7 +190,8 @@ class HFGenerator:
             for start in tqdm(starts, desc=self.progress, disable=self.progress is None, dynamic_ncols=True,
                               unit="batch"):
                 chunk = order[start : start + self.batch_size]
-                ids, lps, fin = self._generate_chunk([prompt_ids[rows[r]] for r in chunk], params, generator)
+                ids, lps, fin = self._generate_chunk([prompt_ids[rows[r]] for r in chunk], params, generator,
+                                                     [row_generators[r] for r in chunk] if row_generators else None)
                 for r, c, lp, f in zip(chunk, ids, lps, fin):
                     completion_ids[r], logprobs[r], finished[r] = c, lp, f
         finally:
@@ -184,7 +206,8 @@ class HFGenerator:
     # no_grad, not inference_mode: the returned log-probs must be ordinary tensors, since trainers
     # use them in autograd graphs and in-place ops, which inference tensors refuse.
     @torch.no_grad()
-    def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams, generator: torch.Generator):
+    def _generate_chunk(self, prompts: list[list[int]], params: SamplingParams, generator: torch.Generator,
+                        row_generators: list[torch.Generator] | None = None):
         device = next(self.model.parameters()).device
         width = max(len(p) for p in prompts)
         input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)  # (B, P)
@@ -192,7 +215,7 @@ class HFGenerator:
         for i, p in enumerate(prompts):  # LEFT padding: every row's last prompt token sits at column P-1
             input_ids[i, width - len(p) :] = torch.tensor(p)
             attention_mask[i, width - len(p) :] = 1
-        sampler = _Sampler(params, generator)
+        sampler = _Sampler(params, generator, row_generators)
         stops = StoppingCriteriaList()
         if params.stop_strings:
             stops.append(_StopRecorder(StopStringCriteria(self.tokenizer, list(params.stop_strings)), len(prompts)))
@@ -213,6 +236,11 @@ class HFGenerator:
             out_lps.append(step_logps[i, :length].clone() if step_logps is not None else None)
             out_fin.append(done)
         return out_ids, out_lps, out_fin
+
+
+def _row_seed(prompt_seed: int, sample: int) -> int:
+    """The seed of one prompt's sample: distinct per (prompt seed, sample), within int64."""
+    return (int(prompt_seed) * 1_000_003 + sample) % (2**63 - 1)
 
 
 def _completion_length(tokens: torch.Tensor, eos_ids: list[int], stopped_at: int | None) -> tuple[int, bool]:

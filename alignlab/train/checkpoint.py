@@ -8,6 +8,10 @@ optimizer and scheduler state dicts (tensors and numbers only) are read with
 A checkpoint is written into a temp folder and renamed into place, so a crash mid-write leaves the
 previous checkpoint intact. Only trainable parameters are saved (the LoRA adapter, or every weight
 for full fine-tuning); frozen weights come back from the model source on resume.
+
+A model sharded by FSDP is gathered whole first (`gathered_state`, every process takes part) and
+its optimizer state is saved by parameter name (state.json `optimizer_layout: "names"`), which
+loads both sharded and unsharded, on any number of processes.
 """
 
 from __future__ import annotations
@@ -106,15 +110,31 @@ def _load_state_dict(path: Path) -> dict:
     return _safe(lambda p: torch.load(p, weights_only=True, map_location="cpu"), path)
 
 
-def save_checkpoint(directory: Path, step: int, model, optimizer, scheduler, state: dict, keep: int) -> Path:
+def gathered_state(model, optimizer) -> tuple[dict, dict]:
+    """(trainable weights, optimizer state by parameter name) of an FSDP-sharded `model`, whole on
+    the main process (empty on the others). A collective: every process must call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    weights = {k: v for k, v in get_model_state_dict(model, options=options).items() if k in trainable}
+    return weights, get_optimizer_state_dict(model, getattr(optimizer, "optimizer", optimizer), options=options)
+
+
+def save_checkpoint(directory: Path, step: int, model, optimizer, scheduler, state: dict, keep: int, *,
+                    gathered: tuple[dict, dict] | None = None) -> Path:
+    """`gathered`: the (weights, named optimizer state) of a sharded model (`gathered_state`)."""
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"step-{step}"
     tmp = directory / f".tmp-step-{step}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_file(trainable_state(model), tmp / "trainable.safetensors")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    weights, optimizer_state = gathered if gathered is not None else (trainable_state(model), optimizer.state_dict())
+    save_file({k: v.contiguous() for k, v in weights.items()}, tmp / "trainable.safetensors")
+    torch.save(optimizer_state, tmp / "optimizer.pt")
+    if gathered is not None:
+        state = {**state, "optimizer_layout": "names"}
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     _save_rng(rng_state(), tmp)
     (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=1))
@@ -139,9 +159,13 @@ def list_checkpoints(directory: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
-    """Restore everything saved by `save_checkpoint`; returns the saved trainer state."""
+def load_checkpoint(path: Path, model, optimizer, scheduler, *, sharded: bool = False) -> dict:
+    """Restore everything saved by `save_checkpoint`; returns the saved trainer state. `sharded`:
+    `model` is FSDP-sharded (every process loads the whole file and keeps its shard)."""
     weights = _safe(load_file, path / "trainable.safetensors")
+    state = _safe(lambda p: json.loads(p.read_text()), path / "state.json")
+    if sharded or state.get("optimizer_layout") == "names":
+        return _load_by_name(path, weights, state, model, optimizer, scheduler, sharded)
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
     unknown = [n for n in weights if n not in params]
@@ -156,8 +180,29 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     optimizer_state = _load_state_dict(path / "optimizer.pt")
     scheduler_state = _load_state_dict(path / "scheduler.pt")
     rng = _load_rng(path)
-    state = _safe(lambda p: json.loads(p.read_text()), path / "state.json")
     optimizer.load_state_dict(optimizer_state)
     scheduler.load_state_dict(scheduler_state)
     set_rng_state(rng)
+    return state
+
+
+def _load_by_name(path: Path, weights: dict, state: dict, model, optimizer, scheduler, sharded: bool) -> dict:
+    """A checkpoint whose optimizer state is keyed by parameter name (written under FSDP), into a
+    sharded or plain model; a sharded model cannot take a checkpoint keyed by position."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    if state.get("optimizer_layout") != "names":
+        raise CheckpointError(f"checkpoint {path} was written without FSDP (optimizer state by position); resume it "
+                              "without FSDP (configs/accelerate/ddp.yaml), on any number of processes")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    if set(weights) != trainable:
+        raise RuntimeError(f"checkpoint {path} does not match the model: missing {sorted(trainable - set(weights))[:3]}, "
+                           f"unexpected {sorted(set(weights) - trainable)[:3]} (was it written with the same model and "
+                           "LoRA settings?)")
+    options = StateDictOptions(full_state_dict=True, strict=False)
+    set_model_state_dict(model, weights, options=options)
+    set_optimizer_state_dict(model, getattr(optimizer, "optimizer", optimizer), _load_state_dict(path / "optimizer.pt"),
+                             options=options)
+    scheduler.load_state_dict(_load_state_dict(path / "scheduler.pt"))
+    set_rng_state(_load_rng(path))
     return state

@@ -19,6 +19,7 @@ from alignlab.losses import LOSSES
 from alignlab.models.load import add_lora, load_policy, load_tokenizer, reference_context, save_final
 from alignlab.models.logprobs import SequenceScorer
 from alignlab.models.packing import PackedBatch, pack_pairs
+from alignlab.train import distributed as dist
 from alignlab.train.config import TrainConfig
 from alignlab.train.dpo_data import cached_reference, encode_split, pairwise_records
 from alignlab.train.dryrun import describe, policy_lines
@@ -99,14 +100,15 @@ def make_batches(pairs, order: list[int], batch_size: int, pad_token_id: int, sh
 @torch.no_grad()
 def reference_logps(model, pairs, *, batch_size: int, pad_token_id: int, progress: bool = True) -> torch.Tensor:
     """(N, 2) reference log-probs [chosen, rejected] of every pair, in one no-grad pass with the
-    LoRA adapter disabled (or the untouched initial weights for full fine-tuning)."""
+    LoRA adapter disabled (or the untouched initial weights for full fine-tuning). Each process
+    scores its shard of the pairs; every process returns all N rows."""
     from tqdm.auto import tqdm
 
     scorer = SequenceScorer(model)
     was_training = model.training
     model.eval()
-    out = torch.zeros(len(pairs), 2)
-    batches = make_batches(pairs, list(range(len(pairs))), batch_size, pad_token_id, True)
+    out = torch.zeros(len(pairs), 2)  # rows of the other processes' shards stay 0 until the sum
+    batches = make_batches(pairs, dist.shard_indices(len(pairs)), batch_size, pad_token_id, True)
     device = next(model.parameters()).device
     with reference_context(model):
         for batch in tqdm(batches, desc="reference log-probs", disable=not progress, dynamic_ncols=True):
@@ -114,7 +116,7 @@ def reference_logps(model, pairs, *, batch_size: int, pad_token_id: int, progres
             B = len(batch.indices)
             out[batch.indices, 0], out[batch.indices, 1] = logps[:B], logps[B:]
     model.train(was_training)
-    return out
+    return dist.all_reduce_sum(out)
 
 
 class DPOAlgorithm:

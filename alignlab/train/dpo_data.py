@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 
 from alignlab.data import DataReport, encode_pairs
 from alignlab.data.records import PairwiseRecord
+from alignlab.train import distributed as dist
 from alignlab.train.session import load_split
 
 
@@ -46,7 +47,7 @@ def cached_reference(session, compute: Callable[[list], torch.Tensor],
     reuses them. `token_key(example)`: the tokens the key hashes (default: a pair's)."""
     path = session.run_dir / "reference_logps.safetensors"
     key = _pairs_key(session.train_examples, session.eval_examples, session.cfg.model, token_key or _pair_tokens)
-    if path.is_file():
+    if dist.broadcast_json(path.is_file()):  # the main process's view: all processes load, or all compute
         saved, saved_key = _read_reference(path)
         if saved_key == key:
             return saved

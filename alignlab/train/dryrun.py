@@ -35,11 +35,17 @@ def _count_params(cfg, model) -> tuple[int, int]:
     return total, trainable
 
 
+def launched_processes() -> int:
+    """Processes the launcher started (accelerate launch, torchrun set WORLD_SIZE); a dry run reads
+    it without joining the process group."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def batch_lines(cfg, n_train: int, n_eval: int, unit: str) -> list[str]:
     """Batch arithmetic of an offline trainer: examples per step, steps per epoch and in all."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = launched_processes()
     micro = math.ceil(n_train / cfg.batch_size) if n_train else 0
-    per_epoch = math.ceil(micro / cfg.grad_accum) if micro else 0
+    per_epoch = math.ceil(micro / (cfg.grad_accum * world)) if micro else 0
     steps = cfg.max_steps or math.ceil(per_epoch * cfg.epochs)
     return [
         "batch arithmetic:",

@@ -6,7 +6,15 @@ Gradient accumulation is exact: the loss of each micro-batch is the SUM of its p
 divided by the number of examples in the whole accumulation window (counted before the first
 backward), so a window of micro-batches gives the gradient of one big batch — including a partial
 last window.
+
+Data parallel (accelerate launch / torchrun): every process builds the same list of micro-batches,
+a step's window is grad_accum x world_size of them (the global batch), each process trains on its
+share (`distributed.window_share`) and the gradients are averaged once per step. The loss scale
+above uses the window's global example count, times world_size to undo the average: N processes
+take the same steps as one process with N times the accumulation. Sharded models (FSDP,
+DeepSpeed) go through accelerate's `prepare`, which then owns the gradient reduction.
 """
+
 
 from __future__ import annotations
 
@@ -22,7 +30,9 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
-from alignlab.train.checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from alignlab.train import distributed as dist
+from alignlab.train.checkpoint import (gathered_state, list_checkpoints, load_checkpoint, rng_state, save_checkpoint,
+                                       set_rng_state)
 from alignlab.train.config import TrainConfig
 from alignlab.train.tracking import Tracker
 
@@ -131,10 +141,11 @@ def build_scheduler(cfg: TrainConfig, optimizer, total_steps: int):
     return make(optimizer, warmup, total_steps)
 
 
-def count_steps(cfg: TrainConfig, micro_batches_per_epoch: int) -> int:
+def count_steps(cfg: TrainConfig, micro_batches_per_epoch: int, world_size: int = 1) -> int:
+    """Optimizer steps of the run: a step consumes grad_accum x world_size micro-batches."""
     if micro_batches_per_epoch == 0:
         raise ValueError("no training examples left after loading and filtering the data")
-    per_epoch = math.ceil(micro_batches_per_epoch / cfg.grad_accum)
+    per_epoch = math.ceil(micro_batches_per_epoch / (cfg.grad_accum * world_size))
     return cfg.max_steps or max(1, math.ceil(per_epoch * cfg.epochs))
 
 
@@ -154,7 +165,7 @@ def _resume_path(cfg: TrainConfig, run_dir: Path) -> Path | None:
 
 def _weighted_add(totals: dict, metrics: dict, weight: int) -> None:
     for k, v in metrics.items():
-        totals[k] = totals.get(k, 0.0) + float(v) * weight
+        totals[k] = totals.get(k, 0.0) + float(v) * weight  # plain floats: they cross processes as JSON
 
 
 def train_loop(cfg: TrainConfig, algorithm: Algorithm, model, scorer, accelerator, run_dir: Path) -> LoopState:
@@ -163,28 +174,38 @@ def train_loop(cfg: TrainConfig, algorithm: Algorithm, model, scorer, accelerato
     run_dir.mkdir(parents=True, exist_ok=True)
     # an algorithm whose epochs vary in size (online DPO drops tied pairs) plans on its nominal size
     planned = getattr(algorithm, "planned_micro_batches", None)
-    total_steps = count_steps(cfg, planned() if planned is not None else len(algorithm.micro_batches(0)))
+    total_steps = count_steps(cfg, planned() if planned is not None else len(algorithm.micro_batches(0)),
+                              dist.world_size())
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer, total_steps)
-    scorer, optimizer = accelerator.prepare(scorer, optimizer)
+    if sharded_model(accelerator):  # FSDP / DeepSpeed own the parameters and their reduction
+        scorer, optimizer = accelerator.prepare(scorer, optimizer)
+    else:  # plain data parallel: one all-reduce per step (any number of forwards, parts, unused params)
+        optimizer = accelerator.prepare(optimizer)
     scorer.train()  # from_pretrained returns models in eval mode: dropout and gradient checkpointing need train mode
     params = [p for p in model.parameters() if p.requires_grad]
     state = LoopState()
     resume_from = _resume_path(cfg, run_dir)
     if resume_from is not None:
-        saved = load_checkpoint(resume_from, model, optimizer, scheduler)
+        saved = load_checkpoint(resume_from, model, optimizer, scheduler, sharded=sharded_model(accelerator))
         state = LoopState(**{k: v for k, v in saved.items() if k in LoopState.__dataclass_fields__})
         accelerator.print(f"alignlab: resumed from {resume_from} at step {state.step}")
-    tracker = Tracker(run_dir, cfg.report_to, {}, resume_step=state.step if resume_from else None)
-    bar = tqdm(total=total_steps, initial=state.step, disable=not cfg.progress, desc="train", dynamic_ncols=True)
+    if not sharded_model(accelerator):
+        dist.broadcast_parameters(params)  # every process starts from the main process's weights
+    tracker = Tracker(run_dir, cfg.report_to, {}, resume_step=state.step if resume_from else None) \
+        if dist.is_main() else _NoTracker()
+    bar = tqdm(total=total_steps, initial=state.step, disable=not cfg.progress or not dist.is_main(), desc="train",
+               dynamic_ncols=True)
     try:
         with _StopRequest() as stop:
-            while state.step < total_steps and state.epoch < math.ceil(cfg.epochs):
+            # max_steps wins over epochs (the data repeats); otherwise stop after the epochs, even where
+            # an epoch came out smaller than planned (online DPO drops tied pairs)
+            while state.step < total_steps and (cfg.max_steps or state.epoch < math.ceil(cfg.epochs)):
                 # what a checkpoint of this step boundary holds, should a KeyboardInterrupt cut the
                 # next step short: that step's RNG draws are undone (its optimizer step never ran)
                 boundary = (rng_state(), state.step, state.epoch, state.micro)
                 try:
-                    if stop.requested:
+                    if dist.any_process(stop.requested):  # every process stops at the same step boundary
                         raise KeyboardInterrupt
                     batches = algorithm.micro_batches(state.epoch)
                     if state.micro >= len(batches):
@@ -212,26 +233,40 @@ def train_loop(cfg: TrainConfig, algorithm: Algorithm, model, scorer, accelerato
 
 def _one_step(cfg, algorithm, scorer, params, optimizer, scheduler, accelerator, batches, state, tracker, bar):
     start = time.perf_counter()
-    window = batches[state.micro : state.micro + cfg.grad_accum]
+    world = dist.world_size()
+    window = batches[state.micro : state.micro + cfg.grad_accum * world]  # the global batch
     # 0 only when every example of the window was masked out (e.g. online overlong filtering): the
     # losses are then all 0 and so is the gradient
     n_total = sum(algorithm.examples_in(b) for b in window) or 1
     totals: dict[str, float] = {}
-    loss_sum = 0.0
-    for i, batch in enumerate(window):
+    loss_sum, bad = 0.0, None
+    share = dist.window_share(window)
+    weights = [1.0] * len(share)
+    if sharded_model(accelerator):  # FSDP/DeepSpeed: every process runs as many forwards (zero-weight repeats)
+        pad = -(-len(window) // world) - len(share)
+        share, weights = share + [window[0]] * pad, weights + [0.0] * pad
+    first = state.micro + dist.rank()  # the global index of this process's first micro-batch
+    for i, (batch, weight) in enumerate(zip(share, weights)):
         parts = algorithm.parts(batch) if hasattr(algorithm, "parts") else 1
         for j in range(parts):
-            sync = i == len(window) - 1 and j == parts - 1
+            sync = i == len(share) - 1 and j == parts - 1
             with accelerator.no_sync(scorer) if not sync else _nullcontext(), accelerator.autocast():
                 per_example, metrics = algorithm.loss(scorer, batch) if parts == 1 else algorithm.loss(scorer, batch, part=j)
-            if not torch.isfinite(per_example).all():
-                raise TrainingAborted(
-                    f"non-finite loss at step {state.step + 1} (epoch {state.epoch}, micro-batch {state.micro + i});"
-                    " stopping. The last good checkpoint is kept; lower the learning rate or check the data."
-                )
-            accelerator.backward(per_example.sum() / n_total)
-            loss_sum += float(per_example.detach().sum())
-            _weighted_add(totals, metrics, algorithm.examples_in(batch))
+            if bad is None and weight and not torch.isfinite(per_example).all():
+                bad = f"micro-batch {first + i * world}"  # reported by every process below; nobody steps
+            # x world: the all-reduce averages over processes, the loss is a sum over the global window
+            accelerator.backward(per_example.sum() * (weight * world / n_total))
+            if weight:
+                loss_sum += float(per_example.detach().sum())
+                _weighted_add(totals, metrics, algorithm.examples_in(batch))
+    loss_sum, totals, bad = _reduce_step(loss_sum, totals, bad)
+    if bad is not None:
+        raise TrainingAborted(
+            f"non-finite loss at step {state.step + 1} (epoch {state.epoch}, {bad});"
+            " stopping. The last good checkpoint is kept; lower the learning rate or check the data."
+        )
+    if not sharded_model(accelerator):
+        dist.all_reduce_gradients(params)
     max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
     grad_norm = float(accelerator.clip_grad_norm_(params, max_norm))
     if math.isfinite(grad_norm):
@@ -268,6 +303,37 @@ def _one_step(cfg, algorithm, scorer, params, optimizer, scheduler, accelerator,
     bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss", *algorithm.progress_keys) if k in row})
 
 
+def sharded_model(accelerator) -> bool:
+    """Whether accelerate shards the model (FSDP, DeepSpeed, Megatron): it must then wrap it."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED,
+                                            DistributedType.MEGATRON_LM)
+
+
+def _reduce_step(loss_sum: float, totals: dict, bad: str | None):
+    """Sum a step's loss and metric totals over processes; the first process's non-finite report."""
+    if dist.world_size() == 1:
+        return loss_sum, totals, bad
+    merged_loss, merged, first_bad = 0.0, {}, None
+    for r_loss, r_totals, r_bad in dist.gather_json([loss_sum, totals, bad]):
+        merged_loss += r_loss
+        for k, v in r_totals.items():
+            merged[k] = merged.get(k, 0.0) + v
+        first_bad = first_bad or r_bad
+    return merged_loss, merged, first_bad
+
+
+class _NoTracker:
+    """The metrics sink of a process other than the main one: logging happens once."""
+
+    def log(self, step, metrics) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class _nullcontext:
     def __enter__(self):
         return None
@@ -300,6 +366,9 @@ def _interrupted(cfg, run_dir, model, optimizer, scheduler, state, accelerator, 
 
 
 def _save(cfg, run_dir, model, optimizer, scheduler, state, accelerator) -> None:
+    # a sharded model is gathered whole first, by every process
+    gathered = gathered_state(model, optimizer) if sharded_model(accelerator) else None
     if accelerator.is_main_process:
-        save_checkpoint(run_dir / "checkpoints", state.step, model, optimizer, scheduler, state.to_dict(), cfg.keep_checkpoints)
+        save_checkpoint(run_dir / "checkpoints", state.step, model, optimizer, scheduler, state.to_dict(),
+                        cfg.keep_checkpoints, gathered=gathered)
     accelerator.wait_for_everyone()

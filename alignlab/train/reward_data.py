@@ -21,6 +21,7 @@ from alignlab.models.reward_io import (
 )
 from alignlab.preferences.pairwise import joint_response
 from alignlab.train.dryrun import batch_lines, describe
+from alignlab.train.loop import sharded_model
 from alignlab.train.reward_config import Item, RMConfig
 from alignlab.train.session import load_split, open_session, require_examples, split_eval, start_training
 
@@ -221,4 +222,7 @@ def prepare_reward_session(cfg: RMConfig, *, train_records=None, eval_records=No
     if cfg.gradient_checkpointing and not cfg.frozen:  # a frozen backbone keeps no activations anyway
         model.backbone.gradient_checkpointing_enable()
     start_training(session, model)
+    if sharded_model(session.accelerator):
+        raise ValueError("reward-model training under FSDP is not supported yet (its centering pass and save run on the "
+                         "main process); launch with configs/accelerate/ddp.yaml (docs/distributed.md)")
     return session, items

@@ -25,6 +25,7 @@ from pathlib import Path
 from alignlab import config as config_lib
 from alignlab.fingerprint import file_sha256
 from alignlab.train.checkpoint import list_checkpoints
+from alignlab.train.distributed import world_size as _world_size
 
 _PACKAGES = ("alignlab", "torch", "transformers", "peft", "accelerate", "datasets", "tokenizers", "safetensors")
 
@@ -230,7 +231,8 @@ def _check_resume(cfg, algorithm: str, path: Path, resume: str, run: _OpenRun) -
     manifest = _read_json(source_run / "manifest.json")
     if manifest.get("algorithm") not in (None, algorithm):
         raise RunFolderError(f"--resume: {source_run} is a {manifest['algorithm']} run, not {algorithm}")
-    refused, allowed = resume_differences(saved, cfg, manifest.get("data", {}), run.fingerprints)
+    worlds = (manifest.get("world_size", 1), _world_size())
+    refused, allowed = resume_differences(saved, cfg, manifest.get("data", {}), run.fingerprints, worlds=worlds)
     if refused:
         raise RunFolderError(
             f"--resume: these settings differ from {source_run / 'config.yaml'} and would change the run's "
@@ -239,14 +241,27 @@ def _check_resume(cfg, algorithm: str, path: Path, resume: str, run: _OpenRun) -
     run.changes = allowed
 
 
-def resume_differences(saved: dict, cfg, saved_data: dict, fingerprints: dict) -> tuple[list[str], dict]:
+def resume_differences(saved: dict, cfg, saved_data: dict, fingerprints: dict, *, worlds: tuple[int, int] = (1, 1)
+                       ) -> tuple[list[str], dict]:
     """Compare a run's saved config (and the sha256 of its data) with `cfg`: (refused differences
     as readable lines, allowed ones as {name: [old, new]}). `fingerprints` collects the sha256 of
-    the current data files computed here."""
+    the current data files computed here. `worlds` (processes of the saved run, of this one): a
+    resume on another number of processes keeps the global batch (batch_size x grad_accum x
+    processes), so grad_accum may change exactly as far as that product stays the same."""
     current = json.loads(json.dumps(config_lib.to_dict(cfg), default=str))
     refused, allowed = [], {}
+    old_world, new_world = worlds
     for name, new in current.items():
         if name in ("resume", "overwrite"):  # how this invocation opens the run, not a setting of it
+            continue
+        if name == "grad_accum" and old_world != new_world:
+            old = saved.get(name, new)
+            if old * old_world != new * new_world:
+                refused.append(f"grad_accum {old!r} -> {new!r}: the global batch would change from "
+                               f"{old} x {old_world} process(es) to {new} x {new_world} (keep grad_accum x processes "
+                               f"at {old * old_world})")
+            elif old != new:
+                allowed[name] = [old, new]
             continue
         if name not in saved or saved[name] == new:
             if name in DATA_FIELDS and new and name in saved:
@@ -357,7 +372,8 @@ def write_run_header(run_dir: Path, cfg, algorithm: str, data_files: list[str]) 
         manifest.setdefault("resumed", []).append({
             "at": now, "command": sys.argv, "from": str(run.resumed_from) if run and run.resumed_from else cfg.resume,
             "changed": run.changes if run is not None else {}, "git_commit": _git_commit(), "packages": _versions(),
-            "data": data})
+            "data": data, "world_size": _world_size()})
+        manifest["world_size"] = _world_size()  # the processes the run's latest checkpoints are written by
     else:
         manifest = {
             "algorithm": algorithm,
@@ -370,5 +386,6 @@ def write_run_header(run_dir: Path, cfg, algorithm: str, data_files: list[str]) 
             "data": data,
             "non_default_settings": {k: v[1] for k, v in config_lib.differences(cfg).items()},
             "started": now,
+            "world_size": _world_size(),  # processes: a resume keeps the global batch (resume_differences)
         }
     manifest_path.write_text(json.dumps(manifest, indent=1, default=str))

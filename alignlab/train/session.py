@@ -9,6 +9,10 @@
 
 `TrainingSession` is the one result type: every trainer's Python API returns it (its `summary`
 is also written to the run folder's summary.json, its `final_dir` holds the trained model).
+
+Launched on several processes (accelerate launch, torchrun), the run folder is taken, written
+and released by the main process only; the others wait for it and use the same folder. What a
+trainer must do to be data-parallel is in alignlab.train.distributed and docs/distributed.md.
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ from typing import Any, Callable
 import torch
 
 from alignlab.data import DataReport, load_records
+from alignlab.train import distributed as dist
 from alignlab.train.errors import DiskFull, is_disk_full
-from alignlab.train.loop import LoopState, train_loop
-from alignlab.train.run import make_run_dir, release_run, write_run_header
+from alignlab.train.loop import LoopState, sharded_model, train_loop
+from alignlab.train.run import RunFolderError, make_run_dir, release_run, write_run_header
 
 MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
@@ -55,9 +60,27 @@ def open_session(cfg, algorithm_name: str, *, dry_run: bool = False) -> Training
 
     cfg.validate()
     cfg.preflight()
-    run_dir = make_run_dir(cfg, algorithm_name, dry_run=dry_run)
+    run_dir = _take_run_dir(cfg, algorithm_name, dry_run)
     set_seed(cfg.seed)
     return TrainingSession(cfg, algorithm_name, run_dir)
+
+
+def _take_run_dir(cfg, algorithm_name: str, dry_run: bool) -> Path:
+    """The main process creates and locks the run folder; the others get its path (or the same
+    one-line refusal) from it, so that N processes never race for one folder."""
+    if dry_run or dist.world_size() == 1:
+        return make_run_dir(cfg, algorithm_name, dry_run=dry_run)
+    path = error = None
+    if dist.is_main():
+        try:
+            path = str(make_run_dir(cfg, algorithm_name, dry_run=dry_run))
+        except Exception as exc:  # every process must stop, with the main process's message
+            dist.broadcast_json([None, str(exc)])
+            raise
+    path, error = dist.broadcast_json([path, error])
+    if error is not None:
+        raise RunFolderError(error)
+    return Path(path)
 
 
 def load_split(cfg, path: str, records, run_dir: Path, name: str, report: DataReport, *, to_pairs: bool = True) -> list:
@@ -68,7 +91,8 @@ def load_split(cfg, path: str, records, run_dir: Path, name: str, report: DataRe
     if not path:
         return []
     result = load_records(path, format=cfg.data_format, columns=cfg.columns or None, skip_invalid=cfg.skip_invalid,
-                          rejects_path=str(run_dir / f"rejects-{name}.jsonl") if cfg.skip_invalid and run_dir.is_dir() else None,
+                          rejects_path=str(run_dir / f"rejects-{name}.jsonl")
+                          if cfg.skip_invalid and run_dir.is_dir() and dist.is_main() else None,
                           pairing=cfg.pairing, seed=cfg.seed, to_pairs=to_pairs)
     report.merge(result.report)
     return list(result.records)
@@ -99,15 +123,37 @@ def start_training(session: TrainingSession, model, *, data_files: list[str] | N
     from accelerate import Accelerator
 
     cfg = session.cfg
-    session.accelerator = Accelerator(mixed_precision=MIXED_PRECISION[cfg.precision])
+    dist.state()  # the process group first, from the launcher's environment
+    session.accelerator = Accelerator(mixed_precision=MIXED_PRECISION[cfg.precision], cpu=dist.cpu_only())
+    check_engine(session.accelerator)
     session.model = model.to(session.accelerator.device)
     files = data_files if data_files is not None else [cfg.train_data, cfg.eval_data]
-    write_run_header(session.run_dir, cfg, session.algorithm_name, files)
-    (session.run_dir / "data_report.json").write_text(json.dumps(session.report.to_dict(), indent=1))
+    if dist.is_main():
+        write_run_header(session.run_dir, cfg, session.algorithm_name, files)
+        (session.run_dir / "data_report.json").write_text(json.dumps(session.report.to_dict(), indent=1))
+    dist.barrier()
     if session.report.lines():
         session.accelerator.print("alignlab data report:\n  " + "\n  ".join(session.report.lines()))
     session.accelerator.print(f"alignlab: {len(session.train_examples)} train / {len(session.eval_examples)} eval "
                               f"examples; run folder {session.run_dir}")
+
+
+def check_engine(accelerator) -> None:
+    """Refuse (one line) what the loop cannot drive, and say when a sharding config is not applied."""
+    import os
+
+    from accelerate.utils import DistributedType
+
+    kind = accelerator.distributed_type
+    if kind == DistributedType.DEEPSPEED:
+        raise ValueError("DeepSpeed: alignlab's loop does not drive a DeepSpeed engine yet (gradient clipping, steps and "
+                         "checkpoints); launch with configs/accelerate/fsdp.yaml or ddp.yaml (docs/distributed.md)")
+    if kind == DistributedType.FSDP and accelerator.state.fsdp_plugin.fsdp_version != 2:
+        raise ValueError("FSDP: alignlab trains with FSDP2 only; set fsdp_version: 2 in the accelerate config "
+                         "(configs/accelerate/fsdp.yaml)")
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and kind != DistributedType.FSDP:
+        accelerator.print(f"alignlab: the accelerate config asks for FSDP, but accelerate shards only on GPU processes; "
+                          f"training unsharded data-parallel ({kind.value})")
 
 
 def run_training(session: TrainingSession, algorithm, owner, scorer, *, save: Callable[[], Path],
@@ -118,6 +164,8 @@ def run_training(session: TrainingSession, algorithm, owner, scorer, *, save: Ca
     cfg = session.cfg
     try:
         session.state = train_loop(loop_cfg or cfg, algorithm, owner, scorer, session.accelerator, session.run_dir)
+        if sharded_model(session.accelerator):
+            dist.unshard(owner)  # the final save runs on the main process alone
         if session.accelerator.is_main_process:
             session.final_dir = save()
     except OSError as exc:
@@ -140,7 +188,9 @@ def run_training(session: TrainingSession, algorithm, owner, scorer, *, save: Ca
 
 
 def close_session(session: TrainingSession) -> TrainingSession:
-    """Write summary.json and release the run folder."""
-    (session.run_dir / "summary.json").write_text(json.dumps(session.summary, indent=1, default=float))
-    release_run(session.run_dir)
+    """Write summary.json and release the run folder (main process; the others wait for it)."""
+    if dist.is_main():
+        (session.run_dir / "summary.json").write_text(json.dumps(session.summary, indent=1, default=float))
+        release_run(session.run_dir)
+    dist.barrier()
     return session

@@ -89,7 +89,6 @@ def test_concurrent_annotators_with_retries_and_a_restart_store_every_vote_once(
 
 
 def test_secrets_never_reach_the_log(database_url, tmp_path):
-    from feedback_servers import Server
 
     db_password = "db-Secret-Pw-0"
     if database_url.startswith("postgresql"):  # trust auth: the password is accepted and unused

@@ -37,13 +37,17 @@ def make_preference_batch(maker, iteration: int, prompts: list, prompt_ids: list
     `rewards` holding each kept row's target P(row ≻ the other row)."""
     c = maker.cfg
     explore = c.exploration != "none"
-    t0 = time.perf_counter()
-    out = maker.generator.generate(prompt_ids, maker._params(iteration, c.samples_per_prompt))
-    ref_out = None
+    # sampled and scored data-parallel (each process its block of prompts), then gathered
+    out, raw_out, parts, gen_seconds, score_seconds = maker._sample_and_score(
+        prompts, prompt_ids, maker._params(iteration, c.samples_per_prompt), maker._sampler())
+    raw_out = maker._length_penalised(raw_out, out)
+    ref_out = raw_ref = None
     if explore:
         with reference_context(maker.model):
-            ref_out = maker.reference_generator.generate(prompt_ids, maker._params(iteration + 1_000_000, 1))
-    gen_seconds = time.perf_counter() - t0
+            ref_out, raw_ref, _, ref_gen, ref_score = maker._sample_and_score(
+                prompts, prompt_ids, maker._params(iteration + 1_000_000, 1), maker.reference_generator)
+        raw_ref = maker._length_penalised(raw_ref, ref_out)
+        gen_seconds, score_seconds = gen_seconds + ref_gen, score_seconds + ref_score
     n, m = c.samples_per_prompt, c.samples_per_prompt + int(explore)
     order = []  # (source, index) per row, prompt-major groups of m
     for p in range(len(prompts)):
@@ -57,9 +61,10 @@ def make_preference_batch(maker, iteration: int, prompts: list, prompt_ids: list
     batch.from_reference = torch.tensor([src is ref_out for src, _ in order]) if explore else None
     lengths = torch.tensor([len(x) for x in completion_ids])
     t1 = time.perf_counter()
-    raw, metrics = maker._score(rows_prompts, batch.texts, lengths)
+    raw = torch.stack([(raw_out if src is out else raw_ref)[i] for src, i in order])
+    metrics = {f"reward/{k}": float(v.mean()) for k, v in parts.items()}
     probabilities = round_robin_probabilities(_judge(maker, batch, raw), m, len(prompts))  # (P, m, m)
-    score_seconds = time.perf_counter() - t1
+    score_seconds += time.perf_counter() - t1  # the judge
     ties, chosen_p = _label(batch, probabilities, choose_pairs(probabilities, c.pair_rule, _pair_generator(c, iteration)),
                   soft=c.soft_labels)
     t2 = time.perf_counter()

@@ -5,11 +5,18 @@ Where the time goes: all prompts x n samples go to `generate` in as few calls as
 `rollout_batch_size` allows; the sampling log-probs are reused as the old-policy log-probs (no
 extra pass) unless a critic pass runs anyway or a bf16 copy sampled them (`rollout_dtype`); the
 reference pass is skipped when kl_coef is 0.
+
+Data parallel: each process samples and scores its block of the prompts (a prompt's whole group
+stays on one process; each prompt's samples are seeded by its position in the iteration, so they
+are the same on any number of processes), the completions and rewards are gathered, and the
+critic and reference passes are split by rows and summed. Shaping, advantages and controllers
+then run on the full batch, identically on every process.
 """
 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import time
 from dataclasses import dataclass, field
 
@@ -19,9 +26,11 @@ from alignlab.losses.advantages import compute_advantages, sequence_kl
 from alignlab.losses.control import LAGRANGE_UPDATES, adaptive_kl_coef, cost_upper_bound, lagrangian_advantages
 from alignlab.losses.policy import kl_estimate
 from alignlab.losses.shaping import length_penalty, par_shaping, policy_filter
-from alignlab.models.load import is_peft, reference_context
+from alignlab.models.load import is_peft, reference_context, resolve_model_path
 from alignlab.rollout.base import SamplingParams
 from alignlab.rollout.hf import HFGenerator
+from alignlab.rollout.vllm import VLLMGenerator
+from alignlab.train import distributed as dist
 from alignlab.train.online.batch import RolloutBatch, make_micro_batch, pad_tokens
 
 
@@ -66,19 +75,48 @@ class Controllers:
 def token_pass(scorer, batch: RolloutBatch, rows: list[int], pad_token_id: int, chunk: int, *, reference: bool = False
                ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(B, T) log-probs and (B, T, C) values of the sampled tokens, no grad, in chunks of rows.
-    `reference=True` runs the reference policy (LoRA adapter disabled, or the frozen copy)."""
+    `reference=True` runs the reference policy (LoRA adapter disabled, or the frozen copy).
+    Each process scores its block of `rows`; every process returns them all."""
     B, T = batch.mask.shape
-    logps = torch.zeros(B, T)
-    values = None
+    logps = torch.zeros(B, T)  # rows of other processes stay 0 until the sum
+    head = getattr(scorer, "value_head", None)
+    values = torch.zeros(B, T, head.out_features) if head is not None and not reference else None
     device = next(scorer.parameters()).device
-    for start in range(0, len(rows), chunk):
-        mb = make_micro_batch(batch, rows[start : start + chunk], pad_token_id)
+    mine = [rows[i] for i in dist.shard_indices(len(rows))]
+    for start in range(0, len(mine), chunk):
+        mb = make_micro_batch(batch, mine[start : start + chunk], pad_token_id)
         out, vals = scorer(mb.packed.to(device))
         logps[mb.rows] = mb.to_bt(out.logps.float().cpu())
-        if vals is not None and not reference:
-            values = torch.zeros(B, T, vals.shape[-1]) if values is None else values
+        if values is not None:
             values[mb.rows] = mb.to_bt(vals.float().cpu())
-    return logps, values
+    return dist.all_reduce_sum(logps), dist.all_reduce_sum(values) if values is not None else None
+
+
+def prompt_seeds(params: SamplingParams, num_prompts: int) -> list[int]:
+    """The seed of each prompt of a rollout call: from the call's seed and the prompt's position
+    alone, so a prompt's samples are the same on any number of processes."""
+    return [params.seed * 7_919 + k for k in range(num_prompts)]
+
+
+class SyncedGenerator:
+    """A rollout engine holding its own copy of the policy (vLLM): the trained weights are pushed
+    into it before every call, so it always samples the current policy."""
+
+    def __init__(self, engine, model):
+        self.engine, self.model = engine, model
+
+    def generate(self, prompt_ids, params, **kw):
+        self.engine.sync_weights(self.model)
+        return self.engine.generate(prompt_ids, params, **kw)
+
+
+def rollout_generator(cfg, model, tokenizer):
+    """The sampler of `cfg.rollout_backend`: HF generate on the policy itself, or a vLLM engine."""
+    if cfg.rollout_backend == "hf":
+        return HFGenerator(model, tokenizer, batch_size=cfg.rollout_batch_size)
+    if importlib.util.find_spec("vllm") is None:
+        raise ValueError("rollout_backend vllm needs vLLM (pip install vllm, on a GPU machine); or use rollout_backend hf")
+    return SyncedGenerator(VLLMGenerator(resolve_model_path(cfg.model), tokenizer, seed=cfg.seed), model)
 
 
 @torch.no_grad()
@@ -104,15 +142,15 @@ class RolloutMaker:
         self.cfg, self.model, self.scorer, self.reference_scorer = cfg, model, scorer, reference_scorer
         self.judge = judge  # online DPO's preference source (None: the rewards through Bradley-Terry)
         self.tokenizer, self.rewards, self.cost, self.pad_token_id = tokenizer, rewards, cost, pad_token_id
-        self.generator = HFGenerator(model, tokenizer, batch_size=cfg.rollout_batch_size)
-        # PAR and XPO/VPO sample the reference policy: the same model with its adapter disabled under LoRA, the
-        # frozen copy under full fine-tuning (where disabling an adapter would change nothing)
+        self.generator = rollout_generator(cfg, model, tokenizer)
+        # PAR and XPO/VPO sample the reference policy: the same model with its adapter disabled under LoRA,
+        # the frozen copy under full fine-tuning (where disabling an adapter would change nothing)
         self.reference_generator = None
         if cfg.par_references or cfg.exploration != "none":
             reference_model = model if is_peft(model) else reference_scorer.model
             self.reference_generator = HFGenerator(reference_model, tokenizer, batch_size=cfg.rollout_batch_size)
 
-    def _sampler(self) -> HFGenerator:
+    def _sampler(self):
         """The generator of this iteration's samples: the policy itself, or under rollout_dtype
         bfloat16 a bf16 copy of its current weights (LoRA merged in), made now and dropped after
         sampling, so it never adds to the peak memory of the update that follows."""
@@ -127,27 +165,45 @@ class RolloutMaker:
                               max_new_tokens=c.max_new_tokens, stop_strings=tuple(c.stop_strings) or None,
                               seed=c.seed * 100_003 + iteration, **kw)
 
-    def _score(self, prompts, texts, lengths) -> tuple[torch.Tensor, dict]:
-        raw = self.rewards.score(prompts, texts)
-        parts = {f"reward/{k}": float(v.mean()) for k, v in self.rewards.last_parts.items()}
-        if self.cfg.length_penalty:
-            raw = length_penalty(raw, lengths, self.cfg.length_penalty, self.cfg.length_target or None)
-        return raw, parts
+    def _length_penalised(self, raw: torch.Tensor, out) -> torch.Tensor:
+        """Raw rewards (B,) of `out`'s completions with the length penalty, when it is on."""
+        if not self.cfg.length_penalty:
+            return raw
+        lengths = torch.tensor([len(x) for x in out.completion_ids])
+        return length_penalty(raw, lengths, self.cfg.length_penalty, self.cfg.length_target or None)
+
+    def _sample_and_score(self, prompts: list, prompt_ids: list, params: SamplingParams, generator=None):
+        """(completions, raw rewards (B,) before the length penalty, reward parts {name: (B,)},
+        seconds generating, seconds scoring): this process's prompts sampled (by `generator`, the
+        policy's by default), each seeded by its index in the call, and scored; then everything
+        gathered from all processes."""
+        generator = generator or self.generator
+        mine = dist.shard_indices(len(prompt_ids))
+        seeds = prompt_seeds(params, len(prompt_ids))
+        local = raw = parts = None
+        t0 = time.perf_counter()
+        if mine:
+            local = generator.generate([prompt_ids[i] for i in mine], params, seeds=[seeds[i] for i in mine])
+        t1 = time.perf_counter()
+        if mine:
+            raw = self.rewards.score([prompts[mine[i]] for i in local.prompt_index], local.texts)
+            parts = dict(self.rewards.last_parts)
+        t2 = time.perf_counter()
+        out = dist.gather_completions(local, mine, prompt_ids, self.tokenizer)
+        return out, dist.gather_rows(raw), dist.gather_rows(parts) or {}, t1 - t0, t2 - t1
 
     def make(self, iteration: int, prompts: list, prompt_ids: list, ctl: Controllers) -> RolloutBatch:
         c, spec = self.cfg, self.cfg.spec
         n = c.samples_per_prompt
-        t0 = time.perf_counter()
-        out = self._sampler().generate(prompt_ids, self._params(iteration, n))
-        gen_seconds = time.perf_counter() - t0
+        out, raw, parts, gen_seconds, score_seconds = self._sample_and_score(prompts, prompt_ids, self._params(iteration, n),
+                                                                             self._sampler())
         rows_prompts = [prompts[i] for i in out.prompt_index]
         lengths = torch.tensor([len(x) for x in out.completion_ids])
         batch = RolloutBatch(iteration, n, rows_prompts, out.prompt_ids, out.completion_ids, out.texts, out.finished,
                              mask=pad_tokens([[1.0] * len(x) for x in out.completion_ids]),
                              old_logps=pad_tokens(out.logprobs), rewards=torch.zeros(len(out)))
-        t1 = time.perf_counter()
-        raw, metrics = self._score(rows_prompts, out.texts, lengths)
-        score_seconds = time.perf_counter() - t1
+        metrics = {f"reward/{k}": float(v.mean()) for k, v in parts.items()}
+        raw = self._length_penalised(raw, out)
         greedy_raw = self._greedy_rewards(iteration, prompts, prompt_ids, metrics) if spec.greedy_baseline else None
         rewards, greedy = self._shape(raw, iteration, prompts, prompt_ids, ctl, metrics, greedy_raw)
         batch.baseline = greedy
@@ -217,17 +273,18 @@ class RolloutMaker:
         adapter-disabled policy with LoRA, the frozen copy under full fine-tuning."""
         c = self.cfg
         with reference_context(self.model):
-            ref = self.reference_generator.generate(prompt_ids, self._params(iteration + 1_000_000, c.par_references))
-        ref_prompts = [prompts[i] for i in ref.prompt_index]
-        ref_raw, _ = self._score(ref_prompts, ref.texts, torch.tensor([len(x) for x in ref.completion_ids]))
+            ref, raw, _, _, _ = self._sample_and_score(prompts, prompt_ids,
+                                                       self._params(iteration + 1_000_000, c.par_references),
+                                                       self.reference_generator)
+        ref_raw = self._length_penalised(raw, ref)
         metrics["reward/reference_mean"] = float(ref_raw.mean())
         return ref_raw.reshape(len(prompts), c.par_references)
 
     def _greedy_rewards(self, iteration, prompts, prompt_ids, metrics) -> torch.Tensor:
         """ReMax's baseline before shaping: the raw reward (length penalty included) of each prompt's
         greedy completion, (P,)."""
-        out = self.generator.generate(prompt_ids, self._params(iteration, 1, greedy=True))
-        raw, _ = self._score(prompts, out.texts, torch.tensor([len(x) for x in out.completion_ids]))
+        out, raw, _, _, _ = self._sample_and_score(prompts, prompt_ids, self._params(iteration, 1, greedy=True))
+        raw = self._length_penalised(raw, out)
         metrics["reward/greedy_mean"] = float(raw.mean())
         return raw
 

@@ -35,7 +35,9 @@ from alignlab.preferences import build_preference_source
 from alignlab.rewards.spec import WeightedRewards, build_reward_source, build_rewards
 from alignlab.rewards.verifiable import answers_of
 from alignlab.rollout.base import SamplingParams
-from alignlab.train.dryrun import describe, policy_lines
+from alignlab.train import distributed as dist
+from alignlab.train.dryrun import describe, launched_processes, policy_lines
+from alignlab.train.loop import sharded_model
 from alignlab.train.online.batch import (OnlineMicroBatch, RolloutBatch, make_micro_batch, micro_batch_rows, pad_tokens,
                                         rollout_files, rollout_path, write_judged_pairs, write_selections)
 from alignlab.train.online.config import OnlineConfig
@@ -101,7 +103,8 @@ class OnlineAlgorithm:
 
     def rollout(self, iteration: int) -> RolloutBatch:
         path = self._path(iteration)
-        if path.is_file():  # resume: the very samples drawn before the interruption
+        # the main process's view decides: all processes load, or all take part in sampling
+        if dist.broadcast_json(path.is_file()):  # resume: the very samples drawn before the interruption
             batch = RolloutBatch.load(path)
         else:
             if iteration > 0 and self._path(iteration - 1).is_file() and (self._cache is None or self._cache[0] != iteration - 1):
@@ -110,13 +113,14 @@ class OnlineAlgorithm:
             make = make_preference_batch if self.cfg.spec.preference else type(self.maker).make
             batch = make(self.maker, iteration, [self.train_rows[i]["prompt"] for i in idx], [self._ids(i) for i in idx],
                          self.ctl)
-            if self.cfg.spec.preference:  # online DPO: each iteration's judged pairs as a dataset, written before
-                # the rollout like RAFT's selections
-                write_judged_pairs(batch, self.rollout_dir.parent / "pairs" / f"iter-{iteration:05d}.jsonl")
-            if self.cfg.spec.supervised:  # RAFT / SuperHF: each iteration's selections as a dataset, written
-                # before the rollout, so that a resumed run (which reloads the rollout) always has them
-                write_selections(batch, self.rollout_dir.parent / "selections" / f"iter-{iteration:05d}.jsonl")
-            batch.save(path)
+            if dist.is_main():
+                if self.cfg.spec.preference:  # online DPO: each iteration's judged pairs as a dataset, written
+                    # before the rollout like RAFT's selections
+                    write_judged_pairs(batch, self.rollout_dir.parent / "pairs" / f"iter-{iteration:05d}.jsonl")
+                if self.cfg.spec.supervised:  # RAFT / SuperHF: each iteration's selections as a dataset, written
+                    # before the rollout, so that a resumed run (which reloads the rollout) always has them
+                    write_selections(batch, self.rollout_dir.parent / "selections" / f"iter-{iteration:05d}.jsonl")
+                batch.save(path)
         self.ctl = Controllers.from_dict(batch.controller)
         return batch
 
@@ -360,6 +364,9 @@ def train_online(cfg: OnlineConfig, *, model=None, tokenizer=None, train_rows=No
         judge = build_preference_source(cfg.judge, temperature=cfg.judge_temperature, seed=cfg.seed, answers=answers)
     model, scorer, reference = _build_models(cfg, model)
     start_training(session, model, data_files=[cfg.train_data, cfg.eval_data])
+    if sharded_model(session.accelerator):
+        raise ValueError("online training under FSDP is not supported: sampling needs the policy's full weights on "
+                         "every process; launch with configs/accelerate/ddp.yaml (docs/distributed.md)")
     if reference is not None:
         reference.to(session.accelerator.device)  # the frozen copy of full fine-tuning (LoRA's is the model itself)
     pad = session.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -389,12 +396,17 @@ def train_online(cfg: OnlineConfig, *, model=None, tokenizer=None, train_rows=No
 
 def _batch_lines(cfg: OnlineConfig, n_train: int, n_eval: int) -> list[str]:
     completions = cfg.prompts_per_step * cfg.samples_per_prompt
-    per_iteration = cfg.ppo_epochs * -(-completions // (cfg.batch_size * cfg.grad_accum))
+    world = launched_processes()
+    micro = -(-completions // cfg.batch_size)  # per pass, whole prompt groups aside
+    per_iteration = -(-cfg.ppo_epochs * micro // (cfg.grad_accum * world))
     return [
         "rollouts and batch arithmetic:",
         f"  {cfg.iterations} iterations x {cfg.prompts_per_step} prompts x {cfg.samples_per_prompt} samples "
         f"(up to {cfg.max_new_tokens} new tokens) = {completions} completions per iteration",
-        f"  {cfg.batch_size} completions per micro-batch x {cfg.grad_accum} accumulation; {cfg.ppo_epochs} pass(es) "
+        f"  {cfg.batch_size} completions per micro-batch per device x {cfg.grad_accum} accumulation x {world} "
+        f"process(es) = {cfg.batch_size * cfg.grad_accum * world} per optimizer step; each process samples and "
+        f"scores {-(-cfg.prompts_per_step // world)} of the prompts",
+        f"  {cfg.ppo_epochs} pass(es) "
         f"over each rollout: {per_iteration} optimizer steps per iteration, {cfg.iterations * per_iteration} in all",
         f"  {n_train} training prompts, {n_eval} held-out prompts"
         + (f" ({min(n_eval, cfg.eval_prompts)} sampled at each evaluation)" if n_eval else " (no evaluation)"),
@@ -460,13 +472,14 @@ def _ptx_mixer(cfg: OnlineConfig, tokenizer, pad: int):
 def _eval_before(algorithm: OnlineAlgorithm, scorer, run_dir: Path) -> dict:
     """The untrained policy's evaluation (kept in the run folder, so a resumed run reuses it)."""
     path = run_dir / "eval_before.json"
-    if path.is_file():
+    if dist.broadcast_json(path.is_file()):  # the main process's view: all processes evaluate, or none
         return json.loads(path.read_text())
     was_training = scorer.training
     scorer.eval()
     metrics = algorithm.evaluate(scorer)
     scorer.train(was_training)
-    path.write_text(json.dumps(metrics, indent=1))
+    if dist.is_main():
+        path.write_text(json.dumps(metrics, indent=1))
     return metrics
 
 
