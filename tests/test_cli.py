@@ -90,13 +90,14 @@ def test_data_inspect_reports_format_counts_and_lengths(pairs_file, tiny_policy_
 @pytest.fixture
 def nothing_loads(monkeypatch):
     """Make loading a tokenizer or model fail loudly: the checks must come before any of it."""
+    import alignlab.models.load as load
     import alignlab.train.dpo as dpo
 
     def refuse(*args, **kwargs):
         raise AssertionError("loaded before the settings were checked")
 
     monkeypatch.setattr(dpo, "load_tokenizer", refuse)
-    monkeypatch.setattr(dpo, "load_policy", refuse)
+    monkeypatch.setattr(load, "load_policy", refuse)
 
 
 @pytest.mark.parametrize("flags,message", [

@@ -171,6 +171,18 @@ def add_lora(model, *, r: int, alpha: int, dropout: float, target_modules: list[
     return get_peft_model(model, config)
 
 
+def trainable_policy(cfg, model=None):
+    """The policy a trainer trains: `model`, or `cfg.model` loaded, with gradient checkpointing and
+    a LoRA adapter as `cfg` asks (settings gradient_checkpointing, lora, lora_*)."""
+    model = model if model is not None else load_policy(cfg.model)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if cfg.lora:
+        model = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                         target_modules=cfg.lora_target_modules, layers=cfg.lora_layers)
+    return model
+
+
 def is_peft(model) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 

@@ -16,13 +16,14 @@ import torch
 
 from alignlab.config import ConfigError, field, fill_defaults
 from alignlab.losses import LOSSES
-from alignlab.models.load import add_lora, load_policy, load_tokenizer, reference_context, save_final
+from alignlab.models.load import load_tokenizer, reference_context, save_final, trainable_policy
 from alignlab.models.logprobs import SequenceScorer
 from alignlab.models.packing import PackedBatch, pack_pairs
 from alignlab.train import distributed as dist
 from alignlab.train.config import TrainConfig
 from alignlab.train.dpo_data import cached_reference, encode_split, pairwise_records
 from alignlab.train.dryrun import describe, policy_lines
+from alignlab.train.epochs import EpochBatches
 from alignlab.train.session import (TrainingSession, close_session, open_session, require_examples, run_training,
                                     split_eval, start_training)
 
@@ -129,16 +130,12 @@ class DPOAlgorithm:
         self.train_pairs, self.eval_pairs = train_pairs, eval_pairs
         self.pad_token_id = pad_token_id
         self.reference = reference or {}  # {"train": (N, 2), "eval": (M, 2)} when precomputed
-        self._epoch_cache: tuple[int, list] | None = None
+        self._epochs = EpochBatches(cfg.seed, len(self.train_pairs), lambda order: make_batches(
+            self.train_pairs, order, cfg.batch_size, pad_token_id, cfg.share_prompt))
         self.extra_eval = extra_eval  # callable(model) -> metrics, e.g. the demo's gold-reward probe
 
     def micro_batches(self, epoch: int) -> list[PairBatch]:
-        if self._epoch_cache is None or self._epoch_cache[0] != epoch:
-            g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
-            order = torch.randperm(len(self.train_pairs), generator=g).tolist()
-            batches = make_batches(self.train_pairs, order, self.cfg.batch_size, self.pad_token_id, self.cfg.share_prompt)
-            self._epoch_cache = (epoch, batches)
-        return self._epoch_cache[1]
+        return self._epochs(epoch)
 
     def examples_in(self, batch: PairBatch) -> int:
         return len(batch.indices)
@@ -202,12 +199,7 @@ def train_dpo(cfg: DPOConfig, *, train_records=None, eval_records=None, model=No
     if dry_run:
         return describe(session, "pairs", policy_lines(cfg, model, reference=_REFERENCE_TEXT[cfg.reference]))
     require_examples(session, "pairs")
-    model = model if model is not None else load_policy(cfg.model)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    if cfg.lora:
-        model = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                         target_modules=cfg.lora_target_modules, layers=cfg.lora_layers)
+    model = trainable_policy(cfg, model)
     start_training(session, model)
     reference = {}
     if LOSSES[cfg.loss].needs_reference and cfg.reference in ("auto", "precompute"):

@@ -29,11 +29,12 @@ import torch
 from alignlab.config import ConfigError, field, fill_defaults
 from alignlab.data.records import BinaryRecord, PairwiseRecord
 from alignlab.losses.binary import kto
-from alignlab.models.load import add_lora, load_policy, load_tokenizer, save_final
+from alignlab.models.load import load_tokenizer, save_final, trainable_policy
 from alignlab.models.logprobs import SequenceScorer
 from alignlab.train.config import TrainConfig
 from alignlab.train.dpo_data import cached_reference
 from alignlab.train.dryrun import describe, policy_lines
+from alignlab.train.epochs import EpochBatches, chunks
 from alignlab.train.list_data import encode_lists, list_token_key, pack_lists, reference_list_logps
 from alignlab.train.session import (TrainingSession, close_session, load_split, open_session, require_examples,
                                     run_training, split_eval, start_training)
@@ -132,15 +133,10 @@ class KTOAlgorithm:
                  reference: dict[str, torch.Tensor]):
         self.cfg, self.model, self.train, self.evals, self.pad_token_id = cfg, model, train, evals, pad_token_id
         self.reference = reference  # {"train": (N, 2), "eval": (M, 2)}: [own response, mismatched response]
-        self._epoch_cache: tuple[int, list[KTOBatch]] | None = None
+        self._epochs = EpochBatches(cfg.seed, len(train), lambda order: [KTOBatch(c) for c in chunks(order, cfg.batch_size)])
 
     def micro_batches(self, epoch: int) -> list[KTOBatch]:
-        if self._epoch_cache is None or self._epoch_cache[0] != epoch:
-            g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
-            order = torch.randperm(len(self.train), generator=g).tolist()
-            B = self.cfg.batch_size
-            self._epoch_cache = (epoch, [KTOBatch(order[i: i + B]) for i in range(0, len(order), B)])
-        return self._epoch_cache[1]
+        return self._epochs(epoch)
 
     def examples_in(self, batch: KTOBatch) -> int:
         return len(batch.indices)
@@ -224,12 +220,7 @@ def train_kto(cfg: KTOConfig, *, train_records=None, eval_records=None, model=No
                                                    "and its mismatched pair (no second model copy)")
         return describe(session, "examples", ["KTO data balance:", *("  " + line for line in balance), *lines])
     require_examples(session, "examples")
-    model = model if model is not None else load_policy(cfg.model)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    if cfg.lora:
-        model = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                         target_modules=cfg.lora_target_modules, layers=cfg.lora_layers)
+    model = trainable_policy(cfg, model)
     start_training(session, model)
     if any(line.startswith("warning") for line in balance):
         session.accelerator.print("alignlab KTO: " + "; ".join(balance))

@@ -23,11 +23,12 @@ from alignlab.config import ConfigError, field, fill_defaults
 from alignlab.data.pairing import overall
 from alignlab.data.records import PairwiseRecord, RankingRecord, RatingRecord
 from alignlab.losses import LOSSES
-from alignlab.models.load import add_lora, load_policy, load_tokenizer, save_final
+from alignlab.models.load import load_tokenizer, save_final, trainable_policy
 from alignlab.models.logprobs import SequenceScorer
 from alignlab.train.config import TrainConfig
 from alignlab.train.dpo_data import cached_reference
 from alignlab.train.dryrun import describe, policy_lines
+from alignlab.train.epochs import EpochBatches, chunks
 from alignlab.train.list_data import (encode_lists, list_mask, list_token_key, pack_lists, reference_list_logps,
                                       require_list, widest)
 from alignlab.train.session import (TrainingSession, close_session, load_split, open_session, require_examples,
@@ -146,15 +147,10 @@ class ListwiseAlgorithm:
         self.cfg, self.model, self.train, self.evals, self.pad_token_id = cfg, model, train, evals, pad_token_id
         self.spec = LOSSES[cfg.loss]
         self.reference = reference or {}  # {"train": (N, K), "eval": (M, K)} when the loss needs one
-        self._epoch_cache: tuple[int, list[ListBatch]] | None = None
+        self._epochs = EpochBatches(cfg.seed, len(train), lambda order: [ListBatch(c) for c in chunks(order, cfg.batch_size)])
 
     def micro_batches(self, epoch: int) -> list[ListBatch]:
-        if self._epoch_cache is None or self._epoch_cache[0] != epoch:
-            g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
-            order = torch.randperm(len(self.train), generator=g).tolist()
-            B = self.cfg.batch_size
-            self._epoch_cache = (epoch, [ListBatch(order[i: i + B]) for i in range(0, len(order), B)])
-        return self._epoch_cache[1]
+        return self._epochs(epoch)
 
     def examples_in(self, batch: ListBatch) -> int:
         return len(batch.indices)
@@ -230,12 +226,7 @@ def train_listwise(cfg: ListwiseConfig, *, train_records=None, eval_records=None
             f"not used ({cfg.loss} is reference-free)"
         return describe(session, "lists", lines + policy_lines(cfg, model, reference=reference))
     require_examples(session, "lists")
-    model = model if model is not None else load_policy(cfg.model)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    if cfg.lora:
-        model = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                         target_modules=cfg.lora_target_modules, layers=cfg.lora_layers)
+    model = trainable_policy(cfg, model)
     start_training(session, model)
     reference = {}
     if spec.needs_reference:

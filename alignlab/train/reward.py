@@ -19,6 +19,7 @@ import torch
 from alignlab.models.reward import RewardBatch, pack_reward_sequences, pad_encoder_sequences, score_sequences
 from alignlab.models.reward_io import save_reward_model
 from alignlab.train import reward_data  # looked up at call time: bench/rm_vs_trl.py wraps its setup
+from alignlab.train.epochs import EpochBatches, chunks
 from alignlab.train.reward_config import OBJECTIVES, Item, MemberScores, ObjectiveSpec, RMConfig
 from alignlab.train.session import close_session, run_training
 
@@ -82,21 +83,19 @@ class RewardAlgorithm:
         # online bootstrap: every member sees each example Poisson(1) times (all 1 for K = 1; a
         # trained model's gate, shared by its members, sees every example once)
         self.bootstrap = torch.poisson(torch.ones(len(train_items), K), generator=g) if K > 1 else torch.ones(len(train_items), 1)
-        self._epoch_cache = None
+        self._epochs = EpochBatches(cfg.seed, len(train_items), self._batches)
+
+    def _batches(self, order: list[int]) -> list[RMBatch]:
+        bs = self.cfg.batch_size
+        if self.cfg.group_by_prompt:  # batch_size whole prompts (in shuffled order) per micro-batch
+            groups = prompt_groups(self.train_items, order)
+            parts = [[i for grp in groups[j : j + bs] for i in grp] for j in range(0, len(groups), bs)]
+        else:
+            parts = chunks(order, bs)
+        return [make_batch(self.train_items, part, self.model.kind, self.pad_token_id) for part in parts]
 
     def micro_batches(self, epoch: int) -> list[RMBatch]:
-        if self._epoch_cache is None or self._epoch_cache[0] != epoch:
-            g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
-            order = torch.randperm(len(self.train_items), generator=g).tolist()
-            bs = self.cfg.batch_size
-            if self.cfg.group_by_prompt:  # batch_size whole prompts (in shuffled order) per micro-batch
-                groups = prompt_groups(self.train_items, order)
-                chunks = [[i for grp in groups[j : j + bs] for i in grp] for j in range(0, len(groups), bs)]
-            else:
-                chunks = [order[i : i + bs] for i in range(0, len(order), bs)]
-            batches = [make_batch(self.train_items, chunk, self.model.kind, self.pad_token_id) for chunk in chunks]
-            self._epoch_cache = (epoch, batches)
-        return self._epoch_cache[1]
+        return self._epochs(epoch)
 
     def examples_in(self, batch: RMBatch) -> int:
         """What the loss is normalised by: examples, or the objective's own count (ratings: rated

@@ -18,16 +18,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
 
 from alignlab.config import ConfigError, field, fill_defaults
 from alignlab.data import DataReport
 from alignlab.data.sft import SFTExample, encode_sft
 from alignlab.losses.sft import sft_loss
-from alignlab.models.load import add_lora, load_policy, load_tokenizer, save_final
+from alignlab.models.load import load_tokenizer, save_final, trainable_policy
 from alignlab.models.logprobs import SequenceScorer
 from alignlab.train.config import TrainConfig
 from alignlab.train.dryrun import describe, policy_lines
+from alignlab.train.epochs import EpochBatches, chunks
 from alignlab.train.session import (TrainingSession, close_session, open_session, require_examples, run_training,
                                     split_eval, start_training)
 from alignlab.train.sft_data import pack_examples, pad_examples, read_sft_split
@@ -71,18 +71,13 @@ class SFTAlgorithm:
         self.cfg, self.model, self.train, self.evals, self.pad_token_id = cfg, model, train, evals, pad_token_id
         self.layout = pack_examples if cfg.packing else pad_examples
         self.hidden_size = getattr(getattr(model, "config", None), "hidden_size", None) or 1024
-        self._epoch_cache: tuple[int, list[SFTBatch]] | None = None
+        self._epochs = EpochBatches(cfg.seed, len(train), lambda order: self._batches(train, order))
 
     def _batches(self, examples: list[SFTExample], order: list[int]) -> list[SFTBatch]:
-        B = self.cfg.batch_size
-        return [SFTBatch(order[i: i + B], sum(examples[j].num_targets for j in order[i: i + B]))
-                for i in range(0, len(order), B)]
+        return [SFTBatch(c, sum(examples[j].num_targets for j in c)) for c in chunks(order, self.cfg.batch_size)]
 
     def micro_batches(self, epoch: int) -> list[SFTBatch]:
-        if self._epoch_cache is None or self._epoch_cache[0] != epoch:
-            g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
-            self._epoch_cache = (epoch, self._batches(self.train, torch.randperm(len(self.train), generator=g).tolist()))
-        return self._epoch_cache[1]
+        return self._epochs(epoch)
 
     def examples_in(self, batch: SFTBatch) -> int:
         return batch.tokens
@@ -132,12 +127,7 @@ def train_sft(cfg: SFTConfig, *, train_records=None, eval_records=None, model=No
     if dry_run:
         return describe(session, "sequences", policy_lines(cfg, model, reference="not used (SFT has no reference)"))
     require_examples(session, "examples")
-    model = model if model is not None else load_policy(cfg.model)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    if cfg.lora:
-        model = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                         target_modules=cfg.lora_target_modules, layers=cfg.lora_layers)
+    model = trainable_policy(cfg, model)
     start_training(session, model)
     algorithm = SFTAlgorithm(cfg, session.model, session.train_examples, session.eval_examples, session.pad_token_id)
     run_training(session, algorithm, session.model, SequenceScorer(session.model),
