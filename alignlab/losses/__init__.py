@@ -57,6 +57,15 @@ class LossSpec:
             valid = ", ".join(sorted(self.options)) or "none"
             raise ValueError(f"loss {self.name!r} has no option(s) {', '.join(unknown)}; valid options: {valid}")
 
+    def paper_defaults(self, given: frozenset, beta: float | None, options: dict[str, Any]) -> dict:
+        """A trainer config's context defaults (`alignlab.config.resolve`): this loss's paper beta
+        unless the user gave one, and its paper options under the options the user gave."""
+        origin = f"{self.name} loss default"
+        out = {} if "beta" in given and beta is not None else {"beta": (self.default_beta, origin)}
+        if set(self.options) - set(options):
+            out["loss_options"] = ({**self.options, **options}, "user + " + origin if options else origin)
+        return out
+
 
 _F_DPO = ("Beyond Reverse KL: Generalizing Direct Preference Optimization with Diverse Divergence Constraints"
           " (arXiv:2309.16240)")

@@ -52,12 +52,7 @@ class DPOConfig(TrainConfig):
         spec = LOSSES.get(self.loss)
         if spec is None:
             return {}  # validate() names the valid losses
-        origin = f"{self.loss} loss default"
-        out = {} if "beta" in given and self.beta is not None else {"beta": (spec.default_beta, origin)}
-        if set(spec.options) - set(self.loss_options):
-            mixed = "user + " + origin if self.loss_options else origin
-            out["loss_options"] = ({**spec.options, **self.loss_options}, mixed)
-        return out
+        return spec.paper_defaults(given, self.beta, self.loss_options)
 
     def validate(self) -> None:
         super().validate()
