@@ -135,6 +135,27 @@ def run_side(script: str, side: str, args: list[str], *, env: dict[str, str] | N
         return json.loads(result_file.read_text())
 
 
+def run_sides(script: str, sides, args: list[str]) -> tuple[dict, dict]:
+    """Every side in its own worker process (run_side), CUDA hidden: the benchmarks are CPU-only
+    even on a machine with a GPU. Returns the results and the report (keys starting with "_" left
+    out)."""
+    results = {side: run_side(script, side, args, env={"CUDA_VISIBLE_DEVICES": ""}) for side in sides}
+    return results, {side: {k: v for k, v in r.items() if not k.startswith("_")} for side, r in results.items()}
+
+
+def run_worker(args, work) -> int:
+    """In a worker process: run `work(args)` and hand its result to the runner."""
+    Path(args.result_file).write_text(json.dumps(work(args)))
+    return 0
+
+
+def publish(report: dict, out: str | Path) -> int:
+    """The report as one JSON line on stdout and in `out`."""
+    print(json.dumps(report), flush=True)
+    write_json(out, report)
+    return 0
+
+
 def write_json(path: str | Path, payload: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

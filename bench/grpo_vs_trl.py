@@ -39,8 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import add_runner_args, peak_rss_mb, run_side, sentiment_prompts, write_json
-
+from common import add_runner_args, peak_rss_mb, publish, run_sides, run_worker, sentiment_prompts
 SIDES = ("alignlab", "trl")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "grpo_vs_trl.json"
 SAME_RANGE_Z = 3.0  # |difference of means| / its standard error below this: the same range
@@ -464,20 +463,14 @@ def worker_argv(args) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
-        result = run_alignlab(args) if args.worker == "alignlab" else run_trl(args)
-        Path(args.result_file).write_text(json.dumps(result))
-        return 0
+        return run_worker(args, lambda a: run_alignlab(a) if a.worker == "alignlab" else run_trl(a))
     sides = (args.only,) if args.only else SIDES
-    # CUDA hidden: the benchmark is CPU-only even on a machine with a GPU.
-    results = {side: run_side(__file__, side, worker_argv(args), env={"CUDA_VISIBLE_DEVICES": ""}) for side in sides}
-    report = {side: {k: v for k, v in r.items() if not k.startswith("_")} for side, r in results.items()}
+    results, report = run_sides(__file__, sides, worker_argv(args))
     if len(results) == 2:
         report.update(compare(args, results["alignlab"], results["trl"]))
     report["note"] = NOTE
     report["setup"] = setup_info(args, results[sides[0]]["_setup"])
-    print(json.dumps(report), flush=True)
-    write_json(args.out, report)
-    return 0
+    return publish(report, args.out)
 
 
 if __name__ == "__main__":

@@ -31,14 +31,13 @@ alignlab's RewardModel on an empty backbone, so no second model is loaded in eit
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import (add_runner_args, chat_text_rows, load_pair_data, peak_rss_mb, run_side, worker_setup,
-                    write_json)
+from common import (add_runner_args, chat_text_rows, load_pair_data, peak_rss_mb, publish, run_sides, run_worker,
+                    worker_setup)
 
 # alignlab runs: reward-model settings that differ between them (everything else is shared).
 ALIGNLAB_RUNS = {
@@ -263,13 +262,9 @@ def worker_argv(args) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
-        result = run_trl(args) if args.worker == "trl" else run_alignlab(args, args.worker)
-        Path(args.result_file).write_text(json.dumps(result))
-        return 0
+        return run_worker(args, lambda a: run_trl(a) if a.worker == "trl" else run_alignlab(a, a.worker))
     sides = ONLY[args.only] if args.only else SIDES
-    # CUDA hidden: the benchmark is CPU-only even on a machine with a GPU.
-    results = {side: run_side(__file__, side, worker_argv(args), env={"CUDA_VISIBLE_DEVICES": ""}) for side in sides}
-    report = {side: {k: v for k, v in r.items() if not k.startswith("_")} for side, r in results.items()}
+    results, report = run_sides(__file__, sides, worker_argv(args))
     if "alignlab" in results and "trl" in results:
         report.update(compare(results["alignlab"], results["trl"]))
         report["memory_ratio"] = results["alignlab"]["peak_rss_mb"] / results["trl"]["peak_rss_mb"]
@@ -281,9 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         report.update(compare_ensemble(results))
     report.update(compare_lora(results))
     report["setup"] = setup_info(args, results[sides[0]]["_setup"])
-    print(json.dumps(report), flush=True)
-    write_json(args.out, report)
-    return 0
+    return publish(report, args.out)
 
 
 if __name__ == "__main__":

@@ -23,14 +23,12 @@ step counts are reported.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import add_runner_args, load_pair_data, peak_rss_mb, run_side, worker_setup, write_json
-
+from common import add_runner_args, load_pair_data, peak_rss_mb, publish, run_sides, run_worker, worker_setup
 SIDES = ("alignlab", "trl")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "sft_vs_trl.json"
 
@@ -146,13 +144,9 @@ def worker_argv(args) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.worker:
-        result = {"alignlab": run_alignlab, "trl": run_trl}[args.worker](args)
-        Path(args.result_file).write_text(json.dumps(result))
-        return 0
+        return run_worker(args, lambda a: {"alignlab": run_alignlab, "trl": run_trl}[a.worker](a))
     sides = [args.only] if args.only else list(SIDES)
-    # CUDA hidden: the benchmark is CPU-only even on a machine with a GPU.
-    results = {side: run_side(__file__, side, worker_argv(args), env={"CUDA_VISIBLE_DEVICES": ""}) for side in sides}
-    report = {side: {k: v for k, v in r.items() if not k.startswith("_")} for side, r in results.items()}
+    results, report = run_sides(__file__, sides, worker_argv(args))
     if len(sides) == 2:
         report.update(compare(results))
     report["setup"] = {"model": args.model, "examples": args.examples, "batch_size": args.batch_size,
@@ -160,9 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                        "epochs": 1, "precision": "fp32", "device": "cpu", "packing": "both sides",
                        "trl_gradient_checkpointing": not args.trl_no_gradient_checkpointing,
                        **results[sides[0]]["_setup"]}
-    print(json.dumps(report), flush=True)
-    write_json(args.out, report)
-    return 0
+    return publish(report, args.out)
 
 
 if __name__ == "__main__":
