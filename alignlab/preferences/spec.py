@@ -5,6 +5,8 @@
                          `temperature`, flipped with `flip_prob`
     judge:MODEL          an LLM judge (`judge`): judge:embedded (SmolLM2) or judge:DIR, a local model
     pm:DIR               a pairwise preference model from `alignlab train pm` (`pairwise`)
+    app:PROJECT@URL      people voting in the feedback app: pairwise project PROJECT of the app's
+                         database URL (e.g. app:online@sqlite:///feedback.db; needs the feedback extra)
     PREFIX:NAME          any other registered preference family (`register_preference_family`)
     REWARD               any other reward spec (rm:DIR, lab:sentiment, python:mod:fn, ...) as a
                          soft judgement through Bradley-Terry at `temperature`
@@ -78,3 +80,20 @@ def _pm_family(name: str, options: dict) -> PreferenceSource:
 
 
 register_preference_family("pm", _pm_family)
+
+
+def _app_family(name: str, options: dict) -> PreferenceSource:
+    project, at, url = name.partition("@")
+    if not (project and at and url):
+        raise ValueError(f"preference source 'app:{name}': write app:PROJECT@DATABASE_URL, "
+                         "e.g. app:online@sqlite:///feedback.db")
+    try:
+        from alignlab.feedback.preferences import AppPreferenceSource
+    except ImportError as exc:
+        raise ValueError(f"preference source 'app:' needs the feedback app's packages ({exc.name} is missing): "
+                         "pip install 'alignlab[feedback]'") from None
+    return AppPreferenceSource(url, project, poll_seconds=float(options.get("poll_seconds", 5.0)),
+                               timeout=options.get("timeout"))
+
+
+register_preference_family("app", _app_family)

@@ -175,3 +175,10 @@ def test_people_as_a_preference_source_through_the_app(tmp_path, capsys):
     with pytest.raises(ValueError, match="preferences need a pairwise one"):
         cli(capsys, "project", "stars", "--task", "rating", *db)
         AppPreferenceSource(db[1], "stars")
+    # the same source by its spec string, as `train online-dpo --judge app:PROJECT@URL` builds it
+    from alignlab.preferences import build_preference_source
+
+    by_spec = build_preference_source(f"app:online@{db[1]}", timeout=0.3)
+    assert isinstance(by_spec, AppPreferenceSource) and by_spec.project == "online" and by_spec.votes_needed == 2
+    with pytest.raises(ValueError, match="write app:PROJECT@DATABASE_URL"):
+        build_preference_source(f"app:{db[1]}")
