@@ -24,7 +24,7 @@ demo: $(STAMP)
 
 # pytest exits 5 when no test ran: that is a failure here, not a success.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(ARGS); rc=$$?; \
+	$(BIN)/python -m pytest -q --durations=15 $(ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: no tests ran"; exit 1; fi; exit $$rc
 
 bench: $(STAMP)
