@@ -18,6 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+from safetensors.torch import load_file
 
 from alignlab.train.dpo import DPOConfig
 from alignlab.train.session import check_engine
@@ -90,6 +91,21 @@ def test_the_shipped_configs_leave_accumulation_and_clipping_to_alignlab(stage):
     assert not {"gradient_accumulation_steps", "gradient_clipping"} & set(config["deepspeed_config"])
 
 
+def test_a_checkpoint_by_position_is_refused_under_deepspeed(tmp_path):
+    """A checkpoint written without FSDP or DeepSpeed keeps AdamW state by position, which a ZeRO
+    optimizer cannot take: one line, before DeepSpeed is set up."""
+    import torch
+
+    from alignlab.train.checkpoint import CheckpointError, read_named_checkpoint, save_checkpoint
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    path = save_checkpoint(tmp_path, 1, model, optimizer, scheduler, {"micro": 1}, keep=0)
+    with pytest.raises(CheckpointError, match="written without FSDP or DeepSpeed .* resume it without DeepSpeed"):
+        read_named_checkpoint(path, model, engine="DeepSpeed")
+
+
 # ---- real DeepSpeed engines on 2 CPU processes ----
 
 needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
@@ -117,16 +133,21 @@ def resumable_copy(run: Path, to: Path) -> Path:
     return to
 
 
+LORA = dict(lora=True, lora_r=4, reference="adapter_disabled", learning_rate=1e-2)
+
+
 @pytest.fixture(scope="module")
 def zero(tmp_path_factory, tiny_policy_dir):
     """zero2/ and zero3/: 4-step DPO runs on 2 processes; resumed3/: zero2's step-2 checkpoint
-    resumed under ZeRO-3."""
+    resumed under ZeRO-3; lora3/: LoRA DPO under ZeRO-3, the reference being the adapter disabled."""
     tmp = tmp_path_factory.mktemp("deepspeed")
     launch_deepspeed({"jobs": [{"kind": "dpo", "cfg": settings("dpo", tiny_policy_dir, tmp / "zero2")}]}, tmp, 2)
     resumable_copy(tmp / "zero2", tmp / "resumed3")
     launch_deepspeed({"jobs": [{"kind": "dpo", "cfg": settings("dpo", tiny_policy_dir, tmp / "zero3")},
                                {"kind": "dpo", "cfg": settings("dpo", tiny_policy_dir, tmp / "resumed3",
-                                                               resume="latest")}]}, tmp, 3)
+                                                               resume="latest")},
+                               {"kind": "dpo", "cfg": settings("dpo", tiny_policy_dir, tmp / "lora3", **LORA)}]},
+                     tmp, 3)
     return tmp
 
 
@@ -159,3 +180,15 @@ def test_a_deepspeed_checkpoint_resumes_under_deepspeed_and_without_it(zero, tmp
     run = resumable_copy(zero / "zero3", tmp_path / "plain")
     run_job("dpo", settings("dpo", tiny_policy_dir, run, resume="latest", grad_accum=2))
     assert_same_weights(weights(run), weights(zero / "zero3"))
+
+
+@needs_deepspeed
+def test_a_lora_adapter_trains_under_zero3_like_one_process(zero, tmp_path, tiny_policy_dir):
+    """ZeRO-3 also shards the frozen base weights; the reference pass runs with the adapter off."""
+    one = tmp_path / "one"
+    run_job("dpo", settings("dpo", tiny_policy_dir, one, grad_accum=2, **LORA))
+    adapter = load_file(zero / "lora3" / "final" / "adapter_model.safetensors")
+    assert adapter and not (zero / "lora3" / "final" / "model.safetensors").exists()
+    assert_same_weights(adapter, load_file(one / "final" / "adapter_model.safetensors"))
+    for a, b in zip(logged(zero / "lora3"), logged(one)):
+        assert a.get("loss") == pytest.approx(b.get("loss"), abs=1e-5)
