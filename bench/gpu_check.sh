@@ -3,9 +3,12 @@
 #   1. GRPO with HF generation: decode tokens/s, step time, MFU -> bench/results/gpu_check-hf.json
 #   2. the same with the vLLM backend (rollout_backend: vllm) -> gpu_check-vllm.json ("skipped"
 #      with the reason when vLLM is not installed)
-#   3. DPO under accelerate with configs/accelerate/ddp.yaml and fsdp.yaml on every GPU present
-#      (FSDP2 is routed by accelerate to GPUs only: this is where its trainer path runs), and the
-#      DeepSpeed ZeRO configs (expected: refused with one line until the loop drives DeepSpeed)
+#   3. DPO under accelerate with configs/accelerate/ddp.yaml, fsdp.yaml, deepspeed_zero2.yaml and
+#      deepspeed_zero3.yaml on every GPU present (FSDP2 is routed by accelerate to GPUs only: this is
+#      where its trainer path runs; DeepSpeed runs on NCCL here, on gloo in tests/test_deepspeed.py)
+#   4. resumes: the FSDP run without FSDP, the ZeRO-3 run under ZeRO-3, the ZeRO-2 run without
+#      DeepSpeed on one process (the same global batch). The DeepSpeed steps are logged as skipped
+#      when deepspeed is not installed (pip install deepspeed; it is not an alignlab dependency).
 # Every step logs to bench/results/gpu_check-<time>.log and a failing step does not stop the others;
 # the exit status is the number of failed steps.
 #   bash bench/gpu_check.sh                 # PYTHON=... to pick the interpreter, MODEL=... the policy
@@ -63,17 +66,30 @@ PYEOF
 DPO=(train dpo --model "$MODEL" --train-data "$WORK/pairs.jsonl" --batch-size 4 --max-steps 8 --save-every 4
      --precision bf16 --progress false)
 PROCS=$((NGPU > 0 ? NGPU : 1))
+HAVE_DS=$("$PY" -c 'import deepspeed' >/dev/null 2>&1 && echo 1 || echo 0)
 for config in ddp fsdp deepspeed_zero2 deepspeed_zero3; do
-    run=step
-    [[ $config == deepspeed* ]] && run=info  # expected: refused with one line (or DeepSpeed not installed)
-    $run "dpo-$config" "$PY" -m accelerate.commands.launch --config_file "configs/accelerate/$config.yaml" \
+    if [[ $config == deepspeed* && $HAVE_DS == 0 ]]; then
+        echo "== dpo-$config: skipped (deepspeed is not installed)" | tee -a "$LOG"
+        continue
+    fi
+    step "dpo-$config" "$PY" -m accelerate.commands.launch --config_file "configs/accelerate/$config.yaml" \
         --num_processes "$PROCS" -m alignlab "${DPO[@]}" --output-dir "$WORK/dpo-$config"
     if [ -f "$WORK/dpo-$config/summary.json" ]; then
         cp "$WORK/dpo-$config/summary.json" "$RESULTS/gpu_check-dpo-$config.json"
     fi
 done
 # the FSDP run's checkpoint resumes without FSDP on one process (optimizer state by parameter name)
-step "dpo-fsdp-resume-ddp" "$PY" -m alignlab "${DPO[@]}" --max-steps 12 --output-dir "$WORK/dpo-fsdp" --resume latest
+# (grad_accum x processes is kept: a resume that changes the global batch is refused)
+step "dpo-fsdp-resume-ddp" "$PY" -m alignlab "${DPO[@]}" --max-steps 12 --grad-accum "$PROCS" \
+    --output-dir "$WORK/dpo-fsdp" --resume latest
+if [[ $HAVE_DS == 1 ]]; then
+    # DeepSpeed checkpoints (whole weights, AdamW state by name): under ZeRO-3 again, and without DeepSpeed
+    step "dpo-deepspeed_zero3-resume" "$PY" -m accelerate.commands.launch \
+        --config_file configs/accelerate/deepspeed_zero3.yaml --num_processes "$PROCS" -m alignlab "${DPO[@]}" \
+        --max-steps 12 --output-dir "$WORK/dpo-deepspeed_zero3" --resume latest
+    step "dpo-deepspeed_zero2-resume-plain" "$PY" -m alignlab "${DPO[@]}" --max-steps 12 --grad-accum "$PROCS" \
+        --output-dir "$WORK/dpo-deepspeed_zero2" --resume latest
+fi
 
 echo "gpu_check: $FAILED failed step(s); results in $RESULTS/gpu_check-*.json, log $LOG" | tee -a "$LOG"
 rm -rf "$WORK"

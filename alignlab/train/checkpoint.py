@@ -9,9 +9,10 @@ A checkpoint is written into a temp folder and renamed into place, so a crash mi
 previous checkpoint intact. Only trainable parameters are saved (the LoRA adapter, or every weight
 for full fine-tuning); frozen weights come back from the model source on resume.
 
-A model sharded by FSDP is gathered whole first (`gathered_state`, every process takes part) and
-its optimizer state is saved by parameter name (state.json `optimizer_layout: "names"`), which
-loads both sharded and unsharded, on any number of processes.
+A model sharded by FSDP or DeepSpeed is gathered whole first (`gathered_state`,
+`alignlab.train.zero.gathered_state`; every process takes part) and its optimizer state is saved
+by parameter name (state.json `optimizer_layout: "names"`), which loads sharded (FSDP, DeepSpeed)
+and unsharded, on any number of processes.
 """
 
 from __future__ import annotations
@@ -162,10 +163,10 @@ def list_checkpoints(directory: Path) -> list[Path]:
 def load_checkpoint(path: Path, model, optimizer, scheduler, *, sharded: bool = False) -> dict:
     """Restore everything saved by `save_checkpoint`; returns the saved trainer state. `sharded`:
     `model` is FSDP-sharded (every process loads the whole file and keeps its shard)."""
-    weights = _safe(load_file, path / "trainable.safetensors")
     state = _safe(lambda p: json.loads(p.read_text()), path / "state.json")
     if sharded or state.get("optimizer_layout") == "names":
-        return _load_by_name(path, weights, state, model, optimizer, scheduler, sharded)
+        return _load_by_name(path, model, optimizer, scheduler)
+    weights = _safe(load_file, path / "trainable.safetensors")
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
     unknown = [n for n in weights if n not in params]
@@ -186,23 +187,37 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, *, sharded: bool = 
     return state
 
 
-def _load_by_name(path: Path, weights: dict, state: dict, model, optimizer, scheduler, sharded: bool) -> dict:
-    """A checkpoint whose optimizer state is keyed by parameter name (written under FSDP), into a
-    sharded or plain model; a sharded model cannot take a checkpoint keyed by position."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
-
+def read_named_checkpoint(path: Path, model, *, engine: str = "FSDP") -> tuple[dict, dict, dict]:
+    """(weights, optimizer state by name, trainer state) of a checkpoint written under FSDP or
+    DeepSpeed, checked against `model`'s trainable parameters; `engine` names the sharded engine
+    that is to take it (a checkpoint by position is refused for it)."""
+    weights = _safe(load_file, path / "trainable.safetensors")
+    state = _safe(lambda p: json.loads(p.read_text()), path / "state.json")
     if state.get("optimizer_layout") != "names":
-        raise CheckpointError(f"checkpoint {path} was written without FSDP (optimizer state by position); resume it "
-                              "without FSDP (configs/accelerate/ddp.yaml), on any number of processes")
+        raise CheckpointError(f"checkpoint {path} was written without FSDP or DeepSpeed (optimizer state by position); "
+                              f"resume it without {engine} (configs/accelerate/ddp.yaml), on any number of processes")
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     if set(weights) != trainable:
         raise RuntimeError(f"checkpoint {path} does not match the model: missing {sorted(trainable - set(weights))[:3]}, "
                            f"unexpected {sorted(set(weights) - trainable)[:3]} (was it written with the same model and "
                            "LoRA settings?)")
-    options = StateDictOptions(full_state_dict=True, strict=False)
-    set_model_state_dict(model, weights, options=options)
-    set_optimizer_state_dict(model, getattr(optimizer, "optimizer", optimizer), _load_state_dict(path / "optimizer.pt"),
-                             options=options)
+    return weights, _load_state_dict(path / "optimizer.pt"), state
+
+
+def finish_named_load(path: Path, scheduler) -> None:
+    """The scheduler and RNG states of a checkpoint whose weights and optimizer are loaded."""
     scheduler.load_state_dict(_load_state_dict(path / "scheduler.pt"))
     set_rng_state(_load_rng(path))
+
+
+def _load_by_name(path: Path, model, optimizer, scheduler) -> dict:
+    """A checkpoint whose optimizer state is keyed by parameter name (written under FSDP or
+    DeepSpeed), into a sharded or plain model; a sharded model cannot take one keyed by position."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    weights, optimizer_state, state = read_named_checkpoint(path, model)
+    options = StateDictOptions(full_state_dict=True, strict=False)
+    set_model_state_dict(model, weights, options=options)
+    set_optimizer_state_dict(model, getattr(optimizer, "optimizer", optimizer), optimizer_state, options=options)
+    finish_named_load(path, scheduler)
     return state

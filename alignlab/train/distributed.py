@@ -35,14 +35,22 @@ def _launched() -> bool:
 
 def cpu_only() -> bool:
     """Launched on a machine without a GPU: accelerate must be told to use gloo on the CPU (plain
-    torchrun does not say so; `accelerate launch --cpu` does)."""
-    return _launched() and not torch.cuda.is_available()
+    torchrun does not say so; `accelerate launch --cpu` does). Not under DeepSpeed, which accelerate
+    would then drop: DeepSpeed picks its CPU accelerator (gloo) itself."""
+    return _launched() and not torch.cuda.is_available() and not _deepspeed()
+
+
+def _deepspeed() -> bool:
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
 
 
 def state():
-    """accelerate's process state (initialises the process group from the launcher's env once)."""
+    """accelerate's process state (initialises the process group from the launcher's env once).
+    DeepSpeed without a GPU: accelerate picks no backend for it, so gloo is named."""
     from accelerate import PartialState
 
+    if _deepspeed() and _launched() and not torch.cuda.is_available():
+        return PartialState(backend="gloo")
     return PartialState(cpu=cpu_only())
 
 

@@ -31,8 +31,9 @@ import torch
 from tqdm.auto import tqdm
 
 from alignlab.train import distributed as dist
-from alignlab.train.checkpoint import (gathered_state, list_checkpoints, load_checkpoint, rng_state, save_checkpoint,
-                                       set_rng_state)
+from alignlab.train import zero
+from alignlab.train.checkpoint import (finish_named_load, gathered_state, list_checkpoints, load_checkpoint,
+                                       read_named_checkpoint, rng_state, save_checkpoint, set_rng_state)
 from alignlab.train.config import TrainConfig
 from alignlab.train.tracking import Tracker
 
@@ -178,6 +179,11 @@ def train_loop(cfg: TrainConfig, algorithm: Algorithm, model, scorer, accelerato
                               dist.world_size())
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer, total_steps)
+    resume_from = _resume_path(cfg, run_dir)
+    deepspeed = zero.is_deepspeed(accelerator)
+    if deepspeed and resume_from is not None:  # the weights go in before DeepSpeed takes (and shards) them
+        weights, optimizer_state, saved = read_named_checkpoint(resume_from, model, engine="DeepSpeed")
+        zero.load_weights(model, weights)
     if sharded_model(accelerator):  # FSDP / DeepSpeed own the parameters and their reduction
         scorer, optimizer = accelerator.prepare(scorer, optimizer)
     else:  # plain data parallel: one all-reduce per step (any number of forwards, parts, unused params)
@@ -185,9 +191,12 @@ def train_loop(cfg: TrainConfig, algorithm: Algorithm, model, scorer, accelerato
     scorer.train()  # from_pretrained returns models in eval mode: dropout and gradient checkpointing need train mode
     params = [p for p in model.parameters() if p.requires_grad]
     state = LoopState()
-    resume_from = _resume_path(cfg, run_dir)
     if resume_from is not None:
-        saved = load_checkpoint(resume_from, model, optimizer, scheduler, sharded=sharded_model(accelerator))
+        if deepspeed:
+            zero.load_optimizer(model, optimizer, optimizer_state)
+            finish_named_load(resume_from, scheduler)
+        else:
+            saved = load_checkpoint(resume_from, model, optimizer, scheduler, sharded=sharded_model(accelerator))
         state = LoopState(**{k: v for k, v in saved.items() if k in LoopState.__dataclass_fields__})
         accelerator.print(f"alignlab: resumed from {resume_from} at step {state.step}")
     if not sharded_model(accelerator):
@@ -221,6 +230,8 @@ def train_loop(cfg: TrainConfig, algorithm: Algorithm, model, scorer, accelerato
                     _save(cfg, run_dir, model, optimizer, scheduler, state, accelerator)
         _evaluate(algorithm, scorer, state, tracker)
         _save(cfg, run_dir, model, optimizer, scheduler, state, accelerator)
+        if deepspeed:  # the whole weights back into the model for the final save, before the engine is released
+            zero.unshard(model)
     finally:
         bar.close()
         tracker.close()
@@ -246,16 +257,21 @@ def _one_step(cfg, algorithm, scorer, params, optimizer, scheduler, accelerator,
         pad = -(-len(window) // world) - len(share)
         share, weights = share + [window[0]] * pad, weights + [0.0] * pad
     first = state.micro + dist.rank()  # the global index of this process's first micro-batch
+    deepspeed = zero.is_deepspeed(accelerator)
     for i, (batch, weight) in enumerate(zip(share, weights)):
         parts = algorithm.parts(batch) if hasattr(algorithm, "parts") else 1
         for j in range(parts):
             sync = i == len(share) - 1 and j == parts - 1
-            with accelerator.no_sync(scorer) if not sync else _nullcontext(), accelerator.autocast():
+            with accelerator.no_sync(scorer) if not (sync or deepspeed) else _nullcontext(), accelerator.autocast():
                 per_example, metrics = algorithm.loss(scorer, batch) if parts == 1 else algorithm.loss(scorer, batch, part=j)
             if bad is None and weight and not torch.isfinite(per_example).all():
                 bad = f"micro-batch {first + i * world}"  # reported by every process below; nobody steps
             # x world: the all-reduce averages over processes, the loss is a sum over the global window
-            accelerator.backward(per_example.sum() * (weight * world / n_total))
+            scaled = per_example.sum() * (weight * world / n_total)
+            if deepspeed:  # the engine reduces the gradients at the window's last backward
+                zero.backward(accelerator, scaled, last=sync)
+            else:
+                accelerator.backward(scaled)
             if weight:
                 loss_sum += float(per_example.detach().sum())
                 _weighted_add(totals, metrics, algorithm.examples_in(batch))
@@ -267,19 +283,25 @@ def _one_step(cfg, algorithm, scorer, params, optimizer, scheduler, accelerator,
         )
     if not sharded_model(accelerator):
         dist.all_reduce_gradients(params)
-    max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-    grad_norm = float(accelerator.clip_grad_norm_(params, max_norm))
-    if math.isfinite(grad_norm):
-        optimizer.step()
-        state.bad_in_row = 0
-    else:  # a loss can look finite while its gradients are not: skip the step, count it
-        state.bad_in_row += 1
-        state.skipped_steps += 1
-        if state.bad_in_row >= cfg.max_bad_steps:
-            raise TrainingAborted(
-                f"{state.bad_in_row} optimizer steps in a row had non-finite gradients (last at step"
-                f" {state.step + 1}); stopping. The last good checkpoint is kept."
-            )
+    if deepspeed:  # the engine clips (gradient_clipping = max_grad_norm) and steps; it cannot skip a step
+        grad_norm = zero.step(accelerator)
+        if not math.isfinite(grad_norm):
+            raise TrainingAborted(f"non-finite gradients at step {state.step + 1} under DeepSpeed (which does not skip "
+                                  "a step); stopping. The last good checkpoint is kept.")
+    else:
+        max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+        grad_norm = float(accelerator.clip_grad_norm_(params, max_norm))
+        if math.isfinite(grad_norm):
+            optimizer.step()
+            state.bad_in_row = 0
+        else:  # a loss can look finite while its gradients are not: skip the step, count it
+            state.bad_in_row += 1
+            state.skipped_steps += 1
+            if state.bad_in_row >= cfg.max_bad_steps:
+                raise TrainingAborted(
+                    f"{state.bad_in_row} optimizer steps in a row had non-finite gradients (last at step"
+                    f" {state.step + 1}); stopping. The last good checkpoint is kept."
+                )
     scheduler.step()  # stays in step with the step counter even when a step is skipped
     optimizer.zero_grad(set_to_none=True)
     state.micro += len(window)
@@ -367,7 +389,10 @@ def _interrupted(cfg, run_dir, model, optimizer, scheduler, state, accelerator, 
 
 def _save(cfg, run_dir, model, optimizer, scheduler, state, accelerator) -> None:
     # a sharded model is gathered whole first, by every process
-    gathered = gathered_state(model, optimizer) if sharded_model(accelerator) else None
+    if zero.is_deepspeed(accelerator):
+        gathered = zero.gathered_state(model, optimizer)
+    else:
+        gathered = gathered_state(model, optimizer) if sharded_model(accelerator) else None
     if accelerator.is_main_process:
         save_checkpoint(run_dir / "checkpoints", state.step, model, optimizer, scheduler, state.to_dict(),
                         cfg.keep_checkpoints, gathered=gathered)

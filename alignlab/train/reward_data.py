@@ -223,6 +223,6 @@ def prepare_reward_session(cfg: RMConfig, *, train_records=None, eval_records=No
         model.backbone.gradient_checkpointing_enable()
     start_training(session, model)
     if sharded_model(session.accelerator):
-        raise ValueError("reward-model training under FSDP is not supported yet (its centering pass and save run on the "
-                         "main process); launch with configs/accelerate/ddp.yaml (docs/distributed.md)")
+        raise ValueError("reward-model training under FSDP or DeepSpeed is not supported yet (its centering pass and "
+                         "save run on the main process); launch with configs/accelerate/ddp.yaml (docs/distributed.md)")
     return session, items

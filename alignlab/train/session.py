@@ -26,6 +26,7 @@ import torch
 
 from alignlab.data import DataReport, load_records
 from alignlab.train import distributed as dist
+from alignlab.train import zero
 from alignlab.train.errors import DiskFull, is_disk_full
 from alignlab.train.loop import LoopState, sharded_model, train_loop
 from alignlab.train.run import RunFolderError, make_run_dir, release_run, write_run_header
@@ -125,7 +126,7 @@ def start_training(session: TrainingSession, model, *, data_files: list[str] | N
     cfg = session.cfg
     dist.state()  # the process group first, from the launcher's environment
     session.accelerator = Accelerator(mixed_precision=MIXED_PRECISION[cfg.precision], cpu=dist.cpu_only())
-    check_engine(session.accelerator)
+    check_engine(session.accelerator, cfg)
     session.model = model.to(session.accelerator.device)
     files = data_files if data_files is not None else [cfg.train_data, cfg.eval_data]
     if dist.is_main():
@@ -138,16 +139,18 @@ def start_training(session: TrainingSession, model, *, data_files: list[str] | N
                               f"examples; run folder {session.run_dir}")
 
 
-def check_engine(accelerator) -> None:
-    """Refuse (one line) what the loop cannot drive, and say when a sharding config is not applied."""
+def check_engine(accelerator, cfg) -> None:
+    """Refuse (one line) what the loop cannot drive, and say when a sharding config is not applied.
+    Under DeepSpeed, its config's "auto" entries are filled from `cfg` and a disagreement refused."""
     import os
 
     from accelerate.utils import DistributedType
 
     kind = accelerator.distributed_type
     if kind == DistributedType.DEEPSPEED:
-        raise ValueError("DeepSpeed: alignlab's loop does not drive a DeepSpeed engine yet (gradient clipping, steps and "
-                         "checkpoints); launch with configs/accelerate/fsdp.yaml or ddp.yaml (docs/distributed.md)")
+        ds = accelerator.state.deepspeed_plugin.deepspeed_config
+        zero.deepspeed_settings(cfg, ds, dist.world_size())
+        accelerator.print(f"alignlab: DeepSpeed {zero.describe(ds)}")
     if kind == DistributedType.FSDP and accelerator.state.fsdp_plugin.fsdp_version != 2:
         raise ValueError("FSDP: alignlab trains with FSDP2 only; set fsdp_version: 2 in the accelerate config "
                          "(configs/accelerate/fsdp.yaml)")
@@ -164,8 +167,8 @@ def run_training(session: TrainingSession, algorithm, owner, scorer, *, save: Ca
     cfg = session.cfg
     try:
         session.state = train_loop(loop_cfg or cfg, algorithm, owner, scorer, session.accelerator, session.run_dir)
-        if sharded_model(session.accelerator):
-            dist.unshard(owner)  # the final save runs on the main process alone
+        if sharded_model(session.accelerator) and not zero.is_deepspeed(session.accelerator):
+            dist.unshard(owner)  # the final save runs on the main process alone (the loop unshards DeepSpeed's)
         if session.accelerator.is_main_process:
             session.final_dir = save()
     except OSError as exc:

@@ -365,8 +365,8 @@ def train_online(cfg: OnlineConfig, *, model=None, tokenizer=None, train_rows=No
     model, scorer, reference = _build_models(cfg, model)
     start_training(session, model, data_files=[cfg.train_data, cfg.eval_data])
     if sharded_model(session.accelerator):
-        raise ValueError("online training under FSDP is not supported: sampling needs the policy's full weights on "
-                         "every process; launch with configs/accelerate/ddp.yaml (docs/distributed.md)")
+        raise ValueError("online training under FSDP or DeepSpeed is not supported: sampling needs the policy's full "
+                         "weights on every process; launch with configs/accelerate/ddp.yaml (docs/distributed.md)")
     if reference is not None:
         reference.to(session.accelerator.device)  # the frozen copy of full fine-tuning (LoRA's is the model itself)
     pad = session.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
