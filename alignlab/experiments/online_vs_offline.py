@@ -53,7 +53,7 @@ class OnlineVsOfflineConfig(LabDataConfig):
     eval_prompts: int = field(48, "held-out prompts of the final evaluation")
     eval_samples: int = field(2, "samples per held-out prompt in the final evaluation")
     beta: float = field(0.1, "β of the DPO loss, both arms")
-    epochs: int = field(2, "passes over each batch of labelled pairs (offline: epochs; online: ppo_epochs)")
+    epochs: int = field(1, "passes over each batch of labelled pairs (offline: epochs; online: ppo_epochs)")
     batch_size: int = field(8, "pairs per optimizer step, both arms")
     learning_rate: float = field(8e-4, "LoRA learning rate, both arms (constant, no warmup)")
     lora_r: int = field(16, "LoRA rank, both arms")
