@@ -38,11 +38,22 @@ def test_online_vs_offline_spends_equal_labels_beta_and_steps(tmp_path, tiny_pol
     online = yaml.safe_load((Path(runs[1]["run_dir"]) / "config.yaml").read_text())
     offline = yaml.safe_load((Path(runs[0]["run_dir"]) / "config.yaml").read_text())
     assert online["kl_coef"] == offline["beta"] == 0.2
-    assert online["learning_rate"] == offline["learning_rate"] and online["lora_r"] == offline["lora_r"]
+    shared = ("learning_rate", "lr_schedule", "warmup_ratio", "weight_decay", "max_grad_norm", "grad_accum", "lora",
+              "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "precision", "seed")
+    assert {k: online[k] for k in shared} == {k: offline[k] for k in shared}
+    assert online["batch_size"] == 2 * offline["batch_size"]  # online counts completions, 2 a pair
+    assert online["ppo_epochs"] == offline["epochs"] == 1 and online["samples_per_prompt"] == 2
+    assert online["preference_loss"] == offline["loss"] == "dpo"
     # online pairs come from 2 iterations; the policy that sampled iteration 1 had trained on iteration 0
     iters = {json.loads(line)["iteration"] for f in (Path(runs[1]["run_dir"]) / "pairs").glob("iter-*.jsonl")
              for line in f.read_text().splitlines()}
     assert iters == {0, 1}
+    # both arms of a seed label the same prompts, each once
+    def prompts_of(files):
+        return sorted(json.dumps(json.loads(line)["prompt"]) for f in files for line in f.read_text().splitlines())
+    online_prompts = prompts_of(sorted((Path(runs[1]["run_dir"]) / "pairs").glob("iter-*.jsonl")))
+    assert online_prompts == prompts_of([Path(runs[0]["run_dir"]).parent / "pairs.jsonl"])
+    assert len(set(online_prompts)) == 8
     # seeds draw different prompts / samples: the offline pairs differ
     pairs = [(Path(r["run_dir"]).parent / "pairs.jsonl").read_text() for r in runs if r["arm"] == "offline"]
     assert pairs[0] != pairs[1]

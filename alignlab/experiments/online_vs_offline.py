@@ -86,7 +86,8 @@ def _common(cfg: OnlineVsOfflineConfig, seed: int, output_dir: Path) -> dict:
 
 def _offline(cfg, seed, out: Path, tokenizer, task, prompts) -> tuple:
     judge = _judge(task, cfg, seed)
-    texts = sample_texts(load_policy(cfg.policy), tokenizer, prompts, 2, cfg, seed, "offline: sampling the base").texts
+    model = load_policy(cfg.policy)  # sampled as the base model, then trained (LoRA added by train_dpo)
+    texts = sample_texts(model, tokenizer, prompts, 2, cfg, seed, "offline: sampling the base").texts
     a, b = texts[0::2], texts[1::2]
     p = judge.prefer(prompts, a, b)
     records = [PairwiseRecord(x, *((ai, bi) if float(pi) > 0.5 else (bi, ai)), annotator=judge.name)
@@ -96,7 +97,7 @@ def _offline(cfg, seed, out: Path, tokenizer, task, prompts) -> tuple:
             f.write(json.dumps({"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected}) + "\n")
     dpo = DPOConfig(**_common(cfg, seed, out / "dpo"), loss="dpo", beta=cfg.beta, epochs=float(cfg.epochs),
                     batch_size=cfg.batch_size, eval_fraction=0.0, max_length=512)
-    session = train_dpo(dpo, train_records=records, model=load_policy(cfg.policy), tokenizer=tokenizer)
+    session = train_dpo(dpo, train_records=records, model=model, tokenizer=tokenizer)
     return session, judge.labels, len(records)
 
 
