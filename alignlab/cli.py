@@ -12,7 +12,8 @@ from alignlab.config import ConfigError, config_help, resolve
 from alignlab.feedback.commands import add_parser as add_feedback_parser
 
 
-LAB_EXPERIMENTS = ("bon-overoptimization", "nash-bandit", "overoptimization", "pluralistic", "rm-accuracy")
+LAB_EXPERIMENTS = ("bon-overoptimization", "nash-bandit", "online-vs-offline", "overoptimization", "pluralistic",
+                   "rm-accuracy")
 
 
 def parse_flags(tokens: list[str]) -> dict[str, Any]:
@@ -161,6 +162,7 @@ def cmd_bon(args, rest: list[str]) -> int:
 def cmd_lab(args, rest: list[str]) -> int:
     from alignlab.experiments.bon_overoptimization import BoNOveroptConfig, run_bon_overoptimization
     from alignlab.experiments.nash_bandit import NashBanditLabConfig, run_nash_bandit
+    from alignlab.experiments.online_vs_offline import OnlineVsOfflineConfig, run_online_vs_offline
     from alignlab.experiments.overoptimization import OveroptConfig, run_overoptimization
     from alignlab.experiments.pluralistic import PluralisticConfig, run_pluralistic
     from alignlab.experiments.rm_accuracy import RMAccuracyConfig, run_rm_accuracy
@@ -169,7 +171,8 @@ def cmd_lab(args, rest: list[str]) -> int:
                    "overoptimization": (OveroptConfig, run_overoptimization),
                    "pluralistic": (PluralisticConfig, run_pluralistic),
                    "rm-accuracy": (RMAccuracyConfig, run_rm_accuracy),
-                   "nash-bandit": (NashBanditLabConfig, run_nash_bandit)}
+                   "nash-bandit": (NashBanditLabConfig, run_nash_bandit),
+                   "online-vs-offline": (OnlineVsOfflineConfig, run_online_vs_offline)}
     if args.experiment not in experiments:
         print(f"error: unknown experiment '{args.experiment}'; available: {', '.join(experiments)}", file=sys.stderr)
         return 2

@@ -10,10 +10,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from alignlab.config import field
 from alignlab.data.errors import DataError
 from alignlab.data.prompts import json_objects, prompt_row
 from alignlab.lab.annotators import BradleyTerryAnnotator
+from alignlab.models.load import reference_context
+from alignlab.models.logprobs import sequence_logps
+from alignlab.models.packing import pack_sequences
 from alignlab.rollout.base import SamplingParams
 from alignlab.rollout.hf import generate_texts
 
@@ -34,6 +39,22 @@ def sample_texts(model, tokenizer, prompts, n: int, cfg: LabDataConfig, seed: in
     """n responses per prompt at temperature 1 (the base policy's own distribution)."""
     params = SamplingParams(n=n, temperature=1.0, max_new_tokens=cfg.max_new_tokens, seed=seed)
     return generate_texts(model, tokenizer, prompts, params, batch_size=cfg.generation_batch, progress=desc)
+
+
+def sampled_kl(model, prompt_ids, completion_ids) -> torch.Tensor:
+    """Per-sample log π(y|x) − log π_ref(y|x) (π_ref: adapter disabled), summed over tokens: on
+    the policy's own samples, a Monte-Carlo estimate of KL(π || π_ref) per sequence."""
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(prompt_ids), 32):
+            rows = range(start, min(start + 32, len(prompt_ids)))
+            blocks = [(prompt_ids[i], [(completion_ids[i], k)]) for k, i in enumerate(rows)]
+            batch = pack_sequences(blocks, len(blocks), pad_token_id=0)
+            policy = sequence_logps(model, batch)
+            with reference_context(model):
+                reference = sequence_logps(model, batch)
+            out.append(policy - reference)
+    return torch.cat(out)
 
 
 def lab_annotator(task, cfg: LabDataConfig) -> BradleyTerryAnnotator:

@@ -26,11 +26,10 @@ from alignlab.config import field
 from alignlab.data.tokenize import encode_prompt
 from alignlab.eval.metrics import win_rate, win_rate_ci
 from alignlab.eval.plots import plot_training_curves
+from alignlab.experiments.common import sampled_kl
 from alignlab.lab.annotators import BradleyTerryAnnotator, make_preference_pairs
 from alignlab.lab.sentiment import SentimentTask
 from alignlab.models.load import load_policy, load_tokenizer, reference_context
-from alignlab.models.logprobs import sequence_logps
-from alignlab.models.packing import pack_sequences
 from alignlab.rollout.base import SamplingParams
 from alignlab.rollout.hf import HFGenerator
 from alignlab.train.dpo import DPOConfig, train_dpo
@@ -59,21 +58,6 @@ class DemoConfig:
     generation_batch: int = field(64, "rows per generate call")
 
 
-def _kl_and_logps(model, prompt_ids, completion_ids) -> torch.Tensor:
-    """Per-sample log π(y|x) − log π_ref(y|x) (π_ref: adapter disabled), summed over tokens."""
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(prompt_ids), 32):
-            rows = range(start, min(start + 32, len(prompt_ids)))
-            blocks = [(prompt_ids[i], [(completion_ids[i], k)]) for k, i in enumerate(rows)]
-            batch = pack_sequences(blocks, len(blocks), pad_token_id=0)
-            policy = sequence_logps(model, batch)
-            with reference_context(model):
-                reference = sequence_logps(model, batch)
-            out.append(policy - reference)
-    return torch.cat(out)
-
-
 class _Probe:
     """Samples the policy on fixed prompts: gold reward and KL to the reference, per call."""
 
@@ -89,7 +73,7 @@ class _Probe:
     def __call__(self, model, n: int = 1, seed: int = 1) -> dict[str, float]:
         out = self.sample(model, n, seed)
         gold = self.task.gold_reward(out.texts)
-        kl = _kl_and_logps(model, out.prompt_ids, out.completion_ids)
+        kl = sampled_kl(model, out.prompt_ids, out.completion_ids)
         return {"gold_reward": float(gold.mean()), "kl": float(kl.mean()),
                 "response_tokens": sum(map(len, out.completion_ids)) / len(out)}
 
@@ -140,7 +124,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     with reference_context(session.model):
         base = final.sample(session.model, cfg.eval_samples, cfg.seed + 11, progress="held-out: base policy")
     gold_trained, gold_base = task.gold_reward(trained.texts), task.gold_reward(base.texts)
-    kl = _kl_and_logps(session.model, trained.prompt_ids, trained.completion_ids)
+    kl = sampled_kl(session.model, trained.prompt_ids, trained.completion_ids)
     wr = win_rate(gold_trained, gold_base)
     timings["eval_seconds"] = time.perf_counter() - t
 
