@@ -136,6 +136,28 @@ def inpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, previo
                      beta=beta, eta=eta, opponent_weights=torch.ones(1), weights=weights)
 
 
+def inpo_pair_losses(policy_a_logps: Tensor, policy_b_logps: Tensor, previous_a_logps: Tensor,
+                     previous_b_logps: Tensor, reference_a_logps: Tensor, reference_b_logps: Tensor,
+                     target: Tensor, *, beta: float, eta: float) -> Tensor:
+    """INPO's loss (Zhang et al. 2024, arXiv:2407.00617, eq. 9) per pair, in expectation over the
+    label: with h = log pi(a)/pi(b) - (1 - eta beta) log pi_t(a)/pi_t(b) - eta beta log pi_ref(a)/pi_ref(b)
+    and p = P(a > b) the label's probability (1 or 0 for a hard label),
+
+        loss = p (h - eta/2)^2 + (1 - p) (-h - eta/2)^2,
+
+    i.e. `inpo_loss` on (a, b) when a won and on (b, a) when b won, averaged under p. All (B,)
+    sequence log-probs; previous_* (pi_t, the policy that sampled the pair) and reference_* are
+    constants. Returns (B,)."""
+    if not 0 < eta * beta <= 1:
+        raise ValueError(f"need 0 < eta * beta <= 1, got eta={eta}, beta={beta}")
+    _check(policy_a_logps, policy_b_logps, reference_a_logps, reference_b_logps)
+    previous = (previous_a_logps - previous_b_logps).detach()
+    reference = (reference_a_logps - reference_b_logps).detach()
+    h = (policy_a_logps - policy_b_logps) - (1 - eta * beta) * previous - eta * beta * reference
+    p = target.detach().to(h.dtype)
+    return p * (h - eta / 2) ** 2 + (1 - p) * (-h - eta / 2) ** 2
+
+
 def self_play_rewards(preference_probs: Tensor) -> Tensor:
     """SPO's reward (Swamy et al. 2024, arXiv:2401.04056, Alg. 1): the win rate of each of a
     prompt's n samples against the others,

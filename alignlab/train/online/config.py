@@ -44,6 +44,13 @@ class MethodSpec:
     supervised: bool = False
     """The loss is the negative log-likelihood of the samples the reward selected (RAFT, SuperHF):
     no advantages, no ratio clipping; the selection is `policy_filter` (best_of_n)."""
+    preference_objective: str = "dpo"
+    """With `preference`: the loss on the judged pairs: "dpo" (a DPO-family loss against the
+    reference) or "inpo" (INPO's no-regret step from the policy that sampled the pairs)."""
+    self_play: bool = False
+    """Each sample's reward is its win rate against the prompt's other samples under the judge (a
+    preference source, or the rewards through Bradley-Terry): SPO's self-play reward, then the
+    method's estimator and KL penalty as usual."""
 
     @property
     def group_baseline(self) -> bool:
@@ -52,8 +59,8 @@ class MethodSpec:
 
 
 def _method(estimator, critics=0, *, cost=False, pairs=False, greedy=False, preference=False, supervised=False,
-            paper) -> MethodSpec:
-    return MethodSpec(estimator, critics, cost, pairs, greedy, paper, preference, supervised)
+            objective="dpo", self_play=False, paper) -> MethodSpec:
+    return MethodSpec(estimator, critics, cost, pairs, greedy, paper, preference, supervised, objective, self_play)
 
 
 ONLINE_METHODS: dict[str, MethodSpec] = {
@@ -68,6 +75,10 @@ ONLINE_METHODS: dict[str, MethodSpec] = {
     "online-dpo": _method(None, pairs=True, preference=True,
                           paper="Dong et al. 2024, RLHF Workflow (arXiv 2405.07863); XPO (arXiv 2405.21046); "
                                 "VPO (arXiv 2405.19320); OSP soft preferences"),
+    "inpo": _method(None, pairs=True, preference=True, objective="inpo",
+                    paper="Zhang et al. 2024, Iterative Nash Policy Optimization (INPO, arXiv 2407.00617)"),
+    "spo": _method("rloo", self_play=True,
+                   paper="Swamy et al. 2024, A Minimaximalist Approach to RLHF (SPO, arXiv 2401.04056)"),
     "raft": _method(None, supervised=True, paper="Dong et al. 2023, RAFT: Reward rAnked FineTuning (arXiv 2304.06767)"),
     "superhf": _method(None, supervised=True,
                        paper="Mukobi et al. 2023, SuperHF: Supervised Iterative Learning from Human Feedback (arXiv 2310.16763)"),
@@ -86,6 +97,12 @@ METHOD_DEFAULTS: dict[str, dict] = {
     "ppo_lagrangian": {"samples_per_prompt": 1, "kl_mode": "reward", "kl_estimator": "k1", "ppo_epochs": 2},
     # RLHF Workflow's online iterative DPO: beta = kl_coef as DPO's 0.1, best-vs-worst of n samples
     "online-dpo": {"samples_per_prompt": 4, "kl_coef": 0.1},
+    # INPO: uniformly drawn pairs of the policy's samples (pairs from pi_t), the judge's probability
+    # as the label's expectation; beta = kl_coef, eta beta <= 1
+    "inpo": {"samples_per_prompt": 2, "kl_coef": 0.1, "pair_rule": "random", "soft_labels": True, "eta": 1.0},
+    # SPO: n samples a prompt judged round robin; each one's win rate is its reward (RLOO baseline,
+    # the KL to the reference as a per-token reward penalty)
+    "spo": {"samples_per_prompt": 4, "kl_mode": "reward", "kl_estimator": "k1", "kl_coef": 0.05},
     # RAFT: sample K, keep the best of each prompt's K, fine-tune on them; no KL term
     "raft": {"samples_per_prompt": 4, "policy_filter": "best_of_n", "kl_coef": 0.0, "kl_mode": "loss"},
     # SuperHF: the same filtered fine-tuning plus a KL prior to the reference on the kept samples
@@ -164,11 +181,12 @@ class OnlineConfig(TrainConfig):
     par_references: int = field(0, "PAR shaping: reward = mean sigmoid(r - r_ref) over this many reference-policy samples per prompt (0: off)")
     policy_filter: str = field("none", "PF-PPO filtration per prompt group: none | best_of_n | best_random | best_worst")
     # online DPO (online-dpo)
-    judge: str = field("", "online-dpo: preference source that labels the pairs: annotator:REWARD | pm:DIR | judge:MODEL | a reward spec (empty: the reward sources through Bradley-Terry at judge_temperature)")
-    judge_temperature: float = field(1.0, "online-dpo: Bradley-Terry temperature of reward-based judging (and of reward specs given as judge)")
+    judge: str = field("", "online-dpo, spo: preference source that judges the samples: annotator:REWARD | pm:DIR | judge:MODEL | a reward spec (empty: the reward sources through Bradley-Terry at judge_temperature)")
+    judge_temperature: float = field(1.0, "online-dpo, spo: Bradley-Terry temperature of reward-based judging (and of reward specs given as judge)")
     pair_rule: str = field("best_worst", "online-dpo: which two of a prompt's samples form its pair: best_worst | best_random | random (ranked by expected win rate in the group)")
     preference_loss: str = field("dpo", "online-dpo: the pairwise loss: dpo | ipo | cdpo | hinge | simpo | cpl | fdpo_js | fdpo_fkl | fdpo_alpha (beta = kl_coef)")
     preference_loss_options: dict = field({}, "online-dpo: options of the pairwise loss, e.g. {label_smoothing: 0.1} (cdpo)")
+    eta: float = field(0.0, "inpo: the no-regret step size eta of INPO's update (0 < eta * kl_coef <= 1); each iteration moves pi toward pi_t^(1-eta beta) pi_ref^(eta beta) exp(eta P(. > pi_t))")
     soft_labels: bool = field(False, "online-dpo: train on the judge's probability P(a > b) instead of a hard label (OSP's soft-preference loss)")
     reference_update: str = field("fixed", "online-dpo: fixed (the initial model) | refresh (each iteration's reference is the policy that sampled it)")
     exploration: str = field("none", "online-dpo: none | xpo | vpo: each prompt's one policy sample is paired with a reference sample, whose log-likelihood enters the loss with exploration_coef")
@@ -224,9 +242,17 @@ class OnlineConfig(TrainConfig):
         elif not self.hc_delta:
             out.update(dict.fromkeys(("hc_inflation", "safety_prompts"), "it applies with hc_delta > 0 only"))
         if not spec.preference:
-            out.update(dict.fromkeys(("judge", "judge_temperature", "pair_rule", "preference_loss",
-                                      "preference_loss_options", "soft_labels", "reference_update", "exploration",
-                                      "exploration_coef"), "it applies to online-dpo only"))
+            out.update(dict.fromkeys(("pair_rule", "preference_loss", "preference_loss_options", "soft_labels",
+                                      "reference_update", "exploration", "exploration_coef"),
+                                     "it applies to online-dpo only"))
+        if spec.preference_objective != "inpo":
+            out["eta"] = "it is INPO's step size (inpo only)"
+        else:
+            out.update(dict.fromkeys(("preference_loss", "preference_loss_options", "exploration", "exploration_coef",
+                                      "reference_update"),
+                                     "inpo's loss is its own, against the fixed reference and the sampling policy"))
+        if not (spec.preference or spec.self_play):
+            out.update(dict.fromkeys(("judge", "judge_temperature"), "it applies to online-dpo and spo only"))
         else:
             out.update(dict.fromkeys(("clip_low", "clip_high", "dual_clip", "kl_mode", "kl_estimator", "kl_target",
                                       "reward_normalize", "reward_clip", "par_references", "policy_filter"),
@@ -304,6 +330,8 @@ class OnlineConfig(TrainConfig):
             raise ConfigError(f"policy_filter {self.policy_filter} needs samples_per_prompt >= 2")
         if spec.preference:
             self._validate_preference()
+        if spec.self_play and not self.judge_temperature > 0:
+            raise ConfigError("judge_temperature must be > 0")
         if spec.supervised and self.policy_filter != "best_of_n":
             raise ConfigError(f"{self.method} fine-tunes on each prompt's best sample: policy_filter must be best_of_n")
         if spec.supervised and self.kl_mode != "loss":
@@ -325,7 +353,7 @@ class OnlineConfig(TrainConfig):
             (self.pair_rule in PAIR_RULES, f"pair_rule must be one of {', '.join(PAIR_RULES)}"),
             (self.reference_update in ("fixed", "refresh"), "reference_update must be fixed or refresh"),
             (self.exploration in ("none", "xpo", "vpo"), "exploration must be none, xpo or vpo"),
-            (self.kl_coef > 0, "online-dpo needs kl_coef (its beta) > 0"),
+            (self.kl_coef > 0, f"{self.method} needs kl_coef (its beta) > 0"),
             (self.judge_temperature > 0, "judge_temperature must be > 0"),
             (self.exploration == "none" or self.exploration_coef > 0,
              f"exploration {self.exploration} needs exploration_coef (alpha) > 0"),
@@ -333,8 +361,11 @@ class OnlineConfig(TrainConfig):
             (self.exploration == "none" or self.samples_per_prompt == 1,
              "with exploration each prompt's pair is one policy sample and one reference sample: samples_per_prompt 1"),
             (self.exploration != "none" or self.samples_per_prompt >= 2,
-             "online-dpo builds each pair from a prompt's samples: samples_per_prompt must be >= 2"),
+             f"{self.method} builds each pair from a prompt's samples: samples_per_prompt must be >= 2"),
         ]
+        if self.spec.preference_objective == "inpo":
+            checks.append((0 < self.eta * self.kl_coef <= 1,
+                           f"inpo needs 0 < eta * kl_coef <= 1, got eta {self.eta} and kl_coef {self.kl_coef}"))
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)

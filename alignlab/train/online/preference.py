@@ -14,7 +14,8 @@ reference policy (`from_reference`), judged against each other.
 
 The reference log-probs of the pair: the initial model's (`reference_update: fixed`; the
 adapter-disabled policy under LoRA, the frozen copy otherwise) or the policy's at the start of
-the iteration, i.e. the policy that sampled (`refresh`).
+the iteration, i.e. the policy that sampled (`refresh`). INPO uses both: the fixed reference's,
+and the sampling log-probs (`old_logps`) as its previous iterate pi_t.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ import torch
 from alignlab.losses import LOSSES
 from alignlab.losses.online_preference import choose_pairs, round_robin_probabilities
 from alignlab.models.load import reference_context
-from alignlab.preferences.base import check_probabilities
 from alignlab.train.online.batch import RolloutBatch, pad_tokens
+from alignlab.train.online.judging import row_judge
 from alignlab.train.online.rollout import token_pass
 
 
@@ -68,9 +69,12 @@ def make_preference_batch(maker, iteration: int, prompts: list, prompt_ids: list
     ties, chosen_p = _label(batch, probabilities, choose_pairs(probabilities, c.pair_rule, _pair_generator(c, iteration)),
                   soft=c.soft_labels)
     t2 = time.perf_counter()
-    if LOSSES[c.preference_loss].needs_reference or c.exploration == "vpo":
-        rows, chunk = list(range(len(batch))), max(1, c.batch_size)
-        if c.reference_update == "refresh":  # the policy that sampled, before this iteration's updates
+    inpo = c.spec.preference_objective == "inpo"
+    rows, chunk = list(range(len(batch))), max(1, c.batch_size)
+    if inpo and c.rollout_dtype != "float32":  # INPO's pi_t: the policy that sampled, at its own precision
+        batch.old_logps, _ = token_pass(maker.scorer, batch, rows, maker.pad_token_id, chunk)
+    if inpo or LOSSES[c.preference_loss].needs_reference or c.exploration == "vpo":
+        if c.reference_update == "refresh" and not inpo:  # the policy that sampled, before this iteration's updates
             batch.ref_logps, _ = token_pass(maker.scorer, batch, rows, maker.pad_token_id, chunk)
         else:
             with reference_context(maker.model):
@@ -101,16 +105,7 @@ def make_preference_batch(maker, iteration: int, prompts: list, prompt_ids: list
 
 def _judge(maker, batch: RolloutBatch, raw: torch.Tensor):
     """prefer(first_rows, second_rows) -> P(first ≻ second), from the judge or the rewards."""
-    c = maker.cfg
-
-    def prefer(first: list[int], second: list[int]) -> torch.Tensor:
-        if maker.judge is None:
-            return torch.sigmoid((raw[first] - raw[second]) / c.judge_temperature)
-        p = maker.judge.prefer([batch.prompts[i] for i in first], [batch.texts[i] for i in first],
-                               [batch.texts[i] for i in second])
-        return check_probabilities(p, len(first), getattr(maker.judge, "name", "judge"))
-
-    return prefer
+    return row_judge(maker.judge, batch.prompts, batch.texts, raw, maker.cfg.judge_temperature)
 
 
 def _pair_generator(cfg, iteration: int) -> torch.Generator:

@@ -32,6 +32,7 @@ from alignlab.rollout.hf import HFGenerator
 from alignlab.rollout.vllm import VLLMGenerator
 from alignlab.train import distributed as dist
 from alignlab.train.online.batch import RolloutBatch, make_micro_batch, pad_tokens
+from alignlab.train.online.judging import group_win_rates, row_judge
 
 
 @dataclass
@@ -204,6 +205,12 @@ class RolloutMaker:
                              old_logps=pad_tokens(out.logprobs), rewards=torch.zeros(len(out)))
         metrics = {f"reward/{k}": float(v.mean()) for k, v in parts.items()}
         raw = self._length_penalised(raw, out)
+        if spec.self_play:  # SPO: each sample's reward is its win rate in its prompt's group under the judge
+            metrics["reward/source_mean"] = float(raw.mean())
+            t_judge = time.perf_counter()
+            raw, _ = group_win_rates(row_judge(self.judge, rows_prompts, out.texts, raw, c.judge_temperature), n,
+                                     len(prompts))
+            score_seconds += time.perf_counter() - t_judge
         greedy_raw = self._greedy_rewards(iteration, prompts, prompt_ids, metrics) if spec.greedy_baseline else None
         rewards, greedy = self._shape(raw, iteration, prompts, prompt_ids, ctl, metrics, greedy_raw)
         batch.baseline = greedy

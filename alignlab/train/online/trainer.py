@@ -27,6 +27,7 @@ from alignlab.data.prompts import read_prompt_rows
 from alignlab.data.tokenize import encode_prompt
 from alignlab.lab.tasks import get_task  # importing the lab also registers its lab:<task> rewards
 from alignlab.losses import LOSSES
+from alignlab.losses.nash import inpo_pair_losses
 from alignlab.losses.online_preference import soft_preference_loss, vpo_bonus, xpo_bonus
 from alignlab.losses.policy import clipped_surrogate, clipped_value_loss, kl_estimate, p3o_loss
 from alignlab.models.load import add_lora, is_peft, load_policy, load_tokenizer, reference_context, save_final
@@ -237,6 +238,12 @@ class OnlineAlgorithm:
         seq, lengths = (logps * mask).sum(-1), mask.sum(-1)  # (b,)
         ref = (mb.ref_logps.to(seq.device) * mask).sum(-1) if mb.ref_logps is not None else None
         a, b = slice(0, None, 2), slice(1, None, 2)
+        if c.spec.preference_objective == "inpo":  # pi_t = the policy that sampled: its sampling log-probs
+            previous = (mb.old_logps.to(seq.device) * mask).sum(-1)
+            per_pair = inpo_pair_losses(seq[a], seq[b], previous[a], previous[b], ref[a], ref[b],
+                                        mb.rewards.to(seq.device)[a], beta=self.ctl.kl_coef, eta=c.eta)
+            metrics["policy_loss"] = per_pair.detach().mean()
+            return per_pair, metrics
         per_pair, m = soft_preference_loss(
             spec.fn, seq[a], seq[b], ref[a] if spec.needs_reference else None, ref[b] if spec.needs_reference else None,
             mb.rewards.to(seq.device)[a], beta=self.ctl.kl_coef,
@@ -360,7 +367,7 @@ def train_online(cfg: OnlineConfig, *, model=None, tokenizer=None, train_rows=No
         eval_rewards = _combine(rewards, eval_rewards)
     if cfg.spec.needs_cost and cost is None:
         cost = build_reward_source(cfg.cost, how=cfg.reward_how, answers=answers)
-    if judge is None and cfg.spec.preference and cfg.judge:
+    if judge is None and (cfg.spec.preference or cfg.spec.self_play) and cfg.judge:
         judge = build_preference_source(cfg.judge, temperature=cfg.judge_temperature, seed=cfg.seed, answers=answers)
     model, scorer, reference = _build_models(cfg, model)
     start_training(session, model, data_files=[cfg.train_data, cfg.eval_data])
