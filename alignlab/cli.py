@@ -12,8 +12,8 @@ from alignlab.config import ConfigError, config_help, resolve
 from alignlab.feedback.commands import add_parser as add_feedback_parser
 
 
-LAB_EXPERIMENTS = ("bon-overoptimization", "nash-bandit", "online-vs-offline", "overoptimization", "pluralistic",
-                   "rm-accuracy")
+LAB_EXPERIMENTS = ("bon-overoptimization", "nash-bandit", "nash-lm", "online-vs-offline", "overoptimization",
+                   "pluralistic", "rm-accuracy")
 
 
 def parse_flags(tokens: list[str]) -> dict[str, Any]:
@@ -162,6 +162,7 @@ def cmd_bon(args, rest: list[str]) -> int:
 def cmd_lab(args, rest: list[str]) -> int:
     from alignlab.experiments.bon_overoptimization import BoNOveroptConfig, run_bon_overoptimization
     from alignlab.experiments.nash_bandit import NashBanditLabConfig, run_nash_bandit
+    from alignlab.experiments.nash_lm import NashLMConfig, run_nash_lm
     from alignlab.experiments.online_vs_offline import OnlineVsOfflineConfig, run_online_vs_offline
     from alignlab.experiments.overoptimization import OveroptConfig, run_overoptimization
     from alignlab.experiments.pluralistic import PluralisticConfig, run_pluralistic
@@ -172,6 +173,7 @@ def cmd_lab(args, rest: list[str]) -> int:
                    "pluralistic": (PluralisticConfig, run_pluralistic),
                    "rm-accuracy": (RMAccuracyConfig, run_rm_accuracy),
                    "nash-bandit": (NashBanditLabConfig, run_nash_bandit),
+                   "nash-lm": (NashLMConfig, run_nash_lm),
                    "online-vs-offline": (OnlineVsOfflineConfig, run_online_vs_offline)}
     if args.experiment not in experiments:
         print(f"error: unknown experiment '{args.experiment}'; available: {', '.join(experiments)}", file=sys.stderr)

@@ -5,6 +5,8 @@
                          `temperature`, flipped with `flip_prob`
     judge:MODEL          an LLM judge (`judge`): judge:embedded (SmolLM2) or judge:DIR, a local model
     pm:DIR               a pairwise preference model from `alignlab train pm` (`pairwise`)
+    cycle:short=N,long=N,margin=M  the lab's intransitive judge on response length in words:
+                         short ≻ medium ≻ long ≻ short (`cycle`)
     app:PROJECT@URL      people voting in the feedback app: pairwise project PROJECT of the app's
                          database URL (e.g. app:online@sqlite:///feedback.db; needs the feedback extra)
     PREFIX:NAME          any other registered preference family (`register_preference_family`)
@@ -97,3 +99,12 @@ def _app_family(name: str, options: dict) -> PreferenceSource:
 
 
 register_preference_family("app", _app_family)
+
+
+def _cycle_family(name: str, options: dict) -> PreferenceSource:
+    from alignlab.preferences.cycle import parse_cycle_spec
+
+    return parse_cycle_spec(name)
+
+
+register_preference_family("cycle", _cycle_family)
