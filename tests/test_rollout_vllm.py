@@ -161,3 +161,38 @@ def test_the_vllm_backend_without_vllm_is_one_clear_line(monkeypatch, tiny_polic
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
     with pytest.raises(ValueError, match="needs vLLM"):
         rollout_generator(OnlineConfig(rollout_backend="vllm"), None, None)
+
+
+@pytest.mark.parametrize("vllm,cuda,flags,expected", [
+    (False, True, {}, ("hf", "vLLM is not installed")),
+    (True, False, {}, ("hf", "no CUDA device")),
+    (True, True, {"top_k": 20}, ("hf", "top_k/top_p truncation")),
+    (True, True, {"rollout_dtype": "bfloat16"}, ("hf", "rollout_dtype bfloat16")),
+    (True, True, {}, ("vllm", "vLLM and a CUDA device")),
+])
+def test_auto_takes_vllm_only_where_it_runs_exactly(monkeypatch, vllm, cuda, flags, expected):
+    import importlib.util
+
+    from alignlab.train.online.config import OnlineConfig
+    from alignlab.train.online.rollout import resolve_backend
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: object() if name == "vllm" and vllm else
+                        (None if name == "vllm" else real(name, *a)))
+    monkeypatch.setattr("torch.cuda.is_available", lambda: cuda)
+    cfg = OnlineConfig(**flags)
+    assert cfg.rollout_backend == "auto"  # the default
+    backend, why = resolve_backend(cfg)
+    assert (backend, expected[1] in why) == (expected[0], True)
+    assert resolve_backend(OnlineConfig(rollout_backend="hf", **flags))[0] == "hf"
+
+
+def test_auto_on_this_machine_samples_with_hf_and_says_why(tiny_policy_dir, capsys):
+    from alignlab.models.load import load_policy
+    from alignlab.rollout.hf import HFGenerator
+    from alignlab.train.online.config import OnlineConfig
+    from alignlab.train.online.rollout import rollout_generator
+
+    generator = rollout_generator(OnlineConfig(model=str(tiny_policy_dir)), load_policy(str(tiny_policy_dir)), None)
+    assert isinstance(generator, HFGenerator)
+    assert "rollout_backend auto -> hf" in capsys.readouterr().out

@@ -154,7 +154,7 @@ class OnlineConfig(TrainConfig):
     stop_strings: list = field([], "extra strings that end a completion")
     rollout_batch_size: int = field(64, "completions generated per `generate` call (all prompts x n at once when it fits)")
     rollout_dtype: str = field("float32", "float32: the policy samples its own rollouts | bfloat16: a bf16 copy of the policy (LoRA merged in), made from its current weights each iteration, samples them; the old log-probs are then recomputed by the policy in one no-grad pass")
-    rollout_backend: str = field("hf", "hf (transformers generate) | vllm (a vLLM engine on the GPU, the policy's weights synced in before each call; needs vllm installed, no top_k/top_p truncation)")
+    rollout_backend: str = field("auto", "auto (vllm when vLLM and a CUDA device are present and nothing rules it out, else hf; the choice is printed) | hf (transformers generate) | vllm (a vLLM engine on the GPU, the policy's weights synced in before each call; needs vllm installed, no top_k/top_p truncation)")
     # KL to the reference
     kl_coef: float = field(0.05, "beta: weight of the KL to the reference (0: no reference pass at all)")
     kl_mode: str = field("reward", "reward: per-token penalty in the reward (k1 classic) | loss: a loss term (GRPO's k3)")
@@ -288,7 +288,8 @@ class OnlineConfig(TrainConfig):
             (not self.preset or self.preset in PRESETS, f"preset must be one of {sorted(PRESETS)}"),
             (self.kl_mode in ("reward", "loss"), "kl_mode must be reward or loss"),
             (self.rollout_dtype in ROLLOUT_DTYPES, f"rollout_dtype must be one of {ROLLOUT_DTYPES}"),
-            (self.rollout_backend in ("hf", "vllm"), f"rollout_backend must be hf or vllm, got {self.rollout_backend!r}"),
+            (self.rollout_backend in ("auto", "hf", "vllm"),
+             f"rollout_backend must be auto, hf or vllm, got {self.rollout_backend!r}"),
             (self.rollout_backend != "vllm" or (self.top_k == 0 and self.top_p == 1.0),
              "rollout_backend vllm returns log-probs of the truncated distribution under top_k/top_p; leave them off "
              "or use rollout_backend hf"),

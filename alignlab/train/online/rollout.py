@@ -111,9 +111,30 @@ class SyncedGenerator:
         return self.engine.generate(prompt_ids, params, **kw)
 
 
+def resolve_backend(cfg) -> tuple[str, str]:
+    """(backend, why) for `cfg.rollout_backend`: hf or vllm as given; auto takes vllm where it can
+    run exactly (vLLM importable, a CUDA device, no top_k/top_p truncation, fp32 rollouts) and hf
+    otherwise."""
+    if cfg.rollout_backend != "auto":
+        return cfg.rollout_backend, "as set"
+    if importlib.util.find_spec("vllm") is None:
+        return "hf", "vLLM is not installed"
+    if not torch.cuda.is_available():
+        return "hf", "no CUDA device"
+    if cfg.top_k or cfg.top_p != 1.0:
+        return "hf", "top_k/top_p truncation is set (vLLM's log-probs would be of the truncated distribution)"
+    if cfg.rollout_dtype != "float32":
+        return "hf", f"rollout_dtype {cfg.rollout_dtype} is the hf backend's bf16 copy"
+    return "vllm", "vLLM and a CUDA device are present"
+
+
 def rollout_generator(cfg, model, tokenizer):
-    """The sampler of `cfg.rollout_backend`: HF generate on the policy itself, or a vLLM engine."""
-    if cfg.rollout_backend == "hf":
+    """The sampler of `cfg.rollout_backend`: HF generate on the policy itself, or a vLLM engine
+    (auto: see `resolve_backend`; the choice and its reason are printed once)."""
+    backend, why = resolve_backend(cfg)
+    if cfg.rollout_backend == "auto" and dist.is_main():
+        print(f"alignlab: rollout_backend auto -> {backend} ({why})", flush=True)
+    if backend == "hf":
         return HFGenerator(model, tokenizer, batch_size=cfg.rollout_batch_size)
     if importlib.util.find_spec("vllm") is None:
         raise ValueError("rollout_backend vllm needs vLLM (pip install vllm, on a GPU machine); or use rollout_backend hf")
