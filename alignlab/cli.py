@@ -12,8 +12,8 @@ from alignlab.config import ConfigError, config_help, resolve
 from alignlab.feedback.commands import add_parser as add_feedback_parser
 
 
-LAB_EXPERIMENTS = ("bon-overoptimization", "nash-bandit", "nash-lm", "online-vs-offline", "overoptimization",
-                   "pluralistic", "rm-accuracy")
+LAB_EXPERIMENTS = ("bon-overoptimization", "judge-agreement", "nash-bandit", "nash-lm", "online-vs-offline",
+                   "overoptimization", "pluralistic", "rm-accuracy")
 
 
 def parse_flags(tokens: list[str]) -> dict[str, Any]:
@@ -161,6 +161,7 @@ def cmd_bon(args, rest: list[str]) -> int:
 
 def cmd_lab(args, rest: list[str]) -> int:
     from alignlab.experiments.bon_overoptimization import BoNOveroptConfig, run_bon_overoptimization
+    from alignlab.experiments.judge_agreement import JudgeAgreementConfig, run_judge_agreement
     from alignlab.experiments.nash_bandit import NashBanditLabConfig, run_nash_bandit
     from alignlab.experiments.nash_lm import NashLMConfig, run_nash_lm
     from alignlab.experiments.online_vs_offline import OnlineVsOfflineConfig, run_online_vs_offline
@@ -174,6 +175,7 @@ def cmd_lab(args, rest: list[str]) -> int:
                    "rm-accuracy": (RMAccuracyConfig, run_rm_accuracy),
                    "nash-bandit": (NashBanditLabConfig, run_nash_bandit),
                    "nash-lm": (NashLMConfig, run_nash_lm),
+                   "judge-agreement": (JudgeAgreementConfig, run_judge_agreement),
                    "online-vs-offline": (OnlineVsOfflineConfig, run_online_vs_offline)}
     if args.experiment not in experiments:
         print(f"error: unknown experiment '{args.experiment}'; available: {', '.join(experiments)}", file=sys.stderr)
