@@ -106,5 +106,5 @@ def test_gate_objective_needs_a_trained_multi_attribute_model(tmp_path, tiny_enc
         train_reward_model(cfg(tmp_path / "a", tiny_encoder_dir, objective="gate"), train_records=preferences(TOPICS))
     with pytest.raises(ConfigError, match="trains the gate"):
         cfg(tmp_path / "b", tiny_encoder_dir, objective="gate", ensemble=2).validate()
-    with pytest.raises(ConfigError, match="label_smoothing is an option of the pairwise loss"):
+    with pytest.raises(ConfigError, match="label_smoothing is an option of objective pairwise and pm; objective gate does not read it"):
         cfg(tmp_path / "c", tiny_encoder_dir, objective="gate", label_smoothing=0.1).validate()

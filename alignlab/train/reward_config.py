@@ -144,8 +144,8 @@ class RMConfig(TrainConfig):
             raise ConfigError(f"group_by_prompt batches the pairs of a prompt together: it needs objective {paired}")
         for name in BT_OPTIONS:
             if getattr(self, name) and name not in self.spec.reads:
-                readers = ", ".join(k for k, v in OBJECTIVES.items() if name in v.reads)
-                raise ConfigError(f"{name} is an option of the {readers} loss; objective {self.objective} does not read it")
+                readers = " and ".join(k for k, v in OBJECTIVES.items() if name in v.reads)
+                raise ConfigError(f"{name} is an option of objective {readers}; objective {self.objective} does not read it")
         if self.spec.trains == "gate" and (self.ensemble != 1 or self.lora or self.attributes or self.freeze_backbone):
             raise ConfigError(f"objective {self.objective} trains the gate of the ratings model given as --model: its "
                               "members, attributes and backbone come from that model (no ensemble, lora, attributes, "
