@@ -30,7 +30,7 @@ from alignlab.losses import LOSSES
 from alignlab.losses.nash import inpo_pair_losses
 from alignlab.losses.online_preference import soft_preference_loss, vpo_bonus, xpo_bonus
 from alignlab.losses.policy import clipped_surrogate, clipped_value_loss, kl_estimate, p3o_loss
-from alignlab.models.load import add_lora, is_peft, load_policy, load_tokenizer, reference_context, save_final
+from alignlab.models.load import is_peft, load_tokenizer, reference_context, save_final, trainable_policy
 from alignlab.models.policy_value import PolicyValue
 from alignlab.preferences import build_preference_source
 from alignlab.rewards.spec import WeightedRewards, build_reward_source, build_rewards
@@ -322,12 +322,7 @@ class OnlineAlgorithm:
 def _build_models(cfg: OnlineConfig, model=None):
     """Policy (+LoRA), its PolicyValue scorer, and the reference scorer (the adapter-disabled
     policy with LoRA; a frozen copy for full fine-tuning, only when the KL or PAR needs one)."""
-    model = model if model is not None else load_policy(cfg.model)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    if cfg.lora:
-        model = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                         target_modules=cfg.lora_target_modules, layers=cfg.lora_layers)
+    model = trainable_policy(cfg, model)
     scorer = PolicyValue(model, cfg.spec.critics, temperature=cfg.temperature)
     reference = None
     # with LoRA the reference costs nothing to keep (the adapter-disabled policy): evaluations then
