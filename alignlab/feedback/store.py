@@ -174,8 +174,8 @@ def next_assignment(db: Session, project: Project, user: User, rng: random.Rando
     already shown and not yet answered is shown again (same order) before anything new.
 
     No lock is held while choosing: a new assignment is committed, then checked against the
-    item's overlap; when concurrent requests took the item's last slots first (possible on
-    PostgreSQL; SQLite's write lock serializes them), it is withdrawn and another item chosen."""
+    item's overlap; when concurrent requests took the item's slots (possible on PostgreSQL;
+    SQLite's write lock serializes them), it is withdrawn and another item chosen."""
     rng = rng or random.Random()
     for _attempt in range(20):
         try:
@@ -201,10 +201,15 @@ def _cutoff() -> str:
 
 
 def _beyond_overlap(db: Session, project: Project, assignment: Assignment) -> bool:
-    earlier = db.scalar(select(func.count()).select_from(Assignment).where(
-        Assignment.item_id == assignment.item_id, Assignment.id < assignment.id, _live(_cutoff())))
+    """Whether the item already has `overlap` other live assignments, counted after ours was
+    committed. Every one of them counts, whatever its id: ids are drawn at insert, not at commit,
+    so a check limited to lower ids lets two concurrent requests each miss the other. Of two racing
+    requests, the one that checks later sees the other's committed row, so both cannot stay (both
+    may withdraw; each then picks again)."""
+    others = db.scalar(select(func.count()).select_from(Assignment).where(
+        Assignment.item_id == assignment.item_id, Assignment.id != assignment.id, _live(_cutoff())))
     db.commit()  # end the read (a rollback would expire the loaded objects)
-    return earlier >= project.overlap
+    return others >= project.overlap
 
 
 def _next_assignment(db: Session, project: Project, user: User, rng: random.Random):

@@ -447,8 +447,10 @@ def test_cli_accounts_with_passwords_from_stdin(tmp_path, capsys, monkeypatch):
 
 
 def test_an_assignment_beyond_the_overlap_is_withdrawn(app):
-    """Two requests that both took an item's last slot (a PostgreSQL race): the later one (by id)
-    is beyond the overlap and is withdrawn; the annotator gets another item."""
+    """Two requests that both took an item's last slot (a PostgreSQL race): once both rows are
+    committed, each sees the other, so neither may stay whatever their ids (a rule that counted
+    only lower ids let two concurrent requests both stay: an item got 3 votes at overlap 2 in
+    CI); alone, an assignment is within the overlap; the annotator gets another item."""
     from alignlab.feedback.db import Assignment
     from alignlab.feedback.store import _beyond_overlap
 
@@ -460,8 +462,9 @@ def test_an_assignment_beyond_the_overlap_is_withdrawn(app):
         raced = Assignment(item_id=first.id, user_id=bob.id, order=[0, 1])  # committed just after ann's
         db.add(raced)
         db.commit()
-        assert not _beyond_overlap(db, project, a_first) and _beyond_overlap(db, project, raced)
+        assert _beyond_overlap(db, project, a_first) and _beyond_overlap(db, project, raced)
         db.delete(raced)
         db.commit()
+        assert not _beyond_overlap(db, project, a_first)
         other, _ = store.next_assignment(db, project, bob)
         assert other.id != first.id
