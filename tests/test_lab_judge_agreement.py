@@ -34,6 +34,7 @@ def test_judge_agreement_runs_end_to_end_on_tiny_models(tmp_path, tiny_encoder_d
             "--epochs", "1", "--batch-size", "8", "--output", str(out)]
     assert main(args) == 0
     result = json.loads((out / "judge_agreement.json").read_text())
+    assert (out / "judge_agreement.png").stat().st_size > 0
     assert result["train_pairs"] == 3 * 6 and result["test_pairs"] == 2 * 6  # no gold ties among these four
     assert set(result["sources"]) == {"reward model (Bradley-Terry)", "pairwise preference model",
                                       f"LLM judge (judge:{tiny_policy_dir})"}

@@ -12,7 +12,8 @@ the higher gold reward, on held-out prompts of the sentiment task?
    exactly ½ counts half), with a 95% bootstrap interval over test prompts, and each learned
    source's paired difference from the reward model on the same pairs.
 
-Writes samples.jsonl, judge_agreement.json (and the two trained models) under `output`.
+Writes samples.jsonl, judge_agreement.json, judge_agreement.png (and the two trained models) under
+`output`.
 """
 
 from __future__ import annotations
@@ -148,6 +149,7 @@ def run_judge_agreement(cfg: JudgeAgreementConfig, *, policy=None, tokenizer=Non
               "test_prompts": len(prompts) - n_train, "timings": timings, "seconds": time.perf_counter() - t0,
               "config": asdict(cfg)}
     (out / "judge_agreement.json").write_text(json.dumps(result, indent=1))
+    plot(result, out / "judge_agreement.png")
     print(render(result))
     return result
 
@@ -163,3 +165,26 @@ def render(result: dict) -> str:
             extra = f"   vs RM {r['minus_reward_model']:+.3f} [{dlo:+.3f}, {dhi:+.3f}]"
         lines.append(f"  {name:<40}{r['agreement']:.3f} [{lo:.3f}, {hi:.3f}]{extra}")
     return "\n".join(lines)
+
+
+def plot(result: dict, path) -> None:
+    """Each source's agreement with its 95% interval; chance (½) dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result["sources"])
+    values = [result["sources"][n]["agreement"] for n in names]
+    # a percentile interval need not contain the point estimate: bars never go negative
+    low = [max(0.0, v - result["sources"][n]["interval"][0]) for v, n in zip(values, names)]
+    high = [max(0.0, result["sources"][n]["interval"][1] - v) for v, n in zip(values, names)]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.errorbar(range(len(names)), values, yerr=[low, high], fmt="o", capsize=4)
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set_xticks(range(len(names)), names, rotation=15, ha="right")
+    ax.set_ylabel("agreement with the gold preference")
+    ax.set_title(f"{result['test_pairs']} held-out pairs, {result['test_prompts']} prompts (95% bootstrap)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
