@@ -17,14 +17,14 @@ def test_nash_lm_trains_every_method_and_measures_against_the_dpo_policy(tmp_pat
     assert main(["lab", "nash-lm", "--policy", str(tiny_policy_dir), "--output", str(out), *ARGS]) == 0
     result = json.loads((out / "nash_lm.json").read_text())
     rows = {r["method"]: r for r in result["rows"]}
-    assert list(rows) == ["base", "online-dpo", "spo", "inpo"]
+    assert list(rows) == ["base", "online-dpo", "spo", "inpo", "nash-md"]
     assert rows["online-dpo"]["win_rate_vs_dpo"] == pytest.approx(0.5)  # against itself, sample by sample
     for r in rows.values():
         assert sum(r["kind_share"].values()) == pytest.approx(1.0)
         low, high = r["win_rate_vs_dpo_ci95"]
         assert 0 <= low <= high <= 1
         assert 0.1 - 1e-9 <= r["worst_case_win_rate"] <= 0.5 + 1e-9
-    for method in ("online-dpo", "spo", "inpo"):
+    for method in ("online-dpo", "spo", "inpo", "nash-md"):
         assert (tmp_path / "lab" / "seed-0" / method / "final").is_dir()
     assert (out / "nash_lm.png").is_file()
     assert "nash_lm.json" in capsys.readouterr().out

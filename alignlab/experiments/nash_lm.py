@@ -8,7 +8,8 @@ it. Per seed, on the sentiment task's prompts with the embedded SmolLM2 and LoRA
 
 - `online-dpo` (the baseline "DPO policy"): best-vs-worst pairs of 4 samples, hard labels, DPO;
 - `spo`: each sample's win rate in its group as the reward, RLOO with the KL penalty;
-- `inpo`: uniformly drawn judged pairs, INPO's no-regret loss (soft labels).
+- `inpo`: uniformly drawn judged pairs, INPO's no-regret loss (soft labels);
+- `nash-md`: each sample against an opponent of the mixture pi^(1-m) pi_ref^m, RLOO with the KL penalty.
 
 Each trained policy (and the base model) is then sampled on held-out prompts and measured:
 
@@ -48,7 +49,7 @@ BASELINE = "online-dpo"
 
 @dataclass
 class NashLMConfig(LabDataConfig):
-    methods: list = field(["online-dpo", "spo", "inpo"], "online methods to train; the first is the DPO baseline every policy plays against")
+    methods: list = field(["online-dpo", "spo", "inpo", "nash-md"], "online methods to train; the first is the DPO baseline every policy plays against")
     seeds: int = field(1, "runs per method, seeds seed..seed+K-1")
     iterations: int = field(4, "online iterations per method")
     prompts_per_step: int = field(16, "prompts per iteration")

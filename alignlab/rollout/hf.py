@@ -13,6 +13,8 @@ logsumexp, one exp and an inverse-CDF draw per step (`inverse_cdf_sample`: ~30x 
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 from transformers import (
@@ -26,6 +28,7 @@ from transformers import (
 
 from alignlab.data.tokenize import encode_prompt
 from alignlab.rollout.base import Completions, SamplingParams
+from alignlab.rollout.mixture import GeometricMixture, Mixture
 
 
 class _Sampler(LogitsProcessor):
@@ -145,12 +148,14 @@ class HFGenerator:
     length so each chunk pads little), left-padded, with the KV cache on. `tokenizer` may be None
     (tests with tiny models): pass `eos_token_id` then; texts come back as None.
     Results are reproducible for the same seed, prompts, params and batch_size.
+    With `mixture`, it samples the token-level geometric mixture of `model` and the mixture's
+    reference (Nash-MD's opponent, `alignlab.rollout.mixture`), and the log-probs are the mixture's.
     """
 
     def __init__(self, model: nn.Module, tokenizer=None, *, batch_size: int = 64,
                  eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None,
-                 progress: str | None = None):
-        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+                 progress: str | None = None, mixture: Mixture | None = None):
+        self.model, self.tokenizer, self.batch_size, self.mixture = model, tokenizer, batch_size, mixture
         self.progress = progress  # a description shows a progress bar over the chunks
         self.eos_token_ids = _eos_ids(model, tokenizer, eos_token_id)
         if pad_token_id is None and tokenizer is not None:
@@ -215,7 +220,14 @@ class HFGenerator:
         for i, p in enumerate(prompts):  # LEFT padding: every row's last prompt token sits at column P-1
             input_ids[i, width - len(p) :] = torch.tensor(p)
             attention_mask[i, width - len(p) :] = 1
+        processors = []
+        if self.mixture is not None:  # the mixture applies the temperature itself (greedy: its argmax)
+            temperature = 1.0 if params.greedy else params.temperature
+            processors.append(GeometricMixture(self.mixture, attention_mask.to(device), temperature))
+            params = dataclasses.replace(params, temperature=1.0)
         sampler = _Sampler(params, generator, row_generators)
+        if not params.greedy:
+            processors.append(sampler)
         stops = StoppingCriteriaList()
         if params.stop_strings:
             stops.append(_StopRecorder(StopStringCriteria(self.tokenizer, list(params.stop_strings)), len(prompts)))
@@ -223,7 +235,7 @@ class HFGenerator:
                                   eos_token_id=self.eos_token_ids, pad_token_id=self.pad_token_id, use_cache=True)
         sequences = self.model.generate(
             input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config,
-            logits_processor=LogitsProcessorList([] if params.greedy else [sampler]), stopping_criteria=stops,
+            logits_processor=LogitsProcessorList(processors), stopping_criteria=stops,
         )
         new_tokens = sequences[:, width:].cpu()  # (B, T) with pad after each row's end
         step_logps = torch.stack(sampler.step_logps, 1).cpu() if sampler.step_logps else None  # (B, T')

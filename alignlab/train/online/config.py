@@ -51,6 +51,15 @@ class MethodSpec:
     """Each sample's reward is its win rate against the prompt's other samples under the judge (a
     preference source, or the rewards through Bradley-Terry): SPO's self-play reward, then the
     method's estimator and KL penalty as usual."""
+    mixture_opponent: bool = False
+    """Each sample is judged against an opponent drawn from the token-level geometric mixture of
+    the policy and the reference, pi^(1-m) pi_ref^m (Nash-MD); its reward is P(sample > opponent),
+    then the method's estimator and KL penalty as usual."""
+
+    @property
+    def judged(self) -> bool:
+        """A preference source (or the rewards through Bradley-Terry) judges the samples."""
+        return self.preference or self.self_play or self.mixture_opponent
 
     @property
     def group_baseline(self) -> bool:
@@ -59,8 +68,9 @@ class MethodSpec:
 
 
 def _method(estimator, critics=0, *, cost=False, pairs=False, greedy=False, preference=False, supervised=False,
-            objective="dpo", self_play=False, paper) -> MethodSpec:
-    return MethodSpec(estimator, critics, cost, pairs, greedy, paper, preference, supervised, objective, self_play)
+            objective="dpo", self_play=False, mixture=False, paper) -> MethodSpec:
+    return MethodSpec(estimator, critics, cost, pairs, greedy, paper, preference, supervised, objective, self_play,
+                      mixture)
 
 
 ONLINE_METHODS: dict[str, MethodSpec] = {
@@ -79,6 +89,8 @@ ONLINE_METHODS: dict[str, MethodSpec] = {
                     paper="Zhang et al. 2024, Iterative Nash Policy Optimization (INPO, arXiv 2407.00617)"),
     "spo": _method("rloo", self_play=True,
                    paper="Swamy et al. 2024, A Minimaximalist Approach to RLHF (SPO, arXiv 2401.04056)"),
+    "nash-md": _method("rloo", mixture=True,
+                       paper="Munos et al. 2023, Nash Learning from Human Feedback (Nash-MD, arXiv 2312.00886)"),
     "raft": _method(None, supervised=True, paper="Dong et al. 2023, RAFT: Reward rAnked FineTuning (arXiv 2304.06767)"),
     "superhf": _method(None, supervised=True,
                        paper="Mukobi et al. 2023, SuperHF: Supervised Iterative Learning from Human Feedback (arXiv 2310.16763)"),
@@ -103,6 +115,11 @@ METHOD_DEFAULTS: dict[str, dict] = {
     # SPO: n samples a prompt judged round robin; each one's win rate is its reward (RLOO baseline,
     # the KL to the reference as a per-token reward penalty)
     "spo": {"samples_per_prompt": 4, "kl_mode": "reward", "kl_estimator": "k1", "kl_coef": 0.05},
+    # Nash-MD-PG (sec. 7): each sample judged against an opponent of the geometric mixture
+    # pi^(1-m) pi_ref^m; reward P(y > y'), KL to the reference as a per-token reward penalty
+    # (beta = kl_coef); the RLOO baseline over a prompt's n samples in place of the paper's 1/2
+    "nash-md": {"samples_per_prompt": 2, "kl_mode": "reward", "kl_estimator": "k1", "kl_coef": 0.1,
+                "mixture_coef": 0.125},
     # RAFT: sample K, keep the best of each prompt's K, fine-tune on them; no KL term
     "raft": {"samples_per_prompt": 4, "policy_filter": "best_of_n", "kl_coef": 0.0, "kl_mode": "loss"},
     # SuperHF: the same filtered fine-tuning plus a KL prior to the reference on the kept samples
@@ -136,7 +153,7 @@ def _default(name: str):
 
 @dataclass
 class OnlineConfig(TrainConfig):
-    method: str = field("grpo", "ppo | grpo | rloo | reinforce_pp | remax | p3o | ppo_lagrangian | online-dpo | raft | superhf (set by `alignlab train METHOD`)")
+    method: str = field("grpo", "ppo | grpo | rloo | reinforce_pp | remax | p3o | ppo_lagrangian | online-dpo | inpo | spo | nash-md | raft | superhf (set by `alignlab train METHOD`)")
     preset: str = field("", "named bundle of settings applied before yours: ppo_max")
     reward: list = field(["lab:sentiment"], "reward sources, summed with reward_weights: lab:sentiment | lab:arithmetic | lab:length | math (answer column, math-verify) | rm:DIR | python:module:function")
     reward_weights: list = field([], "weight of each reward source (default 1 each)")
@@ -181,12 +198,13 @@ class OnlineConfig(TrainConfig):
     par_references: int = field(0, "PAR shaping: reward = mean sigmoid(r - r_ref) over this many reference-policy samples per prompt (0: off)")
     policy_filter: str = field("none", "PF-PPO filtration per prompt group: none | best_of_n | best_random | best_worst")
     # online DPO (online-dpo)
-    judge: str = field("", "online-dpo, spo: preference source that judges the samples: annotator:REWARD | pm:DIR | judge:MODEL | a reward spec (empty: the reward sources through Bradley-Terry at judge_temperature)")
-    judge_temperature: float = field(1.0, "online-dpo, spo: Bradley-Terry temperature of reward-based judging (and of reward specs given as judge)")
+    judge: str = field("", "online-dpo, inpo, spo, nash-md: preference source that judges the samples: annotator:REWARD | pm:DIR | judge:MODEL | a reward spec (empty: the reward sources through Bradley-Terry at judge_temperature)")
+    judge_temperature: float = field(1.0, "online-dpo, inpo, spo, nash-md: Bradley-Terry temperature of reward-based judging (and of reward specs given as judge)")
     pair_rule: str = field("best_worst", "online-dpo: which two of a prompt's samples form its pair: best_worst | best_random | random (ranked by expected win rate in the group)")
     preference_loss: str = field("dpo", "online-dpo: the pairwise loss: dpo | ipo | cdpo | hinge | simpo | cpl | fdpo_js | fdpo_fkl | fdpo_alpha (beta = kl_coef)")
     preference_loss_options: dict = field({}, "online-dpo: options of the pairwise loss, e.g. {label_smoothing: 0.1} (cdpo)")
     eta: float = field(0.0, "inpo: the no-regret step size eta of INPO's update (0 < eta * kl_coef <= 1); each iteration moves pi toward pi_t^(1-eta beta) pi_ref^(eta beta) exp(eta P(. > pi_t))")
+    mixture_coef: float = field(0.0, "nash-md: m, the reference's share of the opponent: opponents are sampled token by token from pi^(1-m) pi_ref^m (normalized)")
     soft_labels: bool = field(False, "online-dpo: train on the judge's probability P(a > b) instead of a hard label (OSP's soft-preference loss)")
     reference_update: str = field("fixed", "online-dpo: fixed (the initial model) | refresh (each iteration's reference is the policy that sampled it)")
     exploration: str = field("none", "online-dpo: none | xpo | vpo: each prompt's one policy sample is paired with a reference sample, whose log-likelihood enters the loss with exploration_coef")
@@ -251,12 +269,16 @@ class OnlineConfig(TrainConfig):
             out.update(dict.fromkeys(("preference_loss", "preference_loss_options", "exploration", "exploration_coef",
                                       "reference_update"),
                                      "inpo's loss is its own, against the fixed reference and the sampling policy"))
-        if not (spec.preference or spec.self_play):
-            out.update(dict.fromkeys(("judge", "judge_temperature"), "it applies to online-dpo and spo only"))
+        if not spec.mixture_opponent:
+            out["mixture_coef"] = "it is the opponent's mixture with the reference (nash-md only)"
+        if not spec.judged:
+            out.update(dict.fromkeys(("judge", "judge_temperature"),
+                                     "it applies to online-dpo, inpo, spo and nash-md only"))
         else:
-            out.update(dict.fromkeys(("clip_low", "clip_high", "dual_clip", "kl_mode", "kl_estimator", "kl_target",
-                                      "reward_normalize", "reward_clip", "par_references", "policy_filter"),
-                                     "online-dpo trains a pairwise loss on judged pairs (beta = kl_coef)"))
+            if spec.preference:
+                out.update(dict.fromkeys(("clip_low", "clip_high", "dual_clip", "kl_mode", "kl_estimator", "kl_target",
+                                          "reward_normalize", "reward_clip", "par_references", "policy_filter"),
+                                         f"{self.method} trains a pairwise loss on judged pairs (beta = kl_coef)"))
             if self.judge:
                 out["length_penalty"] = "it shapes rewards, and with a judge set the rewards are only logged"
                 out["length_target"] = out["length_penalty"]
@@ -331,8 +353,10 @@ class OnlineConfig(TrainConfig):
             raise ConfigError(f"policy_filter {self.policy_filter} needs samples_per_prompt >= 2")
         if spec.preference:
             self._validate_preference()
-        if spec.self_play and not self.judge_temperature > 0:
+        if spec.judged and not self.judge_temperature > 0:
             raise ConfigError("judge_temperature must be > 0")
+        if spec.mixture_opponent and not 0 <= self.mixture_coef <= 1:
+            raise ConfigError(f"mixture_coef must be in [0, 1], got {self.mixture_coef}")
         if spec.supervised and self.policy_filter != "best_of_n":
             raise ConfigError(f"{self.method} fine-tunes on each prompt's best sample: policy_filter must be best_of_n")
         if spec.supervised and self.kl_mode != "loss":

@@ -34,3 +34,16 @@ def group_win_rates(prefer: Callable[[list[int], list[int]], torch.Tensor], n: i
     (groups · n,) and the judged (groups, n, n) matrix."""
     probabilities = round_robin_probabilities(prefer, n, groups)
     return self_play_rewards(probabilities).reshape(-1), probabilities
+
+
+def opponent_win_rates(judge, prompts: Sequence, texts: Sequence[str], opponent_texts: Sequence[str],
+                       rewards: torch.Tensor, opponent_rewards: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Nash-MD's reward (Munos et al. 2023): P(y_i ≻ y'_i) of each row's sample against its own
+    opponent, (B,), judged in one batched call (with no judge, from the two rewards through
+    Bradley-Terry)."""
+    B = len(texts)
+    if len(opponent_texts) != B:
+        raise ValueError(f"opponent_win_rates: {len(opponent_texts)} opponents for {B} samples")
+    prefer = row_judge(judge, list(prompts) * 2, list(texts) + list(opponent_texts),
+                       torch.cat([rewards, opponent_rewards]), temperature)
+    return prefer(list(range(B)), list(range(B, 2 * B)))

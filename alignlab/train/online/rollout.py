@@ -29,10 +29,11 @@ from alignlab.losses.shaping import length_penalty, par_shaping, policy_filter
 from alignlab.models.load import is_peft, reference_context, resolve_model_path
 from alignlab.rollout.base import SamplingParams
 from alignlab.rollout.hf import HFGenerator
+from alignlab.rollout.mixture import Mixture
 from alignlab.rollout.vllm import VLLMGenerator
 from alignlab.train import distributed as dist
 from alignlab.train.online.batch import RolloutBatch, make_micro_batch, pad_tokens
-from alignlab.train.online.judging import group_win_rates, row_judge
+from alignlab.train.online.judging import group_win_rates, opponent_win_rates, row_judge
 
 
 @dataclass
@@ -171,6 +172,13 @@ class RolloutMaker:
         if cfg.par_references or cfg.exploration != "none":
             reference_model = model if is_peft(model) else reference_scorer.model
             self.reference_generator = HFGenerator(reference_model, tokenizer, batch_size=cfg.rollout_batch_size)
+        # Nash-MD's opponents: the policy's own generate (full precision, whatever the rollout backend),
+        # mixed token by token with the reference (adapter disabled under LoRA, the frozen copy otherwise)
+        self.opponent_generator = None
+        if cfg.spec.mixture_opponent:
+            reference_model = model if is_peft(model) else reference_scorer.model
+            mixture = Mixture(reference_model, cfg.mixture_coef, context=lambda: reference_context(model))
+            self.opponent_generator = HFGenerator(model, tokenizer, batch_size=cfg.rollout_batch_size, mixture=mixture)
 
     def _sampler(self):
         """The generator of this iteration's samples: the policy itself, or under rollout_dtype
@@ -232,6 +240,10 @@ class RolloutMaker:
             raw, _ = group_win_rates(row_judge(self.judge, rows_prompts, out.texts, raw, c.judge_temperature), n,
                                      len(prompts))
             score_seconds += time.perf_counter() - t_judge
+        if spec.mixture_opponent:
+            raw, opponent_seconds = self._opponent_rewards(iteration, prompts, prompt_ids, rows_prompts, out, raw,
+                                                           metrics)
+            score_seconds += opponent_seconds
         greedy_raw = self._greedy_rewards(iteration, prompts, prompt_ids, metrics) if spec.greedy_baseline else None
         rewards, greedy = self._shape(raw, iteration, prompts, prompt_ids, ctl, metrics, greedy_raw)
         batch.baseline = greedy
@@ -274,6 +286,23 @@ class RolloutMaker:
             metrics["zero_advantage_groups"] = float((g.max(-1).values == g.min(-1).values).float().mean())
         batch.metrics, batch.controller = metrics, ctl.to_dict()
         return batch
+
+    def _opponent_rewards(self, iteration, prompts, prompt_ids, rows_prompts, out, raw, metrics
+                          ) -> tuple[torch.Tensor, float]:
+        """Nash-MD: each sample's reward P(y_i ≻ y'_i) against its own opponent y'_i, drawn (n a
+        prompt, seeded apart from the samples) from the geometric mixture pi^(1-m) pi_ref^m of the
+        current policy; and the seconds it took to sample, score and judge them."""
+        c = self.cfg
+        t0 = time.perf_counter()
+        metrics["reward/source_mean"] = float(raw.mean())
+        opp, opp_raw, _, _, _ = self._sample_and_score(prompts, prompt_ids,
+                                                       self._params(iteration + 2_000_000, c.samples_per_prompt),
+                                                       self.opponent_generator)
+        opp_raw = self._length_penalised(opp_raw, opp)
+        wins = opponent_win_rates(self.judge, rows_prompts, out.texts, opp.texts, raw, opp_raw, c.judge_temperature)
+        metrics.update({"reward/opponent_source_mean": float(opp_raw.mean()),
+                        "opponent_length": sum(map(len, opp.completion_ids)) / len(opp)})
+        return wins, time.perf_counter() - t0
 
     def _shape(self, raw, iteration, prompts, prompt_ids, ctl: Controllers, metrics, greedy_raw=None
                ) -> tuple[torch.Tensor, torch.Tensor | None]:

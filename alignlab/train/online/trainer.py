@@ -321,13 +321,14 @@ class OnlineAlgorithm:
 
 def _build_models(cfg: OnlineConfig, model=None):
     """Policy (+LoRA), its PolicyValue scorer, and the reference scorer (the adapter-disabled
-    policy with LoRA; a frozen copy for full fine-tuning, only when the KL or PAR needs one)."""
+    policy with LoRA; a frozen copy for full fine-tuning, only when the KL, PAR or Nash-MD's
+    opponent needs one)."""
     model = trainable_policy(cfg, model)
     scorer = PolicyValue(model, cfg.spec.critics, temperature=cfg.temperature)
     reference = None
     # with LoRA the reference costs nothing to keep (the adapter-disabled policy): evaluations then
     # report the KL to it even when training does not use it
-    if cfg.kl_coef > 0 or cfg.par_references or cfg.kl_target or is_peft(model):
+    if cfg.kl_coef > 0 or cfg.par_references or cfg.kl_target or cfg.spec.mixture_opponent or is_peft(model):
         if is_peft(model):
             reference = PolicyValue(model, 0, temperature=cfg.temperature)  # used under disable_adapter()
         else:
@@ -362,7 +363,7 @@ def train_online(cfg: OnlineConfig, *, model=None, tokenizer=None, train_rows=No
         eval_rewards = _combine(rewards, eval_rewards)
     if cfg.spec.needs_cost and cost is None:
         cost = build_reward_source(cfg.cost, how=cfg.reward_how, answers=answers)
-    if judge is None and (cfg.spec.preference or cfg.spec.self_play) and cfg.judge:
+    if judge is None and cfg.spec.judged and cfg.judge:
         judge = build_preference_source(cfg.judge, temperature=cfg.judge_temperature, seed=cfg.seed, answers=answers)
     model, scorer, reference = _build_models(cfg, model)
     start_training(session, model, data_files=[cfg.train_data, cfg.eval_data])
