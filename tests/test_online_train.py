@@ -79,6 +79,8 @@ def run(tmp_path, policy_dir, smol_tokenizer, method, **overrides):
         flags.update(cost="python:unused:unused")  # replaced by the in-memory cost below
     if ONLINE_METHODS[method].preference:
         flags.update(kl_coef=0.1)  # online DPO's beta
+    if method == "mnpo":
+        flags.update(eta=3.0)  # its step is anchored to the mean of older iterates (test_online_mnpo.py)
     flags.update(overrides)
     cfg = resolve_online(method, flags=flags)
     cost = FunctionReward(lambda texts: [len(t) / 40 for t in texts], name="chars", responses_only=True)

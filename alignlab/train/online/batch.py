@@ -57,6 +57,7 @@ class RolloutBatch:
     keep: Tensor | None = None  # (B,) bool: rows that are trained on (PF-PPO filtration; online DPO's pairs)
     from_reference: Tensor | None = None  # (B,) bool: rows sampled from the reference (XPO / VPO exploration)
     judged: Tensor | None = None  # (B,) online DPO: the judge's P(row ≻ its pair's other row), kept rows
+    population_logps: Tensor | None = None  # (B, T) MNPO: the mean log-probs of its past iterates
     baseline: Tensor | None = None  # (P,) ReMax: each prompt's greedy reward, shaped as the samples' rewards
     metrics: dict = field(default_factory=dict)
     controller: dict = field(default_factory=dict)
@@ -151,6 +152,8 @@ class OnlineMicroBatch:
     """Demonstrations for the pretraining/SFT mixing term (online_ptx), when it is on."""
     from_reference: Tensor | None = None
     """(b,) bool: rows sampled from the reference (online DPO's XPO / VPO exploration)."""
+    population_logps: Tensor | None = None
+    """(b, T) MNPO: the mean log-probs of the population of past iterates."""
 
     def to_bt(self, flat: Tensor) -> Tensor:
         """Packed per-token values (N, ...) -> (b, T, ...) zero-padded."""
@@ -187,7 +190,8 @@ def make_micro_batch(batch: RolloutBatch, rows: list[int], pad_token_id: int, *,
 
     return OnlineMicroBatch(idx, packed, token_row, token_col, batch.mask[idx], batch.old_logps[idx],
                             pick(batch.advantages), pick(batch.returns), pick(batch.ref_logps), pick(batch.old_values),
-                            batch.rewards[idx], entropy, from_reference=pick(batch.from_reference))
+                            batch.rewards[idx], entropy, from_reference=pick(batch.from_reference),
+                            population_logps=pick(batch.population_logps))
 
 
 def micro_batch_rows(batch: RolloutBatch, *, batch_size: int, epochs: int, seed: int, pairs: bool = False

@@ -46,7 +46,8 @@ class MethodSpec:
     no advantages, no ratio clipping; the selection is `policy_filter` (best_of_n)."""
     preference_objective: str = "dpo"
     """With `preference`: the loss on the judged pairs: "dpo" (a DPO-family loss against the
-    reference) or "inpo" (INPO's no-regret step from the policy that sampled the pairs)."""
+    reference), "inpo" (INPO's no-regret step from the policy that sampled the pairs) or "mnpo"
+    (the same step from the equally weighted population of the last `population` iterates)."""
     self_play: bool = False
     """Each sample's reward is its win rate against the prompt's other samples under the judge (a
     preference source, or the rewards through Bradley-Terry): SPO's self-play reward, then the
@@ -55,6 +56,11 @@ class MethodSpec:
     """Each sample is judged against an opponent drawn from the token-level geometric mixture of
     the policy and the reference, pi^(1-m) pi_ref^m (Nash-MD); its reward is P(sample > opponent),
     then the method's estimator and KL penalty as usual."""
+
+    @property
+    def no_regret(self) -> bool:
+        """The pairs train INPO's or MNPO's no-regret loss (against past iterates and pi_ref)."""
+        return self.preference_objective in ("inpo", "mnpo")
 
     @property
     def judged(self) -> bool:
@@ -87,6 +93,8 @@ ONLINE_METHODS: dict[str, MethodSpec] = {
                                 "VPO (arXiv 2405.19320); OSP soft preferences"),
     "inpo": _method(None, pairs=True, preference=True, objective="inpo",
                     paper="Zhang et al. 2024, Iterative Nash Policy Optimization (INPO, arXiv 2407.00617)"),
+    "mnpo": _method(None, pairs=True, preference=True, objective="mnpo",
+                    paper="Wu et al. 2025, Multiplayer Nash Preference Optimization (MNPO, arXiv 2509.23102)"),
     "spo": _method("rloo", self_play=True,
                    paper="Swamy et al. 2024, A Minimaximalist Approach to RLHF (SPO, arXiv 2401.04056)"),
     "nash-md": _method("rloo", mixture=True,
@@ -112,6 +120,9 @@ METHOD_DEFAULTS: dict[str, dict] = {
     # INPO: uniformly drawn pairs of the policy's samples (pairs from pi_t), the judge's probability
     # as the label's expectation; beta = kl_coef, eta beta <= 1
     "inpo": {"samples_per_prompt": 2, "kl_coef": 0.1, "pair_rule": "random", "soft_labels": True, "eta": 1.0},
+    # MNPO: INPO's loss against the equally weighted last `population` iterates (pi_t and before)
+    "mnpo": {"samples_per_prompt": 2, "kl_coef": 0.1, "pair_rule": "random", "soft_labels": True, "eta": 1.0,
+             "population": 3},
     # SPO: n samples a prompt judged round robin; each one's win rate is its reward (RLOO baseline,
     # the KL to the reference as a per-token reward penalty)
     "spo": {"samples_per_prompt": 4, "kl_mode": "reward", "kl_estimator": "k1", "kl_coef": 0.05},
@@ -153,7 +164,7 @@ def _default(name: str):
 
 @dataclass
 class OnlineConfig(TrainConfig):
-    method: str = field("grpo", "ppo | grpo | rloo | reinforce_pp | remax | p3o | ppo_lagrangian | online-dpo | inpo | spo | nash-md | raft | superhf (set by `alignlab train METHOD`)")
+    method: str = field("grpo", "ppo | grpo | rloo | reinforce_pp | remax | p3o | ppo_lagrangian | online-dpo | inpo | mnpo | spo | nash-md | raft | superhf (set by `alignlab train METHOD`)")
     preset: str = field("", "named bundle of settings applied before yours: ppo_max")
     reward: list = field(["lab:sentiment"], "reward sources, summed with reward_weights: lab:sentiment | lab:arithmetic | lab:length | math (answer column, math-verify) | rm:DIR | python:module:function")
     reward_weights: list = field([], "weight of each reward source (default 1 each)")
@@ -198,12 +209,13 @@ class OnlineConfig(TrainConfig):
     par_references: int = field(0, "PAR shaping: reward = mean sigmoid(r - r_ref) over this many reference-policy samples per prompt (0: off)")
     policy_filter: str = field("none", "PF-PPO filtration per prompt group: none | best_of_n | best_random | best_worst")
     # online DPO (online-dpo)
-    judge: str = field("", "online-dpo, inpo, spo, nash-md: preference source that judges the samples: annotator:REWARD | pm:DIR | judge:MODEL | a reward spec (empty: the reward sources through Bradley-Terry at judge_temperature)")
-    judge_temperature: float = field(1.0, "online-dpo, inpo, spo, nash-md: Bradley-Terry temperature of reward-based judging (and of reward specs given as judge)")
+    judge: str = field("", "online-dpo, inpo, mnpo, spo, nash-md: preference source that judges the samples: annotator:REWARD | pm:DIR | judge:MODEL | a reward spec (empty: the reward sources through Bradley-Terry at judge_temperature)")
+    judge_temperature: float = field(1.0, "online-dpo, inpo, mnpo, spo, nash-md: Bradley-Terry temperature of reward-based judging (and of reward specs given as judge)")
     pair_rule: str = field("best_worst", "online-dpo: which two of a prompt's samples form its pair: best_worst | best_random | random (ranked by expected win rate in the group)")
     preference_loss: str = field("dpo", "online-dpo: the pairwise loss: dpo | ipo | cdpo | hinge | simpo | cpl | fdpo_js | fdpo_fkl | fdpo_alpha (beta = kl_coef)")
     preference_loss_options: dict = field({}, "online-dpo: options of the pairwise loss, e.g. {label_smoothing: 0.1} (cdpo)")
     eta: float = field(0.0, "inpo: the no-regret step size eta of INPO's update (0 < eta * kl_coef <= 1); each iteration moves pi toward pi_t^(1-eta beta) pi_ref^(eta beta) exp(eta P(. > pi_t))")
+    population: int = field(0, "mnpo: m, the past iterates the loss plays against: pi_t and the m - 1 iterates before it (fewer in the first iterations), equally weighted")
     mixture_coef: float = field(0.0, "nash-md: m, the reference's share of the opponent: opponents are sampled token by token from pi^(1-m) pi_ref^m (normalized)")
     soft_labels: bool = field(False, "online-dpo: train on the judge's probability P(a > b) instead of a hard label (OSP's soft-preference loss)")
     reference_update: str = field("fixed", "online-dpo: fixed (the initial model) | refresh (each iteration's reference is the policy that sampled it)")
@@ -263,17 +275,19 @@ class OnlineConfig(TrainConfig):
             out.update(dict.fromkeys(("pair_rule", "preference_loss", "preference_loss_options", "soft_labels",
                                       "reference_update", "exploration", "exploration_coef"),
                                      "it applies to online-dpo only"))
-        if spec.preference_objective != "inpo":
-            out["eta"] = "it is INPO's step size (inpo only)"
+        if spec.preference_objective != "mnpo":
+            out["population"] = "it is MNPO's number of past iterates (mnpo only)"
+        if not spec.no_regret:
+            out["eta"] = "it is the no-regret step size (inpo and mnpo only)"
         else:
             out.update(dict.fromkeys(("preference_loss", "preference_loss_options", "exploration", "exploration_coef",
                                       "reference_update"),
-                                     "inpo's loss is its own, against the fixed reference and the sampling policy"))
+                                     f"{self.method}'s loss is its own, against the fixed reference and past iterates"))
         if not spec.mixture_opponent:
             out["mixture_coef"] = "it is the opponent's mixture with the reference (nash-md only)"
         if not spec.judged:
             out.update(dict.fromkeys(("judge", "judge_temperature"),
-                                     "it applies to online-dpo, inpo, spo and nash-md only"))
+                                     "it applies to online-dpo, inpo, mnpo, spo and nash-md only"))
         else:
             if spec.preference:
                 out.update(dict.fromkeys(("clip_low", "clip_high", "dual_clip", "kl_mode", "kl_estimator", "kl_target",
@@ -388,9 +402,11 @@ class OnlineConfig(TrainConfig):
             (self.exploration != "none" or self.samples_per_prompt >= 2,
              f"{self.method} builds each pair from a prompt's samples: samples_per_prompt must be >= 2"),
         ]
-        if self.spec.preference_objective == "inpo":
+        if self.spec.no_regret:
             checks.append((0 < self.eta * self.kl_coef <= 1,
-                           f"inpo needs 0 < eta * kl_coef <= 1, got eta {self.eta} and kl_coef {self.kl_coef}"))
+                           f"{self.method} needs 0 < eta * kl_coef <= 1, got eta {self.eta} and kl_coef {self.kl_coef}"))
+            checks.append((self.spec.preference_objective != "mnpo" or self.population >= 1,
+                           f"mnpo needs population >= 1, got {self.population}"))
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)

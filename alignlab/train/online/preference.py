@@ -15,7 +15,8 @@ reference policy (`from_reference`), judged against each other.
 The reference log-probs of the pair: the initial model's (`reference_update: fixed`; the
 adapter-disabled policy under LoRA, the frozen copy otherwise) or the policy's at the start of
 the iteration, i.e. the policy that sampled (`refresh`). INPO uses both: the fixed reference's,
-and the sampling log-probs (`old_logps`) as its previous iterate pi_t.
+and the sampling log-probs (`old_logps`) as its previous iterate pi_t. MNPO uses the fixed
+reference's and the mean log-probs of its population of past iterates (`population_logps`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def make_preference_batch(maker, iteration: int, prompts: list, prompt_ids: list
     `rewards` holding each kept row's target P(row ≻ the other row)."""
     c = maker.cfg
     explore = c.exploration != "none"
+    if c.spec.preference_objective == "mnpo":  # pi_t joins MNPO's population before it samples
+        maker.population.snapshot(iteration)
     # sampled and scored data-parallel (each process its block of prompts), then gathered
     out, raw_out, parts, gen_seconds, score_seconds = maker._sample_and_score(
         prompts, prompt_ids, maker._params(iteration, c.samples_per_prompt), maker._sampler())
@@ -69,10 +72,13 @@ def make_preference_batch(maker, iteration: int, prompts: list, prompt_ids: list
     ties, chosen_p = _label(batch, probabilities, choose_pairs(probabilities, c.pair_rule, _pair_generator(c, iteration)),
                   soft=c.soft_labels)
     t2 = time.perf_counter()
-    inpo = c.spec.preference_objective == "inpo"
+    inpo = c.spec.no_regret
     rows, chunk = list(range(len(batch))), max(1, c.batch_size)
     if inpo and c.rollout_dtype != "float32":  # INPO's pi_t: the policy that sampled, at its own precision
         batch.old_logps, _ = token_pass(maker.scorer, batch, rows, maker.pad_token_id, chunk)
+    if c.spec.preference_objective == "mnpo":  # the mean log-probs of the last `population` iterates
+        batch.population_logps = maker.population.mean_logps(
+            iteration, batch.old_logps, lambda: token_pass(maker.scorer, batch, rows, maker.pad_token_id, chunk)[0])
     if inpo or LOSSES[c.preference_loss].needs_reference or c.exploration == "vpo":
         if c.reference_update == "refresh" and not inpo:  # the policy that sampled, before this iteration's updates
             batch.ref_logps, _ = token_pass(maker.scorer, batch, rows, maker.pad_token_id, chunk)

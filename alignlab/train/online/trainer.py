@@ -43,6 +43,7 @@ from alignlab.train.online.batch import (OnlineMicroBatch, RolloutBatch, make_mi
                                         rollout_files, rollout_path, write_judged_pairs, write_selections)
 from alignlab.train.online.config import OnlineConfig
 from alignlab.train.online.preference import make_preference_batch
+from alignlab.train.online.population import Population
 from alignlab.train.online.ptx import PtxMixer, ptx_nll
 from alignlab.train.online.rollout import Controllers, RolloutMaker, token_pass
 from alignlab.train.online.safety import run_safety_test
@@ -238,8 +239,10 @@ class OnlineAlgorithm:
         seq, lengths = (logps * mask).sum(-1), mask.sum(-1)  # (b,)
         ref = (mb.ref_logps.to(seq.device) * mask).sum(-1) if mb.ref_logps is not None else None
         a, b = slice(0, None, 2), slice(1, None, 2)
-        if c.spec.preference_objective == "inpo":  # pi_t = the policy that sampled: its sampling log-probs
-            previous = (mb.old_logps.to(seq.device) * mask).sum(-1)
+        if c.spec.no_regret:  # INPO: pi_t = the policy that sampled (its sampling log-probs); MNPO: the mean
+            # log-probs of the population of past iterates
+            population = mb.population_logps if c.spec.preference_objective == "mnpo" else mb.old_logps
+            previous = (population.to(seq.device) * mask).sum(-1)
             per_pair = inpo_pair_losses(seq[a], seq[b], previous[a], previous[b], ref[a], ref[b],
                                         mb.rewards.to(seq.device)[a], beta=self.ctl.kl_coef, eta=c.eta)
             metrics["policy_loss"] = per_pair.detach().mean()
@@ -375,6 +378,8 @@ def train_online(cfg: OnlineConfig, *, model=None, tokenizer=None, train_rows=No
     pad = session.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     maker = RolloutMaker(cfg, model=model, scorer=scorer, reference_scorer=reference, tokenizer=tokenizer,
                          rewards=rewards, cost=cost, pad_token_id=pad, judge=judge)
+    if cfg.spec.preference_objective == "mnpo":
+        maker.population = Population(session.run_dir / "population", model, cfg.population)
     ctl = Controllers(kl_coef=cfg.kl_coef, lagrange=cfg.lagrange_init if cfg.spec.needs_cost else 0.0)
     ptx = _ptx_mixer(cfg, tokenizer, pad)
     algorithm = OnlineAlgorithm(cfg, scorer=scorer, maker=maker, tokenizer=tokenizer, train_rows=train_rows,
