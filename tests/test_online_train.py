@@ -81,6 +81,8 @@ def run(tmp_path, policy_dir, smol_tokenizer, method, **overrides):
         flags.update(kl_coef=0.1)  # online DPO's beta
     if method == "mnpo":
         flags.update(eta=3.0)  # its step is anchored to the mean of older iterates (test_online_mnpo.py)
+    if method == "nash-mp":  # a weak proximal term: the win rates judged at temperature 1 differ from 1/2 by
+        flags.update(eta=10.0)  # ~0.05, which KL(pi || pi_k) at 1/eta = 1 holds back (0.563 -> 0.542 measured)
     flags.update(overrides)
     cfg = resolve_online(method, flags=flags)
     cost = FunctionReward(lambda texts: [len(t) / 40 for t in texts], name="chars", responses_only=True)

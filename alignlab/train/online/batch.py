@@ -58,6 +58,7 @@ class RolloutBatch:
     from_reference: Tensor | None = None  # (B,) bool: rows sampled from the reference (XPO / VPO exploration)
     judged: Tensor | None = None  # (B,) online DPO: the judge's P(row ≻ its pair's other row), kept rows
     population_logps: Tensor | None = None  # (B, T) MNPO: the mean log-probs of its past iterates
+    anchor_logps: Tensor | None = None  # (B, T) Nash-MP: the log-probs of the proximal anchor pi_k
     baseline: Tensor | None = None  # (P,) ReMax: each prompt's greedy reward, shaped as the samples' rewards
     metrics: dict = field(default_factory=dict)
     controller: dict = field(default_factory=dict)
@@ -154,6 +155,8 @@ class OnlineMicroBatch:
     """(b,) bool: rows sampled from the reference (online DPO's XPO / VPO exploration)."""
     population_logps: Tensor | None = None
     """(b, T) MNPO: the mean log-probs of the population of past iterates."""
+    anchor_logps: Tensor | None = None
+    """(b, T) Nash-MP: the log-probs of the proximal anchor pi_k."""
 
     def to_bt(self, flat: Tensor) -> Tensor:
         """Packed per-token values (N, ...) -> (b, T, ...) zero-padded."""
@@ -191,7 +194,7 @@ def make_micro_batch(batch: RolloutBatch, rows: list[int], pad_token_id: int, *,
     return OnlineMicroBatch(idx, packed, token_row, token_col, batch.mask[idx], batch.old_logps[idx],
                             pick(batch.advantages), pick(batch.returns), pick(batch.ref_logps), pick(batch.old_values),
                             batch.rewards[idx], entropy, from_reference=pick(batch.from_reference),
-                            population_logps=pick(batch.population_logps))
+                            population_logps=pick(batch.population_logps), anchor_logps=pick(batch.anchor_logps))
 
 
 def micro_batch_rows(batch: RolloutBatch, *, batch_size: int, epochs: int, seed: int, pairs: bool = False

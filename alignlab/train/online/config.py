@@ -56,6 +56,10 @@ class MethodSpec:
     """Each sample is judged against an opponent drawn from the token-level geometric mixture of
     the policy and the reference, pi^(1-m) pi_ref^m (Nash-MD); its reward is P(sample > opponent),
     then the method's estimator and KL penalty as usual."""
+    mirror_prox: bool = False
+    """Nash-MP: iterations alternate between mirror-prox half and full steps, both anchored at the
+    policy of the half step's start, pi_k; the loss adds (1/eta) KL(pi || pi_k) to the KL to the
+    reference (the rewards are self-play win rates)."""
 
     @property
     def no_regret(self) -> bool:
@@ -74,9 +78,9 @@ class MethodSpec:
 
 
 def _method(estimator, critics=0, *, cost=False, pairs=False, greedy=False, preference=False, supervised=False,
-            objective="dpo", self_play=False, mixture=False, paper) -> MethodSpec:
+            objective="dpo", self_play=False, mixture=False, mirror_prox=False, paper) -> MethodSpec:
     return MethodSpec(estimator, critics, cost, pairs, greedy, paper, preference, supervised, objective, self_play,
-                      mixture)
+                      mixture, mirror_prox)
 
 
 ONLINE_METHODS: dict[str, MethodSpec] = {
@@ -99,6 +103,8 @@ ONLINE_METHODS: dict[str, MethodSpec] = {
                    paper="Swamy et al. 2024, A Minimaximalist Approach to RLHF (SPO, arXiv 2401.04056)"),
     "nash-md": _method("rloo", mixture=True,
                        paper="Munos et al. 2023, Nash Learning from Human Feedback (Nash-MD, arXiv 2312.00886)"),
+    "nash-mp": _method("rloo", self_play=True, mirror_prox=True,
+                       paper="Accelerating Nash Learning from Human Feedback via Mirror Prox (Nash-MP, arXiv 2505.19731)"),
     "raft": _method(None, supervised=True, paper="Dong et al. 2023, RAFT: Reward rAnked FineTuning (arXiv 2304.06767)"),
     "superhf": _method(None, supervised=True,
                        paper="Mukobi et al. 2023, SuperHF: Supervised Iterative Learning from Human Feedback (arXiv 2310.16763)"),
@@ -131,6 +137,9 @@ METHOD_DEFAULTS: dict[str, dict] = {
     # (beta = kl_coef); the RLOO baseline over a prompt's n samples in place of the paper's 1/2
     "nash-md": {"samples_per_prompt": 2, "kl_mode": "reward", "kl_estimator": "k1", "kl_coef": 0.1,
                 "mixture_coef": 0.125},
+    # Nash-MP: self-play win rates against the policy at the iteration's start (pi_k on half steps,
+    # pi_{k+1/2} on full steps), beta KL(pi || pi_ref) and (1/eta) KL(pi || pi_k) as loss terms (k3)
+    "nash-mp": {"samples_per_prompt": 4, "kl_mode": "loss", "kl_estimator": "k3", "kl_coef": 0.1, "eta": 1.0},
     # RAFT: sample K, keep the best of each prompt's K, fine-tune on them; no KL term
     "raft": {"samples_per_prompt": 4, "policy_filter": "best_of_n", "kl_coef": 0.0, "kl_mode": "loss"},
     # SuperHF: the same filtered fine-tuning plus a KL prior to the reference on the kept samples
@@ -164,7 +173,7 @@ def _default(name: str):
 
 @dataclass
 class OnlineConfig(TrainConfig):
-    method: str = field("grpo", "ppo | grpo | rloo | reinforce_pp | remax | p3o | ppo_lagrangian | online-dpo | inpo | mnpo | spo | nash-md | raft | superhf (set by `alignlab train METHOD`)")
+    method: str = field("grpo", "ppo | grpo | rloo | reinforce_pp | remax | p3o | ppo_lagrangian | online-dpo | inpo | mnpo | spo | nash-md | nash-mp | raft | superhf (set by `alignlab train METHOD`)")
     preset: str = field("", "named bundle of settings applied before yours: ppo_max")
     reward: list = field(["lab:sentiment"], "reward sources, summed with reward_weights: lab:sentiment | lab:arithmetic | lab:length | math (answer column, math-verify) | rm:DIR | python:module:function")
     reward_weights: list = field([], "weight of each reward source (default 1 each)")
@@ -209,12 +218,12 @@ class OnlineConfig(TrainConfig):
     par_references: int = field(0, "PAR shaping: reward = mean sigmoid(r - r_ref) over this many reference-policy samples per prompt (0: off)")
     policy_filter: str = field("none", "PF-PPO filtration per prompt group: none | best_of_n | best_random | best_worst")
     # online DPO (online-dpo)
-    judge: str = field("", "online-dpo, inpo, mnpo, spo, nash-md: preference source that judges the samples: annotator:REWARD | pm:DIR | judge:MODEL | a reward spec (empty: the reward sources through Bradley-Terry at judge_temperature)")
-    judge_temperature: float = field(1.0, "online-dpo, inpo, mnpo, spo, nash-md: Bradley-Terry temperature of reward-based judging (and of reward specs given as judge)")
+    judge: str = field("", "online-dpo, inpo, mnpo, spo, nash-md, nash-mp: preference source that judges the samples: annotator:REWARD | pm:DIR | judge:MODEL | a reward spec (empty: the reward sources through Bradley-Terry at judge_temperature)")
+    judge_temperature: float = field(1.0, "online-dpo, inpo, mnpo, spo, nash-md, nash-mp: Bradley-Terry temperature of reward-based judging (and of reward specs given as judge)")
     pair_rule: str = field("best_worst", "online-dpo: which two of a prompt's samples form its pair: best_worst | best_random | random (ranked by expected win rate in the group)")
     preference_loss: str = field("dpo", "online-dpo: the pairwise loss: dpo | ipo | cdpo | hinge | simpo | cpl | fdpo_js | fdpo_fkl | fdpo_alpha (beta = kl_coef)")
     preference_loss_options: dict = field({}, "online-dpo: options of the pairwise loss, e.g. {label_smoothing: 0.1} (cdpo)")
-    eta: float = field(0.0, "inpo: the no-regret step size eta of INPO's update (0 < eta * kl_coef <= 1); each iteration moves pi toward pi_t^(1-eta beta) pi_ref^(eta beta) exp(eta P(. > pi_t))")
+    eta: float = field(0.0, "inpo, mnpo: the no-regret step size (0 < eta * kl_coef <= 1; each iteration moves pi toward pi_t^(1-eta beta) pi_ref^(eta beta) exp(eta P(. > pi_t))); nash-mp: the proximal step size (the loss weighs KL(pi || pi_k) by 1/eta)")
     population: int = field(0, "mnpo: m, the past iterates the loss plays against: pi_t and the m - 1 iterates before it (fewer in the first iterations), equally weighted")
     mixture_coef: float = field(0.0, "nash-md: m, the reference's share of the opponent: opponents are sampled token by token from pi^(1-m) pi_ref^m (normalized)")
     soft_labels: bool = field(False, "online-dpo: train on the judge's probability P(a > b) instead of a hard label (OSP's soft-preference loss)")
@@ -277,8 +286,8 @@ class OnlineConfig(TrainConfig):
                                      "it applies to online-dpo only"))
         if spec.preference_objective != "mnpo":
             out["population"] = "it is MNPO's number of past iterates (mnpo only)"
-        if not spec.no_regret:
-            out["eta"] = "it is the no-regret step size (inpo and mnpo only)"
+        if not (spec.no_regret or spec.mirror_prox):
+            out["eta"] = "it is the no-regret or mirror-prox step size (inpo, mnpo and nash-mp only)"
         else:
             out.update(dict.fromkeys(("preference_loss", "preference_loss_options", "exploration", "exploration_coef",
                                       "reference_update"),
@@ -287,7 +296,7 @@ class OnlineConfig(TrainConfig):
             out["mixture_coef"] = "it is the opponent's mixture with the reference (nash-md only)"
         if not spec.judged:
             out.update(dict.fromkeys(("judge", "judge_temperature"),
-                                     "it applies to online-dpo, inpo, mnpo, spo and nash-md only"))
+                                     "it applies to online-dpo, inpo, mnpo, spo, nash-md and nash-mp only"))
         else:
             if spec.preference:
                 out.update(dict.fromkeys(("clip_low", "clip_high", "dual_clip", "kl_mode", "kl_estimator", "kl_target",
@@ -369,6 +378,8 @@ class OnlineConfig(TrainConfig):
             self._validate_preference()
         if spec.judged and not self.judge_temperature > 0:
             raise ConfigError("judge_temperature must be > 0")
+        if spec.mirror_prox and not self.eta > 0:
+            raise ConfigError(f"nash-mp needs eta (its proximal step size) > 0, got {self.eta}")
         if spec.mixture_opponent and not 0 <= self.mixture_coef <= 1:
             raise ConfigError(f"mixture_coef must be in [0, 1], got {self.mixture_coef}")
         if spec.supervised and self.policy_filter != "best_of_n":

@@ -262,6 +262,8 @@ class RolloutMaker:
             with reference_context(self.model):
                 batch.ref_logps, _ = token_pass(self.reference_scorer, batch, rows, self.pad_token_id, chunk,
                                                 reference=True)
+        if spec.mirror_prox:
+            batch.anchor_logps = self._anchor_logps(iteration, batch, rows, chunk, metrics)
         pass_seconds = time.perf_counter() - t2
         kl = kl_estimate(batch.old_logps, batch.ref_logps, c.kl_estimator) if batch.ref_logps is not None else None
         seq_kl = sequence_kl(kl_estimate(batch.old_logps, batch.ref_logps, "k1"), batch.mask) if kl is not None else None
@@ -287,6 +289,18 @@ class RolloutMaker:
             metrics["zero_advantage_groups"] = float((g.max(-1).values == g.min(-1).values).float().mean())
         batch.metrics, batch.controller = metrics, ctl.to_dict()
         return batch
+
+    def _anchor_logps(self, iteration: int, batch: RolloutBatch, rows, chunk: int, metrics: dict) -> torch.Tensor:
+        """Nash-MP: (B, T) log-probs of the proximal anchor pi_k. Even iterations are half steps
+        from the policy that sampled them (pi_k itself: kept as the anchor); odd ones are full
+        steps from the same pi_k, the weights kept at the previous iteration's start."""
+        anchor = iteration - iteration % 2
+        metrics["mirror_prox/half_step"] = float(anchor == iteration)
+        if anchor == iteration:
+            self.population.snapshot(iteration)
+            return batch.old_logps.clone()
+        with self.population.acting_as(anchor):
+            return token_pass(self.scorer, batch, rows, self.pad_token_id, chunk)[0]
 
     def _opponent_rewards(self, iteration, prompts, prompt_ids, rows_prompts, out, raw, metrics
                           ) -> tuple[torch.Tensor, float]:

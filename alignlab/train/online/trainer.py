@@ -210,6 +210,10 @@ class OnlineAlgorithm:
         metrics["policy_loss"] = token_loss.detach().sum() / tokens
         if c.kl_mode == "loss" and kl_tokens is not None and self.ctl.kl_coef:
             token_loss = token_loss + self.ctl.kl_coef * kl_tokens * mask
+        if c.spec.mirror_prox:  # Nash-MP's proximal term (1/eta) KL(pi || pi_k)
+            anchor_kl = kl_estimate(logps, mb.anchor_logps.to(device), c.kl_estimator)
+            metrics["kl_to_anchor"] = (anchor_kl.detach() * mask).sum() / mask.sum().clamp(min=1)
+            token_loss = token_loss + anchor_kl * mask / c.eta
         if values is not None:
             v = mb.to_bt(values)  # (b, T, C)
             returns, old_v = mb.returns.to(device), mb.old_values.to(device)
@@ -380,6 +384,8 @@ def train_online(cfg: OnlineConfig, *, model=None, tokenizer=None, train_rows=No
                          rewards=rewards, cost=cost, pad_token_id=pad, judge=judge)
     if cfg.spec.preference_objective == "mnpo":
         maker.population = Population(session.run_dir / "population", model, cfg.population)
+    if cfg.spec.mirror_prox:  # the anchor pi_k, kept from a half step's start through the full step
+        maker.population = Population(session.run_dir / "anchors", model, 2)
     ctl = Controllers(kl_coef=cfg.kl_coef, lagrange=cfg.lagrange_init if cfg.spec.needs_cost else 0.0)
     ptx = _ptx_mixer(cfg, tokenizer, pad)
     algorithm = OnlineAlgorithm(cfg, scorer=scorer, maker=maker, tokenizer=tokenizer, train_rows=train_rows,
