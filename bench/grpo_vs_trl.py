@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -230,7 +231,31 @@ def alignlab_flags(args, output_dir: str) -> dict:
     )
 
 
-def run_alignlab(args) -> dict:
+@dataclasses.dataclass
+class OnlineRun:
+    """One timed alignlab online run of the benchmark (`run_online`)."""
+
+    summary: dict
+    cfg: object
+    model: object
+    setup: dict
+    generate: GenerateWatch
+    reward: RewardWatch
+    save_seconds: float
+    wall: float
+    steps: list[dict]
+    """The logged rows of the optimizer steps."""
+    rollouts: list[dict]
+    """One logged row per iteration (every step row repeats its rollout's metrics)."""
+
+    @property
+    def seconds(self) -> float:
+        return self.wall - self.save_seconds
+
+
+def run_online(args, method: str, flags) -> OnlineRun:
+    """alignlab's `method` on the benchmark's prompts and reward, timed around `train_online` alone
+    (the model is loaded before, as TRL loads in its constructor); `flags(args, output_dir)`."""
     from alignlab.data.tokenize import encode_prompt
     from alignlab.models.load import load_policy, load_tokenizer
     from alignlab.rewards.base import FunctionReward
@@ -238,12 +263,12 @@ def run_alignlab(args) -> dict:
 
     prompts = run_prompts(args)
     tokenizer = load_tokenizer(args.model)
-    model = load_policy(args.model)  # loaded here, outside the timed call (as TRL loads in its constructor)
+    model = load_policy(args.model)
     generate = GenerateWatch(model, eos_ids(model, tokenizer))
     reward = RewardWatch()
     saves = watch_alignlab_saves()
     with tempfile.TemporaryDirectory(prefix="bench-alignlab-") as tmp:
-        cfg = resolve_online("grpo", flags=alignlab_flags(args, tmp))
+        cfg = resolve_online(method, flags=flags(args, tmp))
         start = time.perf_counter()
         summary = train_online(cfg, model=model, tokenizer=tokenizer, train_rows=[{"prompt": p} for p in prompts],
                                eval_rows=[], rewards=FunctionReward(reward, name="vader", responses_only=True)).summary
@@ -251,26 +276,31 @@ def run_alignlab(args) -> dict:
         logged = [json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()
                   if line.strip()]
     steps = [row for row in logged if "loss" in row]
-    per_iteration: dict[int, dict] = {}  # every step row repeats its rollout's metrics: one per iteration
+    per_iteration: dict[int, dict] = {}
     for row in steps:
         per_iteration.setdefault(row["epoch"], row)
-    rollouts = [per_iteration[k] for k in sorted(per_iteration)]
-    seconds = wall - saves["seconds"]
+    return OnlineRun(summary, cfg, model, worker_setup(tokenizer, [encode_prompt(tokenizer, p) for p in prompts]),
+                     generate, reward, saves["seconds"], wall, steps, [per_iteration[k] for k in sorted(per_iteration)])
+
+
+def run_alignlab(args) -> dict:
+    run = run_online(args, "grpo", alignlab_flags)
+    rollouts = run.rollouts
     split = {
         "generation": sum(r["rollout/time/generation"] for r in rollouts),
         "scoring": sum(r["rollout/time/scoring"] for r in rollouts),
         "reference_and_old_passes": sum(r["rollout/time/reference_and_old"] for r in rollouts),
-        "training": summary["train_seconds"],
+        "training": run.summary["train_seconds"],
     }
-    split["other"] = seconds - sum(split.values())  # rollout bookkeeping, micro-batches, optimizer set-up
+    split["other"] = run.seconds - sum(split.values())  # rollout bookkeeping, micro-batches, optimizer set-up
     return side_result(
-        args, summary["completions"], seconds, wall, split, [row["loss"] for row in steps], generate, reward,
+        args, run.summary["completions"], run.seconds, run.wall, split, [row["loss"] for row in run.steps],
+        run.generate, run.reward,
         logged_rewards=[r["rollout/reward/mean"] for r in rollouts],
         logged_lengths=[r["rollout/response_length"] for r in rollouts],
         logged_truncated=[r["rollout/truncated_share"] for r in rollouts],
-        setup=worker_setup(tokenizer, [encode_prompt(tokenizer, p) for p in prompts]),
-        save_seconds=saves["seconds"], gradient_checkpointing=cfg.gradient_checkpointing,
-        attn_implementation=model.config._attn_implementation,
+        setup=run.setup, save_seconds=run.save_seconds, gradient_checkpointing=run.cfg.gradient_checkpointing,
+        attn_implementation=run.model.config._attn_implementation,
     )
 
 

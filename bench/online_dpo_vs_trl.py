@@ -40,8 +40,8 @@ import time
 from pathlib import Path
 
 from common import add_runner_args, peak_rss_mb, run_side, sentiment_prompts, write_json
-from grpo_vs_trl import (SAME_RANGE_Z, GenerateWatch, RewardWatch, eos_ids, mean_diff_z, trl_reward,
-                         watch_alignlab_saves, worker_setup)
+from grpo_vs_trl import (SAME_RANGE_Z, GenerateWatch, RewardWatch, mean_diff_z, run_online, trl_reward,
+                         worker_setup)
 
 SIDES = ("alignlab", "trl")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "online_dpo_vs_trl.json"
@@ -87,40 +87,17 @@ def alignlab_flags(args, output_dir: str) -> dict:
 
 
 def run_alignlab(args) -> dict:
-    from alignlab.data.tokenize import encode_prompt
-    from alignlab.models.load import load_policy, load_tokenizer
-    from alignlab.rewards.base import FunctionReward
-    from alignlab.train.online import resolve_online, train_online
-
-    prompts = run_prompts(args)
-    tokenizer = load_tokenizer(args.model)
-    model = load_policy(args.model)  # loaded here, outside the timed call (as TRL loads in its constructor)
-    generate = GenerateWatch(model, eos_ids(model, tokenizer))
-    reward = RewardWatch()
-    saves = watch_alignlab_saves()
-    with tempfile.TemporaryDirectory(prefix="bench-alignlab-") as tmp:
-        cfg = resolve_online("online-dpo", flags=alignlab_flags(args, tmp))
-        start = time.perf_counter()
-        summary = train_online(cfg, model=model, tokenizer=tokenizer, train_rows=[{"prompt": p} for p in prompts],
-                               eval_rows=[], rewards=FunctionReward(reward, name="vader", responses_only=True)).summary
-        wall = time.perf_counter() - start
-        logged = [json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()
-                  if line.strip()]
-    steps = [row for row in logged if "loss" in row]
-    per_iteration: dict[int, dict] = {}  # every step row repeats its rollout's metrics: one per iteration
-    for row in steps:
-        per_iteration.setdefault(row["epoch"], row)
-    rollouts = [per_iteration[k] for k in sorted(per_iteration)]
-    seconds = wall - saves["seconds"]
+    run = run_online(args, "online-dpo", alignlab_flags)
+    rollouts = run.rollouts
     split = {"generation": sum(r["rollout/time/generation"] for r in rollouts),
              "scoring": sum(r["rollout/time/scoring"] for r in rollouts),
              "reference": sum(r["rollout/time/reference_and_old"] for r in rollouts),
-             "training": summary["train_seconds"]}
-    split["other"] = seconds - sum(split.values())  # rollout bookkeeping, pair files, optimizer set-up
-    return side_result(summary["completions"], seconds, wall, split, [row["loss"] for row in steps], generate, reward,
-                       pairs=summary["pairs"], ties_dropped=summary["ties_dropped"],
-                       setup=worker_setup(tokenizer, [encode_prompt(tokenizer, p) for p in prompts]),
-                       save_seconds=saves["seconds"], gradient_checkpointing=cfg.gradient_checkpointing)
+             "training": run.summary["train_seconds"]}
+    split["other"] = run.seconds - sum(split.values())  # rollout bookkeeping, pair files, optimizer set-up
+    return side_result(run.summary["completions"], run.seconds, run.wall, split, [row["loss"] for row in run.steps],
+                       run.generate, run.reward, pairs=run.summary["pairs"], ties_dropped=run.summary["ties_dropped"],
+                       setup=run.setup, save_seconds=run.save_seconds,
+                       gradient_checkpointing=run.cfg.gradient_checkpointing)
 
 
 def run_trl(args) -> dict:

@@ -68,13 +68,18 @@ def _logps_under(policy_dir, snapshot: dict | None, batch: RolloutBatch) -> torc
     return logps
 
 
-def test_the_loss_plays_the_mean_of_the_last_m_iterates(tmp_path, tiny_policy_dir, smol_tokenizer):
-    flags = dict(model=str(tiny_policy_dir), output_dir=str(tmp_path / "mnpo"), iterations=3, prompts_per_step=4,
+def train_three_iterations(tmp_path, policy_dir, tokenizer, method: str, **overrides):
+    """`method` for 3 iterations on the tiny task (full fine-tuning); its config and rollouts."""
+    flags = dict(model=str(policy_dir), output_dir=str(tmp_path / method), iterations=3, prompts_per_step=4,
                  max_new_tokens=8, batch_size=8, learning_rate=1e-2, lr_schedule="constant", warmup_ratio=0.0,
-                 progress=False, eval_prompts=2, seed=0, population=2)
-    cfg = resolve_online("mnpo", flags=flags)
-    train_online(cfg, train_rows=PROMPTS, eval_rows=PROMPTS[:2], rewards=low_id_share(smol_tokenizer))
-    batches = [RolloutBatch.load(p) for p in rollout_files(tmp_path / "mnpo" / "rollouts")]
+                 progress=False, eval_prompts=2, seed=0)
+    cfg = resolve_online(method, flags={**flags, **overrides})
+    train_online(cfg, train_rows=PROMPTS, eval_rows=PROMPTS[:2], rewards=low_id_share(tokenizer))
+    return cfg, [RolloutBatch.load(p) for p in rollout_files(tmp_path / method / "rollouts")]
+
+
+def test_the_loss_plays_the_mean_of_the_last_m_iterates(tmp_path, tiny_policy_dir, smol_tokenizer):
+    cfg, batches = train_three_iterations(tmp_path, tiny_policy_dir, smol_tokenizer, "mnpo", population=2)
     folder = tmp_path / "mnpo" / "population"
     assert sorted(p.name for p in folder.iterdir()) == ["iter-00001.safetensors", "iter-00002.safetensors"]
     snap1, snap2 = (load_file(str(folder / f"iter-0000{i}.safetensors")) for i in (1, 2))

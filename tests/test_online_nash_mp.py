@@ -12,11 +12,11 @@ from alignlab.config import ConfigError
 from alignlab.losses.policy import kl_estimate
 from alignlab.models.load import load_policy
 from alignlab.models.policy_value import PolicyValue
-from alignlab.train.online import resolve_online, train_online
-from alignlab.train.online.batch import RolloutBatch, make_micro_batch, rollout_files
+from alignlab.train.online import resolve_online
+from alignlab.train.online.batch import make_micro_batch
 from alignlab.train.online.rollout import token_pass
 from alignlab.train.online.trainer import OnlineAlgorithm
-from test_online_train import PROMPTS, low_id_share
+from test_online_mnpo import train_three_iterations
 
 
 def test_nash_mp_settings():
@@ -30,17 +30,13 @@ def test_nash_mp_settings():
 
 
 def test_the_anchor_is_pi_k_on_the_half_and_the_full_step(tmp_path, tiny_policy_dir, smol_tokenizer):
-    flags = dict(model=str(tiny_policy_dir), output_dir=str(tmp_path / "mp"), iterations=3, prompts_per_step=4,
-                 max_new_tokens=8, batch_size=16, learning_rate=1e-2, lr_schedule="constant", warmup_ratio=0.0,
-                 progress=False, eval_prompts=2, seed=0, eta=0.5)
-    cfg = resolve_online("nash-mp", flags=flags)
-    train_online(cfg, train_rows=PROMPTS, eval_rows=PROMPTS[:2], rewards=low_id_share(smol_tokenizer))
-    b0, b1, b2 = (RolloutBatch.load(p) for p in rollout_files(tmp_path / "mp" / "rollouts"))
+    cfg, (b0, b1, b2) = train_three_iterations(tmp_path, tiny_policy_dir, smol_tokenizer, "nash-mp", eta=0.5,
+                                               batch_size=16)
     # half steps (0, 2): the anchor is the policy that sampled; iteration 0's kept weights left with it
     for b in (b0, b2):
         assert b.metrics["mirror_prox/half_step"] == 1.0
         torch.testing.assert_close(b.anchor_logps, b.old_logps)
-    assert [p.name for p in (tmp_path / "mp" / "anchors").iterdir()] == ["iter-00002.safetensors"]
+    assert [p.name for p in (tmp_path / "nash-mp" / "anchors").iterdir()] == ["iter-00002.safetensors"]
     # full step (1): sampled by pi_{k+1/2}, anchored at pi_0, the initial model
     assert b1.metrics["mirror_prox/half_step"] == 0.0
     initial, _ = token_pass(PolicyValue(load_policy(str(tiny_policy_dir)), 0), b1, list(range(len(b1))), 0, 8)

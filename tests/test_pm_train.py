@@ -8,25 +8,15 @@ import pytest
 import torch
 
 from alignlab.cli import main
-from alignlab.data.records import PairwiseRecord
 from alignlab.preferences import build_preference_source
 from alignlab.preferences.pairwise import PairwisePreference, antisymmetric_sigmoid, joint_response
 from alignlab.train.pm import PMConfig, train_pm
-
-WORDS = ["cats", "rain", "tea", "maps", "trains", "bread", "snow", "music", "paint", "boats", "lamps", "owls",
-         "clouds", "shoes", "rivers", "kites"]
-
-
-def pairs(topics):
-    return [PairwiseRecord(prompt=f"Tell me about {t}.", chosen=f"I love {t}, wonderful and great.",
-                           rejected=f"I hate {t}, awful and bad.") for t in topics]
+from test_rm_train import WORDS, pairs
+from test_rm_train import cfg as rm_cfg
 
 
 def cfg(tmp_path, model, **kw):
-    base = dict(model=str(model), output_dir=str(tmp_path / "pm"), batch_size=4, epochs=6.0, learning_rate=3e-3,
-                warmup_ratio=0.0, progress=False, max_length=96)
-    base.update(kw)
-    return PMConfig(**base)
+    return rm_cfg(tmp_path, model, PMConfig, "pm", **{"max_length": 96, **kw})
 
 
 def test_antisymmetric_sigmoid_sums_to_one_exactly():

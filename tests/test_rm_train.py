@@ -19,11 +19,12 @@ def pairs(topics):
                            rejected=f"I hate {t}, awful and bad.") for t in topics]
 
 
-def cfg(tmp_path, model, **kw):
-    base = dict(model=str(model), output_dir=str(tmp_path / "rm"), batch_size=4, epochs=6.0, learning_rate=3e-3,
+def cfg(tmp_path, model, config_class=RMConfig, name="rm", **kw):
+    """A small fast config of `config_class` (the pairwise preference model's tests share it)."""
+    base = dict(model=str(model), output_dir=str(tmp_path / name), batch_size=4, epochs=6.0, learning_rate=3e-3,
                 warmup_ratio=0.0, progress=False, max_length=64)
     base.update(kw)
-    return RMConfig(**base)
+    return config_class(**base)
 
 
 @pytest.mark.parametrize("which", ["encoder", "causal"])
