@@ -292,6 +292,9 @@ def _one_step(cfg, algorithm, scorer, params, optimizer, scheduler, accelerator,
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
         grad_norm = float(accelerator.clip_grad_norm_(params, max_norm))
         if math.isfinite(grad_norm):
+            before = getattr(algorithm, "before_optimizer_step", None)  # e.g. EGPO's extragradient full step
+            if before is not None:
+                before(state)
             optimizer.step()
             state.bad_in_row = 0
         else:  # a loss can look finite while its gradients are not: skip the step, count it

@@ -60,6 +60,10 @@ class MethodSpec:
     """Nash-MP: iterations alternate between mirror-prox half and full steps, both anchored at the
     policy of the half step's start, pi_k; the loss adds (1/eta) KL(pi || pi_k) to the KL to the
     reference (the rewards are self-play win rates)."""
+    extragradient: bool = False
+    """EGPO: one optimizer step per iteration on the whole rollout; odd iterations take the
+    gradient at the current weights (pi_{t+1/2}, which sampled their pairs) and apply it from the
+    weights of the previous iteration's start (pi_t)."""
 
     @property
     def no_regret(self) -> bool:
@@ -78,9 +82,10 @@ class MethodSpec:
 
 
 def _method(estimator, critics=0, *, cost=False, pairs=False, greedy=False, preference=False, supervised=False,
-            objective="dpo", self_play=False, mixture=False, mirror_prox=False, paper) -> MethodSpec:
+            objective="dpo", self_play=False, mixture=False, mirror_prox=False, extragradient=False,
+            paper) -> MethodSpec:
     return MethodSpec(estimator, critics, cost, pairs, greedy, paper, preference, supervised, objective, self_play,
-                      mixture, mirror_prox)
+                      mixture, mirror_prox, extragradient)
 
 
 ONLINE_METHODS: dict[str, MethodSpec] = {
@@ -99,6 +104,8 @@ ONLINE_METHODS: dict[str, MethodSpec] = {
                     paper="Zhang et al. 2024, Iterative Nash Policy Optimization (INPO, arXiv 2407.00617)"),
     "mnpo": _method(None, pairs=True, preference=True, objective="mnpo",
                     paper="Wu et al. 2025, Multiplayer Nash Preference Optimization (MNPO, arXiv 2509.23102)"),
+    "egpo": _method(None, pairs=True, preference=True, extragradient=True,
+                    paper="Extragradient Preference Optimization (EGPO, arXiv 2503.08942)"),
     "spo": _method("rloo", self_play=True,
                    paper="Swamy et al. 2024, A Minimaximalist Approach to RLHF (SPO, arXiv 2401.04056)"),
     "nash-md": _method("rloo", mixture=True,
@@ -129,6 +136,10 @@ METHOD_DEFAULTS: dict[str, dict] = {
     # MNPO: INPO's loss against the equally weighted last `population` iterates (pi_t and before)
     "mnpo": {"samples_per_prompt": 2, "kl_coef": 0.1, "pair_rule": "random", "soft_labels": True, "eta": 1.0,
              "population": 3},
+    # EGPO: online IPO (tau = kl_coef) on uniformly drawn pairs of the policy's samples, in
+    # expectation over the judge's label, minimized by extragradient steps
+    "egpo": {"samples_per_prompt": 2, "kl_coef": 0.1, "pair_rule": "random", "soft_labels": True,
+             "preference_loss": "ipo"},
     # SPO: n samples a prompt judged round robin; each one's win rate is its reward (RLOO baseline,
     # the KL to the reference as a per-token reward penalty)
     "spo": {"samples_per_prompt": 4, "kl_mode": "reward", "kl_estimator": "k1", "kl_coef": 0.05},
@@ -173,7 +184,7 @@ def _default(name: str):
 
 @dataclass
 class OnlineConfig(TrainConfig):
-    method: str = field("grpo", "ppo | grpo | rloo | reinforce_pp | remax | p3o | ppo_lagrangian | online-dpo | inpo | mnpo | spo | nash-md | nash-mp | raft | superhf (set by `alignlab train METHOD`)")
+    method: str = field("grpo", "ppo | grpo | rloo | reinforce_pp | remax | p3o | ppo_lagrangian | online-dpo | inpo | mnpo | egpo | spo | nash-md | nash-mp | raft | superhf (set by `alignlab train METHOD`)")
     preset: str = field("", "named bundle of settings applied before yours: ppo_max")
     reward: list = field(["lab:sentiment"], "reward sources, summed with reward_weights: lab:sentiment | lab:arithmetic | lab:length | math (answer column, math-verify) | rm:DIR | python:module:function")
     reward_weights: list = field([], "weight of each reward source (default 1 each)")
@@ -218,8 +229,8 @@ class OnlineConfig(TrainConfig):
     par_references: int = field(0, "PAR shaping: reward = mean sigmoid(r - r_ref) over this many reference-policy samples per prompt (0: off)")
     policy_filter: str = field("none", "PF-PPO filtration per prompt group: none | best_of_n | best_random | best_worst")
     # online DPO (online-dpo)
-    judge: str = field("", "online-dpo, inpo, mnpo, spo, nash-md, nash-mp: preference source that judges the samples: annotator:REWARD | pm:DIR | judge:MODEL | a reward spec (empty: the reward sources through Bradley-Terry at judge_temperature)")
-    judge_temperature: float = field(1.0, "online-dpo, inpo, mnpo, spo, nash-md, nash-mp: Bradley-Terry temperature of reward-based judging (and of reward specs given as judge)")
+    judge: str = field("", "online-dpo, inpo, mnpo, egpo, spo, nash-md, nash-mp: preference source that judges the samples: annotator:REWARD | pm:DIR | judge:MODEL | a reward spec (empty: the reward sources through Bradley-Terry at judge_temperature)")
+    judge_temperature: float = field(1.0, "online-dpo, inpo, mnpo, egpo, spo, nash-md, nash-mp: Bradley-Terry temperature of reward-based judging (and of reward specs given as judge)")
     pair_rule: str = field("best_worst", "online-dpo: which two of a prompt's samples form its pair: best_worst | best_random | random (ranked by expected win rate in the group)")
     preference_loss: str = field("dpo", "online-dpo: the pairwise loss: dpo | ipo | cdpo | hinge | simpo | cpl | fdpo_js | fdpo_fkl | fdpo_alpha (beta = kl_coef)")
     preference_loss_options: dict = field({}, "online-dpo: options of the pairwise loss, e.g. {label_smoothing: 0.1} (cdpo)")
@@ -292,11 +303,16 @@ class OnlineConfig(TrainConfig):
             out.update(dict.fromkeys(("preference_loss", "preference_loss_options", "exploration", "exploration_coef",
                                       "reference_update"),
                                      f"{self.method}'s loss is its own, against the fixed reference and past iterates"))
+        if spec.extragradient:
+            out.update(dict.fromkeys(("grad_accum", "ppo_epochs"),
+                                     "egpo takes one extragradient step per iteration, on the whole rollout"))
+            out.update(dict.fromkeys(("exploration", "exploration_coef", "reference_update"),
+                                     "egpo's loss is online IPO against the fixed reference"))
         if not spec.mixture_opponent:
             out["mixture_coef"] = "it is the opponent's mixture with the reference (nash-md only)"
         if not spec.judged:
             out.update(dict.fromkeys(("judge", "judge_temperature"),
-                                     "it applies to online-dpo, inpo, mnpo, spo, nash-md and nash-mp only"))
+                                     "it applies to online-dpo, inpo, mnpo, egpo, spo, nash-md and nash-mp only"))
         else:
             if spec.preference:
                 out.update(dict.fromkeys(("clip_low", "clip_high", "dual_clip", "kl_mode", "kl_estimator", "kl_target",
@@ -378,6 +394,8 @@ class OnlineConfig(TrainConfig):
             self._validate_preference()
         if spec.judged and not self.judge_temperature > 0:
             raise ConfigError("judge_temperature must be > 0")
+        if spec.extragradient and self.preference_loss != "ipo":
+            raise ConfigError(f"egpo's loss is online IPO: preference_loss must be ipo, got {self.preference_loss}")
         if spec.mirror_prox and not self.eta > 0:
             raise ConfigError(f"nash-mp needs eta (its proximal step size) > 0, got {self.eta}")
         if spec.mixture_opponent and not 0 <= self.mixture_coef <= 1:

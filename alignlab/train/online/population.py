@@ -1,4 +1,6 @@
-"""MNPO's population of past iterates (Wu et al. 2025, arXiv:2509.23102): the policy's trainable
+"""Past iterates of the policy: MNPO's population, Nash-MP's proximal anchor, EGPO's pi_t.
+
+MNPO's population of past iterates (Wu et al. 2025, arXiv:2509.23102): the policy's trainable
 weights at the start of each of the last m iterations, pi_{t-m+1}, ..., pi_t.
 
 Each iteration's snapshot is taken before it samples and kept in memory and in the run folder
@@ -55,19 +57,31 @@ class Population:
         if iteration not in self._kept:  # a resumed run: read back what the interrupted one kept
             path = self._path(iteration)
             if not path.is_file():
-                raise ValueError(f"mnpo: the snapshot of iteration {iteration} ({path}) is missing from the run "
-                                 "folder; the population cannot be rebuilt")
+                raise ValueError(f"the snapshot of iteration {iteration} ({path}) is missing from the run "
+                                 "folder; the past iterates cannot be rebuilt")
             self._kept[iteration] = load_file(str(path))
         return self._kept[iteration]
+
+    def load(self, iteration: int) -> None:
+        """Set the model's trainable weights to pi_iteration's (for good: EGPO's full step)."""
+        params = self._trainable()
+        weights = self._checked(iteration, params)
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(weights[name])
+
+    def _checked(self, iteration: int, params: dict) -> dict[str, torch.Tensor]:
+        weights = self.weights(iteration)
+        if set(weights) != set(params):
+            raise ValueError(f"the snapshot of iteration {iteration} holds other tensors than the model's trainable "
+                             "ones")
+        return weights
 
     @contextlib.contextmanager
     def acting_as(self, iteration: int):
         """The model computes pi_iteration inside the block; its own weights come back after."""
         params = self._trainable()
-        weights = self.weights(iteration)
-        if set(weights) != set(params):
-            raise ValueError(f"mnpo: the snapshot of iteration {iteration} holds other tensors than the model's "
-                             "trainable ones")
+        weights = self._checked(iteration, params)
         current = {name: p.detach().clone() for name, p in params.items()}
         try:
             with torch.no_grad():

@@ -41,6 +41,8 @@ def make_preference_batch(maker, iteration: int, prompts: list, prompt_ids: list
     explore = c.exploration != "none"
     if c.spec.preference_objective == "mnpo":  # pi_t joins MNPO's population before it samples
         maker.population.snapshot(iteration)
+    if c.spec.extragradient and iteration % 2 == 0:  # EGPO: pi_t, where the next (full) step starts from
+        maker.population.snapshot(iteration)
     # sampled and scored data-parallel (each process its block of prompts), then gathered
     out, raw_out, parts, gen_seconds, score_seconds = maker._sample_and_score(
         prompts, prompt_ids, maker._params(iteration, c.samples_per_prompt), maker._sampler())
@@ -98,6 +100,7 @@ def make_preference_batch(maker, iteration: int, prompts: list, prompt_ids: list
         "pairs/chosen_probability": sum(chosen_p) / len(chosen_p) if chosen_p else 0.0,
         "kl_coef": ctl.kl_coef, "time/generation": gen_seconds, "time/scoring": score_seconds,
         "time/reference_and_old": pass_seconds,
+        **({"extragradient/full_step": float(iteration % 2)} if c.spec.extragradient else {}),
         "generated_tokens_per_second": int(lengths.sum()) / max(gen_seconds, 1e-9), "completions": len(batch),
     })
     if explore:

@@ -149,6 +149,15 @@ class OnlineAlgorithm:
         step = c.batch_size + c.batch_size % 2
         return c.ppo_epochs * -(-2 * c.prompts_per_step // step)
 
+    def before_optimizer_step(self, state) -> None:
+        """EGPO's full step (odd iterations): the gradient was taken at pi_{t+1/2}, the weights
+        that sampled this iteration's pairs; the step applies it from pi_t, the weights at the
+        previous iteration's start (Korpelevich's extragradient)."""
+        if self.cfg.spec.extragradient and state.epoch % 2 == 1:
+            if state.micro != 0:
+                raise RuntimeError("egpo: an iteration took more than one optimizer step")
+            self.maker.population.load(state.epoch - 1)
+
     def step_metrics(self) -> dict:
         """The current rollout's metrics, logged with every optimizer step trained on it."""
         return {f"rollout/{k}": v for k, v in self._cache[1].metrics.items()} if self._cache else {}
@@ -384,8 +393,8 @@ def train_online(cfg: OnlineConfig, *, model=None, tokenizer=None, train_rows=No
                          rewards=rewards, cost=cost, pad_token_id=pad, judge=judge)
     if cfg.spec.preference_objective == "mnpo":
         maker.population = Population(session.run_dir / "population", model, cfg.population)
-    if cfg.spec.mirror_prox:  # the anchor pi_k, kept from a half step's start through the full step
-        maker.population = Population(session.run_dir / "anchors", model, 2)
+    if cfg.spec.mirror_prox or cfg.spec.extragradient:  # pi_k / pi_t, kept from a half step's start through the
+        maker.population = Population(session.run_dir / "anchors", model, 2)  # full step
     ctl = Controllers(kl_coef=cfg.kl_coef, lagrange=cfg.lagrange_init if cfg.spec.needs_cost else 0.0)
     ptx = _ptx_mixer(cfg, tokenizer, pad)
     algorithm = OnlineAlgorithm(cfg, scorer=scorer, maker=maker, tokenizer=tokenizer, train_rows=train_rows,
@@ -400,7 +409,10 @@ def train_online(cfg: OnlineConfig, *, model=None, tokenizer=None, train_rows=No
 
     start = time.perf_counter()
     # the loop's epoch is one rollout iteration
-    run_training(session, algorithm, scorer, scorer, save=save, loop_cfg=dataclasses.replace(cfg, epochs=float(cfg.iterations)))
+    loop_cfg = dataclasses.replace(cfg, epochs=float(cfg.iterations))
+    if cfg.spec.extragradient:  # one optimizer step per iteration, on the whole rollout
+        loop_cfg.grad_accum = -(-algorithm.planned_micro_batches() // dist.world_size())
+    run_training(session, algorithm, scorer, scorer, save=save, loop_cfg=loop_cfg)
     session.summary.update(_summary(cfg, session.state, session.run_dir, time.perf_counter() - start),
                            eval_before=before, **(ptx.report if ptx is not None else {}))
     if cfg.spec.needs_cost and cfg.hc_delta:
