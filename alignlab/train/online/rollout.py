@@ -164,7 +164,7 @@ class RolloutMaker:
                  judge=None):
         self.cfg, self.model, self.scorer, self.reference_scorer = cfg, model, scorer, reference_scorer
         self.judge = judge  # online DPO's preference source (None: the rewards through Bradley-Terry)
-        self.population = None  # MNPO's past iterates (train.online.population), set by the trainer
+        self.population = None  # past iterates (MNPO, Nash-MP's anchor, EGPO's pi_t), set by the trainer
         self.tokenizer, self.rewards, self.cost, self.pad_token_id = tokenizer, rewards, cost, pad_token_id
         self.generator = rollout_generator(cfg, model, tokenizer)
         # PAR and XPO/VPO sample the reference policy: the same model with its adapter disabled under LoRA,
