@@ -167,6 +167,23 @@ def test_resume_continues_on_the_same_rollouts_and_ends_at_the_same_weights(tmp_
     assert max(float((wf[k] - wr[k]).abs().max()) for k in wf) < 1e-6
 
 
+@pytest.mark.parametrize("method,stop", [("mnpo", 2), ("nash-mp", 2), ("egpo", 1)])
+def test_resume_rebuilds_the_past_iterates_from_the_run_folder(tmp_path, tiny_policy_dir, smol_tokenizer, method, stop):
+    # MNPO's population, Nash-MP's anchor and EGPO's pi_t live in memory and in the run folder: a
+    # resumed process starts with nothing in memory and must read them back to end at the same weights
+    # (`stop` ends an iteration whose successor's rollout needs a snapshot kept before the stop)
+    from safetensors.torch import load_file
+
+    kw = dict(iterations=4, save_every=1)
+    full = run(tmp_path / "full", tiny_policy_dir, smol_tokenizer, method, **kw)
+    part = run(tmp_path / "part", tiny_policy_dir, smol_tokenizer, method, **kw, max_steps=stop)
+    assert part["steps"] == stop
+    resumed = run(tmp_path / "part", tiny_policy_dir, smol_tokenizer, method, **kw, resume="latest")
+    assert resumed["steps"] == full["steps"]
+    wf, wr = load_file(f"{full['final_dir']}/model.safetensors"), load_file(f"{resumed['final_dir']}/model.safetensors")
+    assert max(float((wf[k] - wr[k]).abs().max()) for k in wf) < 1e-6
+
+
 def test_kl_coef_zero_skips_the_reference_pass(tmp_path, tiny_policy_dir, smol_tokenizer):
     from alignlab.train.online.batch import RolloutBatch
 
