@@ -91,6 +91,9 @@ class Algorithm(Protocol):
 
     def evaluate(self, scorer: torch.nn.Module) -> dict[str, float]: ...
 
+    # optional: `before_optimizer_step(state)` runs once per step after the gradients are reduced
+    # and clipped and before the optimizer steps (EGPO puts the look-ahead's start weights back)
+
 
 @dataclass
 class LoopState:

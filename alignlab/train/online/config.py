@@ -299,7 +299,7 @@ class OnlineConfig(TrainConfig):
             out["population"] = "it is MNPO's number of past iterates (mnpo only)"
         if not (spec.no_regret or spec.mirror_prox):
             out["eta"] = "it is the no-regret or mirror-prox step size (inpo, mnpo and nash-mp only)"
-        else:
+        if spec.no_regret:
             out.update(dict.fromkeys(("preference_loss", "preference_loss_options", "exploration", "exploration_coef",
                                       "reference_update"),
                                      f"{self.method}'s loss is its own, against the fixed reference and past iterates"))
